@@ -1,0 +1,523 @@
+"""O3F on top of IQL, in one file.
+
+Offline: IQL (Kostrikov et al., 2021, arXiv:2110.06169) with 5 Q-functions instead of 2.
+Online: the same IQL update, while acting with O3F's optimistic action selection
+("Fine-tuning offline policies with optimistic action selection", Algorithm 1 and Eq. 2).
+Reads top to bottom: arguments, data, networks, losses, action selection, then the training loop,
+whose `ALGO LOGIC` blocks are Algorithm 1.
+"""
+import difflib
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions import Normal
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = "o3f_iql"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+
+    # Data and schedule
+    env_id: str = "embedded-halfcheetah-random"
+    """task: a D4RL name (e.g. `halfcheetah-medium-v2`) or an embedded dataset made here (`embedded-*`)"""
+    dataset_path: Optional[str] = None
+    """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
+    offline_steps: int = 1_000_000
+    """number of offline gradient steps (pretraining)"""
+    online_steps: int = 500_000
+    """number of online environment steps (fine-tuning, one update each)"""
+    eval_freq: int = 5000
+    """evaluate every this many steps (offline updates and online env steps alike)"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    log_freq: int = 1000
+    """write losses to TensorBoard every this many steps"""
+    save_offline: Optional[str] = None
+    """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
+    load_offline: Optional[str] = None
+    """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+
+    # IQL
+    batch_size: int = 256
+    """the batch size of each update"""
+    learning_rate: float = 3e-4
+    """the learning rate of the Q-functions, the value function and the actor"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target Q-functions"""
+    num_critics: int = 5
+    """the number of Q-functions in the ensemble (the paper uses 5 for IQL, the original 2)"""
+    expectile: Optional[float] = None
+    """the expectile of the value regression (default: 0.9 on antmaze, 0.7 elsewhere)"""
+    beta: Optional[float] = None
+    """the inverse temperature of the advantage weights (default: 3 locomotion, 10 antmaze, 0.5 kitchen)"""
+
+    # O3F
+    n_candidates: int = 100
+    """N, the number of candidate actions scored at every online step"""
+    sigma: Optional[float] = None
+    """the standard deviation of the candidates around the policy's action (default: 0.2 locomotion, 0.05 antmaze and kitchen)"""
+    omega: float = 0.0
+    """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: the paper's uncertainty optimism)"""
+
+
+def fail(message: str):
+    """Bad input ends the run with one line and exit code 2, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks and data
+# ---------------------------------------------------------------------------------------------
+DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
+# D4RL's reference returns: normalised score = 100 * (return - random) / (expert - random).
+REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
+GYM_ENV = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
+D4RL_TASKS = [
+    f"{robot}-{data}-v2"
+    for robot in GYM_ENV
+    for data in ("random", "medium", "medium-replay", "medium-expert", "expert")
+]
+EMBEDDED_TASKS = ["embedded-halfcheetah-random"]
+# Per-domain defaults: IQL's (expectile, beta) and O3F's sigma (paper, section 5.3).
+DOMAIN_DEFAULTS = {"locomotion": (0.7, 3.0, 0.2), "antmaze": (0.9, 10.0, 0.05), "kitchen": (0.7, 0.5, 0.05)}
+
+
+def robot_of(env_id: str) -> str:
+    """'halfcheetah' for `halfcheetah-medium-v2` and `embedded-halfcheetah-random`."""
+    return env_id.removeprefix("embedded-").split("-")[0]
+
+
+def domain_of(env_id: str) -> str:
+    return "antmaze" if "antmaze" in env_id else "kitchen" if "kitchen" in env_id else "locomotion"
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    low, high = REF_RETURNS[robot_of(env_id)]
+    return 100.0 * (episode_return - low) / (high - low)
+
+
+def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval_episodes: int = 1):
+    env = gym.make(GYM_ENV[robot_of(env_id)], render_mode="rgb_array" if capture_video else None)
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
+    return gym.wrappers.RecordEpisodeStatistics(env)
+
+
+def dataset_file(env_id: str, dataset_path: Optional[str]) -> str:
+    """The HDF5 file of the task: `--dataset-path`, else the cache (embedded datasets are made on first use)."""
+    if dataset_path is not None:
+        if not os.path.isfile(dataset_path):
+            fail(f"--dataset-path {dataset_path}: no such file")
+        return dataset_path
+    if env_id in EMBEDDED_TASKS:
+        path = os.path.join(DATA_DIR, "embedded", f"{env_id}.hdf5")
+        if not os.path.isfile(path):
+            try:
+                import make_datasets  # the project's dataset tool, next to this script
+            except ImportError:
+                fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
+            print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
+            make_datasets.generate(env_id, path)
+        return path
+    path = os.path.join(DATA_DIR, "d4rl", f"{env_id}.hdf5")
+    if not os.path.isfile(path):
+        fail(f"no dataset for {env_id}: put D4RL's HDF5 file at {path} or pass --dataset-path FILE")
+    return path
+
+
+def load_dataset(path: str) -> dict:
+    """Read a D4RL-format HDF5 file into float32 arrays of (s, a, r, s', terminal) plus episode returns.
+
+    Time-limit ends (`timeouts`) are not terminal: the value of s' is still bootstrapped there.
+    Files without `next_observations` get them from the following row, as d4rl.qlearning_dataset
+    does, dropping the rows that end an episode by time limit (their successor is not stored).
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
+            if missing:
+                fail(f"{path}: not a D4RL dataset, missing {', '.join(missing)}")
+            data = {k: f[k][:] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations") if k in f}
+    except OSError as e:
+        fail(f"{path}: cannot be read as HDF5 ({e})")
+    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
+    rewards, terminals = data["rewards"].astype(np.float32).reshape(-1), data["terminals"].astype(bool).reshape(-1)
+    timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range).
+    ends = np.flatnonzero(terminals | timeouts)
+    ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
+    episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
+    if "next_observations" in data:
+        next_obs = data["next_observations"].astype(np.float32)
+    else:
+        keep = ~timeouts[:-1]
+        obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
+        next_obs = data["observations"][1:][keep].astype(np.float32)
+    for key, value in (("observations", obs), ("actions", actions), ("rewards", rewards), ("next_observations", next_obs)):
+        if not np.isfinite(value).all():
+            fail(f"{path}: {key} holds NaN or inf values")
+    return dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
+                terminals=terminals.astype(np.float32), episode_returns=episode_returns)
+
+
+def reward_transform(env_id: str, episode_returns: np.ndarray):
+    """IQL's reward convention: locomotion r * 1000 / (max - min episode return); antmaze r - 1."""
+    if domain_of(env_id) == "antmaze":
+        return lambda r: r - 1.0
+    if domain_of(env_id) == "kitchen":
+        return lambda r: r
+    spread = float(episode_returns.max() - episode_returns.min())
+    scale = 1000.0 / spread if spread > 0 else 1.0
+    return lambda r: r * scale
+
+
+class ReplayBuffer:
+    """The offline dataset D, then the online transitions, in tensors preallocated on the device."""
+
+    def __init__(self, data: dict, capacity: int, device: torch.device):
+        self.size = len(data["rewards"])
+        def alloc(x):
+            buf = torch.zeros((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
+            buf[: self.size] = torch.as_tensor(x, device=device)
+            return buf
+        self.obs, self.actions, self.next_obs = alloc(data["observations"]), alloc(data["actions"]), alloc(data["next_observations"])
+        self.rewards, self.dones = alloc(data["rewards"]), alloc(data["terminals"])
+
+    def add(self, obs, action, reward, next_obs, done):
+        i = self.size
+        self.obs[i], self.actions[i], self.next_obs[i] = torch.as_tensor(obs), action, torch.as_tensor(next_obs)
+        self.rewards[i], self.dones[i] = float(reward), float(done)
+        self.size += 1
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (IQL: two hidden layers of 256)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class QEnsemble(nn.Module):
+    """The critic ensemble {Q_j(s, a)}, j = 1..m; returns a [m, batch] tensor."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int):
+        super().__init__()
+        self.qs = nn.ModuleList(mlp(obs_dim + act_dim, 1) for _ in range(num_critics))
+
+    def forward(self, obs, act):
+        x = torch.cat([obs, act], -1)
+        return torch.stack([q(x).squeeze(-1) for q in self.qs])  # on CPU a loop beats one batched matmul
+
+
+class ValueNetwork(nn.Module):
+    def __init__(self, obs_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """IQL's Gaussian policy: tanh-bounded mean, state-independent log std."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs) -> Normal:
+        return Normal(torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0).exp())
+
+
+# ---------------------------------------------------------------------------------------------
+# IQL: losses and one update
+# ---------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric squared loss |expectile - 1(diff < 0)| * diff^2, diff = Q(s, a) - V(s)."""
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return (weight * diff**2).mean()
+
+
+def awr_weight(advantage: torch.Tensor, beta: float) -> torch.Tensor:
+    """Advantage-weighted regression weight exp(beta * A), clipped at 100 as in IQL."""
+    return torch.exp(beta * advantage).clamp(max=100.0)
+
+
+def iql_update(batch, actor, qf, qf_target, vf, actor_optimizer, q_optimizer, v_optimizer, args) -> dict:
+    """One IQL gradient step on V, the actor and every Q; returns the losses (as tensors, no host sync)."""
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        target_q = qf_target(obs, actions).min(0).values  # min over the whole ensemble (IQL's min of 2)
+    # V(s): expectile regression towards Q, an in-sample estimate of max_a Q(s, a).
+    vf_loss = expectile_loss(target_q - vf(obs), args.expectile)
+    v_optimizer.zero_grad(set_to_none=True)
+    vf_loss.backward()
+    v_optimizer.step()
+    with torch.no_grad():  # the actor and the critics use the V just updated, as IQL does
+        v, next_v = vf(torch.cat([obs, next_obs])).chunk(2)
+        weights = awr_weight(target_q - v, args.beta)
+        td_target = rewards + args.gamma * (1.0 - dones) * next_v
+    # Actor: advantage-weighted regression onto the buffer's actions.
+    actor_loss = -(weights * actor(obs).log_prob(actions).sum(-1)).mean()
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+    # Q: every critic regresses onto r + gamma * V(s'); no max over actions, so no out-of-data query.
+    qf_loss = ((qf(obs, actions) - td_target) ** 2).mean(1).sum()
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+    with torch.no_grad():
+        for param, target_param in zip(qf.parameters(), qf_target.parameters()):
+            target_param.lerp_(param, args.tau)
+    return {"qf_loss": qf_loss, "vf_loss": vf_loss, "actor_loss": actor_loss, "advantage_weight": weights.mean()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting online
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def select_action(actor, qf, obs, n_candidates: int, sigma: float, omega: float, low, high):
+    """O3F's optimistic action selection for one state `obs` of shape [1, obs_dim]."""
+    a = actor(obs).sample()  # Algorithm 1, line 2: a ~ pi(s)
+    # Line 3: N candidates c_i ~ N(a, sigma^2), kept inside the action bounds.
+    candidates = (a + sigma * torch.randn(n_candidates, a.shape[-1], device=a.device)).clamp(low, high)
+    q = qf(obs.expand(n_candidates, -1), candidates)  # [m, N]: every critic scores every candidate
+    score = q.mean(0) + omega * q.std(0, unbiased=False)  # Eq. 2: f(s, c) = Q_mean + omega * Q_std
+    return candidates[score.argmax()]  # line 4: execute the best-scoring candidate
+
+
+@torch.no_grad()
+def evaluate(actor, env, env_id: str, n_episodes: int, seed: int, device) -> tuple:
+    """Mean return and D4RL-normalised score of the deterministic policy (the Gaussian's mean)."""
+    returns = []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
+        done, episode_return = False, 0.0
+        while not done:
+            action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None]).mean[0]
+            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+            episode_return, done = episode_return + float(reward), terminated or truncated
+        returns.append(episode_return)
+    mean_return = float(np.mean(returns))
+    return mean_return, normalized_score(env_id, mean_return)
+
+
+def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict):
+    """Write the model and optimiser states to a temporary name, then rename (never half-written)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {"algorithm": "iql", "env_id": args.env_id, "step": step, "args": asdict(args)}
+    state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
+    torch.save(state, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path: str, args: Args, nets: dict, optimizers: dict) -> int:
+    """Load a checkpoint written by an IQL-based script for the same task; returns its step."""
+    if not os.path.isfile(path):
+        fail(f"--load-offline {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"--load-offline {path}: not a checkpoint of this project ({type(e).__name__})")
+    if not isinstance(state, dict) or state.get("algorithm") != "iql":
+        fail(f"--load-offline {path}: written by another script (needs o3f_iql.py or iql_noise.py)")
+    if state["env_id"] != args.env_id:
+        fail(f"--load-offline {path}: pretrained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+    try:
+        for name, net in {**nets, **optimizers}.items():
+            net.load_state_dict(state[name])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"--load-offline {path}: does not fit these networks ({str(e).splitlines()[0]})")
+    return int(state["step"])
+
+
+def write_json(path: str, content: dict):
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(content, f, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env_id not in D4RL_TASKS + EMBEDDED_TASKS:
+        close = difflib.get_close_matches(args.env_id, D4RL_TASKS + EMBEDDED_TASKS, n=3)
+        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(EMBEDDED_TASKS + D4RL_TASKS)}"))
+    default_expectile, default_beta, default_sigma = DOMAIN_DEFAULTS[domain_of(args.env_id)]
+    args.expectile = default_expectile if args.expectile is None else args.expectile
+    args.beta = default_beta if args.beta is None else args.beta
+    args.sigma = default_sigma if args.sigma is None else args.sigma
+    checks = {
+        "--offline-steps must be >= 0": args.offline_steps >= 0,
+        "--online-steps must be >= 0": args.online_steps >= 0,
+        "--eval-freq must be >= 1": args.eval_freq >= 1,
+        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
+        "--log-freq must be >= 1": args.log_freq >= 1,
+        "--batch-size must be >= 1": args.batch_size >= 1,
+        "--num-critics must be >= 1": args.num_critics >= 1,
+        "--expectile must be in (0, 1)": 0 < args.expectile < 1,
+        "--n-candidates must be >= 1": args.n_candidates >= 1,
+        "--sigma must be >= 0": args.sigma >= 0,
+    }
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
+
+    # TRY NOT TO MODIFY: seeding, data, logging
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    data = load_dataset(dataset_file(args.env_id, args.dataset_path))
+    env = make_env(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        fail(f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+             f"{args.env_id} needs {obs_dim} and {act_dim}")
+    if args.batch_size > len(data["rewards"]):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
+    scale_reward = reward_transform(args.env_id, data["episode_returns"])
+    data["rewards"] = scale_reward(data["rewards"])
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot write the run to {run_dir} ({e.strerror}); pass --output-dir DIR")
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401, used by gymnasium's RecordVideo
+        except ImportError:
+            fail("--capture-video needs moviepy: pip install moviepy")
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    env.action_space.seed(args.seed)
+    eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
+    low = torch.as_tensor(env.action_space.low, device=device)
+    high = torch.as_tensor(env.action_space.high, device=device)
+
+    actor = Actor(obs_dim, act_dim).to(device)
+    qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
+    qf_target = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    vf = ValueNetwork(obs_dim).to(device)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.learning_rate)
+    v_optimizer = torch.optim.Adam(vf.parameters(), lr=args.learning_rate)
+    nets = {"actor": actor, "qf": qf, "qf_target": qf_target, "vf": vf}
+    optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "v_optimizer": v_optimizer}
+
+    start_step = 0
+    if args.load_offline:
+        start_step = load_checkpoint(args.load_offline, args, nets, optimizers)
+        args.offline_steps = start_step  # the loaded model's offline phase is over
+    total_steps = args.offline_steps + args.online_steps
+    # Algorithm 1: the replay buffer starts as the whole offline dataset D.
+    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "final_normalized_score": None, "complete": False}
+    summary_path = os.path.join(run_dir, "summary.json")
+
+    obs, _ = env.reset(seed=args.seed)
+    start_time, score = time.time(), float("nan")
+    progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
+                    unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
+    if start_step == args.offline_steps and args.load_offline:  # score the loaded model once, at the switch
+        episode_return, score = evaluate(actor, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        summary["evaluations"].append({"step": start_step, "phase": "offline", "normalized_score": score, "return": episode_return})
+        writer.add_scalar("eval/normalized_score", score, start_step)
+        writer.add_scalar("eval/return", episode_return, start_step)
+
+    for global_step in range(start_step, total_steps):
+        online = global_step >= args.offline_steps
+        if online:
+            # ALGO LOGIC: O3F, Algorithm 1 lines 2-4: act optimistically around the policy's action
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            action = select_action(actor, qf, obs_t, args.n_candidates, args.sigma, args.omega, low, high)
+            # Line 5: step the environment.
+            next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
+            rb.add(obs, action, scale_reward(reward), next_obs, terminated)
+            if "episode" in info:
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+            obs = env.reset()[0] if terminated or truncated else next_obs
+
+        # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online
+        losses = iql_update(rb.sample(args.batch_size), actor, qf, qf_target, vf, actor_optimizer, q_optimizer, v_optimizer, args)
+
+        # TRY NOT TO MODIFY: logging, evaluation, checkpoints
+        step = global_step + 1
+        progress.update(1)
+        if step % args.log_freq == 0:
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value.item(), step)  # the only host syncs, every log_freq steps
+            writer.add_scalar("charts/SPS", int((step - start_step) / (time.time() - start_time)), step)
+        if step % args.eval_freq == 0 or step in (args.offline_steps, total_steps):
+            episode_return, score = evaluate(actor, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+            phase = "online" if online else "offline"
+            summary["evaluations"].append({"step": step, "phase": phase, "normalized_score": score, "return": episode_return})
+            summary["final_normalized_score"] = score
+            write_json(summary_path, summary)
+            writer.add_scalar("eval/normalized_score", score, step)
+            writer.add_scalar("eval/return", episode_return, step)
+            progress.set_postfix(score=f"{score:.1f}")
+        if step == args.offline_steps:
+            save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
+            progress.set_description("online")
+
+    progress.close()
+    save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)
+    summary["complete"] = True
+    write_json(summary_path, summary)
+    print(f"{run_name}: final normalized score {score:.1f}; logs in {run_dir}")
+    env.close()
+    eval_env.close()
+    writer.close()

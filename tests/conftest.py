@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A private dataset cache, so tests never touch (or depend on) the user's ~/.cache/o3f."""
+    return str(tmp_path_factory.mktemp("o3f_data"))
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """A 3000-transition uniform-random HalfCheetah-v5 dataset in D4RL's HDF5 format."""
+    import make_datasets
+
+    path = str(tmp_path_factory.mktemp("datasets") / "halfcheetah-random-small.hdf5")
+    return make_datasets.generate("embedded-halfcheetah-random", path, seed=0, transitions=3000)
+
+
+@pytest.fixture(scope="session")
+def run_script(data_dir):
+    """Run a top-level script as a user would; returns the CompletedProcess."""
+
+    def run(script, *flags, timeout=300):
+        env = {**os.environ, "O3F_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1"}
+        return subprocess.run([sys.executable, os.path.join(ROOT, script), "--no-cuda", *map(str, flags)],
+                              capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+    return run

@@ -1,0 +1,79 @@
+"""Bad input gets one line on stderr and exit code 2, never a traceback."""
+import h5py
+import numpy as np
+import pytest
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("script", ["o3f_iql.py", "iql_noise.py"])
+def test_unknown_env_id_suggests_close_names(run_script, script):
+    assert_one_line_error(run_script(script, "--env-id", "halfcheetah-medium-v9"), "halfcheetah-medium-v2")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--n-candidates", 0], ["--n-candidates"]),
+    (["--sigma", -0.1], ["--sigma"]),
+    (["--offline-steps", -5], ["--offline-steps"]),
+    (["--batch-size", 100_000], ["--batch-size", "3000 transitions"]),
+])
+def test_impossible_values(run_script, small_dataset, flags, words):
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", small_dataset, *flags), *words)
+
+
+def test_missing_dataset_file(run_script, tmp_path):
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", tmp_path / "nope.hdf5"), "no such file")
+
+
+def test_missing_d4rl_dataset_says_how_to_get_it(run_script):
+    assert_one_line_error(run_script("iql_noise.py", "--env-id", "hopper-medium-v2"), "hopper-medium-v2", "--dataset-path")
+
+
+def test_dataset_of_another_environment(run_script, tmp_path):
+    path = tmp_path / "hopper-like.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.zeros((300, 11), np.float32), np.zeros((300, 3), np.float32)
+        f["rewards"], f["terminals"] = np.zeros(300, np.float32), np.zeros(300, bool)
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", path), "11-d observations", "17")
+
+
+def test_dataset_with_nan(run_script, small_dataset, tmp_path):
+    path = tmp_path / "nan.hdf5"
+    with h5py.File(small_dataset) as src, h5py.File(path, "w") as dst:
+        for key in src:
+            dst[key] = src[key][:]
+        dst["rewards"][5] = np.nan
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", path), "NaN")
+
+
+def test_not_an_hdf5_file(run_script, tmp_path):
+    path = tmp_path / "junk.hdf5"
+    path.write_text("not hdf5")
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", path), "HDF5")
+
+
+def test_checkpoint_of_another_task_or_file(run_script, small_dataset, tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"junk")
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", small_dataset, "--load-offline", path), "--load-offline")
+    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", small_dataset, "--load-offline", tmp_path / "no.pt"), "no such file")
+
+
+@pytest.mark.parametrize("state, words", [
+    ({"algorithm": "iql", "env_id": "hopper-medium-v2", "step": 10}, ["pretrained on hopper-medium-v2", "--env-id"]),
+    ({"algorithm": "lapo", "env_id": "embedded-halfcheetah-random", "step": 10}, ["another script"]),
+    ({"algorithm": "iql", "env_id": "embedded-halfcheetah-random", "step": 10, "actor": {}}, ["does not fit"]),
+])
+def test_checkpoint_of_another_task_or_script(run_script, small_dataset, tmp_path, state, words):
+    import torch
+
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    assert_one_line_error(run_script("iql_noise.py", "--dataset-path", small_dataset, "--load-offline", path), *words)

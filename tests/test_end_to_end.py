@@ -1,0 +1,105 @@
+"""Both IQL scripts as a user runs them: tiny budgets on CPU, outputs, and a shared pretrained model."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+TINY = ["--offline-steps", 200, "--online-steps", 200, "--eval-freq", 100, "--eval-episodes", 1,
+        "--log-freq", 50, "--batch-size", 64]
+
+
+def run_dir_of(output_dir):
+    (run_dir,) = glob.glob(os.path.join(output_dir, "*"))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def pretrained(run_script, small_dataset, tmp_path_factory):
+    """One tiny o3f_iql.py run that also saves its offline model with --save-offline."""
+    out = tmp_path_factory.mktemp("o3f_run")
+    checkpoint = str(out / "pretrained.pt")
+    result = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", out / "runs",
+                        "--save-offline", checkpoint, *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir_of(str(out / "runs")), checkpoint
+
+
+def test_a_run_writes_summary_with_offline_then_online_evaluations(pretrained):
+    run_dir, _ = pretrained
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    history = [(e["step"], e["phase"]) for e in summary["evaluations"]]
+    assert history == [(100, "offline"), (200, "offline"), (300, "online"), (400, "online")]
+    assert summary["complete"] is True
+    assert summary["final_normalized_score"] == summary["evaluations"][-1]["normalized_score"]
+    assert summary["args"]["sigma"] == 0.2 and summary["args"]["n_candidates"] == 100  # locomotion defaults
+    assert all(isinstance(e["return"], float) for e in summary["evaluations"])
+
+
+def test_a_run_writes_tensorboard_events_in_cleanrl_naming(pretrained):
+    run_dir, _ = pretrained
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"eval/normalized_score", "eval/return", "charts/SPS", "losses/qf_loss", "losses/vf_loss",
+            "losses/actor_loss"} <= tags
+    assert [e.step for e in events.Scalars("eval/normalized_score")] == [100, 200, 300, 400]
+    assert len(events.Scalars("losses/qf_loss")) == 8  # every --log-freq 50 steps over 400
+
+
+def test_the_offline_checkpoint_holds_the_pretrained_model(pretrained):
+    run_dir, checkpoint = pretrained
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["algorithm"] == "iql" and state["step"] == 200
+    assert set(state) >= {"actor", "qf", "qf_target", "vf", "actor_optimizer", "q_optimizer", "v_optimizer"}
+    assert len({k.split(".")[1] for k in state["qf"]}) == 5  # five critics
+    final = torch.load(os.path.join(run_dir, "final.pt"), weights_only=True)
+    assert final["step"] == 400
+    assert not torch.equal(final["actor"]["log_std"], state["actor"]["log_std"])  # it kept learning online
+
+
+def test_the_noise_baseline_fine_tunes_the_same_pretrained_model(run_script, small_dataset, pretrained, tmp_path):
+    run_dir, checkpoint = pretrained
+    result = run_script("iql_noise.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, "--load-offline", checkpoint, *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    o3f = json.load(open(os.path.join(run_dir, "summary.json")))["evaluations"]
+    noise = json.load(open(os.path.join(run_dir_of(str(tmp_path)), "summary.json")))["evaluations"]
+    # No pretraining: the first score is the loaded model's, identical to O3F's at the switch.
+    assert noise[0] == {**o3f[1], "phase": "offline"}
+    assert [(e["step"], e["phase"]) for e in noise] == [(200, "offline"), (300, "online"), (400, "online")]
+
+
+def test_o3f_fine_tunes_a_model_pretrained_by_the_noise_baseline(run_script, small_dataset, tmp_path):
+    checkpoint = str(tmp_path / "noise.pt")
+    first = run_script("iql_noise.py", "--dataset-path", small_dataset, "--output-dir", tmp_path / "a",
+                       "--save-offline", checkpoint, *TINY[:2], "--online-steps", 0, *TINY[4:])
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", tmp_path / "b",
+                        "--load-offline", checkpoint, *TINY)
+    assert second.returncode == 0, second.stderr[-2000:]
+    a = json.load(open(os.path.join(run_dir_of(str(tmp_path / "a")), "summary.json")))["evaluations"]
+    b = json.load(open(os.path.join(run_dir_of(str(tmp_path / "b")), "summary.json")))["evaluations"]
+    assert b[0] == a[-1]
+
+
+def test_same_seed_gives_the_same_evaluation_history(run_script, small_dataset, pretrained, tmp_path):
+    run_dir, _ = pretrained
+    again = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, *TINY)
+    assert again.returncode == 0, again.stderr[-2000:]
+    first = json.load(open(os.path.join(run_dir, "summary.json")))["evaluations"]
+    second = json.load(open(os.path.join(run_dir_of(str(tmp_path)), "summary.json")))["evaluations"]
+    assert first == second
+
+
+def test_default_task_makes_the_embedded_dataset_once_and_reuses_it(run_script, data_dir, tmp_path):
+    flags = ["--output-dir", tmp_path, "--offline-steps", 20, "--online-steps", 20, "--eval-freq", 20, "--eval-episodes", 1]
+    result = run_script("o3f_iql.py", *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = os.path.join(data_dir, "embedded", "embedded-halfcheetah-random.hdf5")
+    assert "making the embedded dataset" in result.stderr and os.path.isfile(path)
+    made = os.path.getmtime(path)
+    again = run_script("iql_noise.py", *flags)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "making the embedded dataset" not in again.stderr and os.path.getmtime(path) == made

@@ -1,0 +1,109 @@
+"""IQL's losses against hand-computed values, and the data conventions they rely on."""
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import o3f_iql
+
+
+def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
+    diff = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    # 0.7 on positive errors, 0.3 on negative ones: (0.7*4 + 0.3*1 + 0.7*0.25 + 0.3*9) / 4
+    expected = (0.7 * 4 + 0.3 * 1 + 0.7 * 0.25 + 0.3 * 9) / 4
+    assert o3f_iql.expectile_loss(diff, 0.7).item() == pytest.approx(expected)
+
+
+def test_expectile_one_half_is_half_the_mean_squared_error():
+    diff = torch.randn(100)
+    assert o3f_iql.expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (diff**2).mean().item(), rel=1e-6)
+
+
+def test_awr_weight_is_exp_beta_advantage_clipped_at_100():
+    weights = o3f_iql.awr_weight(torch.tensor([0.0, 1.0, -1.0, 10.0]), beta=3.0)
+    assert weights.tolist() == pytest.approx([1.0, math.exp(3.0), math.exp(-3.0), 100.0], rel=1e-6)
+
+
+def test_ensemble_has_independent_critics():
+    qf = o3f_iql.QEnsemble(obs_dim=4, act_dim=2, num_critics=5)
+    q = qf(torch.randn(8, 4), torch.randn(8, 2))
+    assert q.shape == (5, 8)
+    assert not torch.allclose(q[0], q[1])
+
+
+def write_d4rl_file(path, with_next_observations):
+    # Two episodes: a 3-step one cut by a time limit, then a 2-step one that terminates.
+    obs = np.arange(5, dtype=np.float32)[:, None].repeat(2, 1)
+    with h5py.File(path, "w") as f:
+        f["observations"] = obs
+        f["actions"] = np.zeros((5, 1), np.float32)
+        f["rewards"] = np.array([1, 2, 3, 10, 20], np.float32)
+        f["terminals"] = np.array([0, 0, 0, 0, 1], bool)
+        f["timeouts"] = np.array([0, 0, 1, 0, 0], bool)
+        if with_next_observations:
+            f["next_observations"] = obs + 100
+
+
+def test_loader_keeps_timeouts_bootstrapped_and_terminals_terminal(tmp_path):
+    path = tmp_path / "d.hdf5"
+    write_d4rl_file(path, with_next_observations=True)
+    data = o3f_iql.load_dataset(str(path))
+    assert data["terminals"].tolist() == [0, 0, 0, 0, 1]  # the time-limit end is not terminal
+    assert data["next_observations"][:, 0].tolist() == [100, 101, 102, 103, 104]
+    assert sorted(data["episode_returns"].tolist()) == [6, 30]
+
+
+def test_loader_derives_next_observations_and_drops_time_limit_ends(tmp_path):
+    path = tmp_path / "d.hdf5"
+    write_d4rl_file(path, with_next_observations=False)
+    data = o3f_iql.load_dataset(str(path))
+    # Rows 0, 1 and 3 have a stored successor; row 2 ends by time limit, row 4 is the file's last.
+    assert data["observations"][:, 0].tolist() == [0, 1, 3]
+    assert data["next_observations"][:, 0].tolist() == [1, 2, 4]
+    assert data["rewards"].tolist() == [1, 2, 10]
+
+
+def test_locomotion_rewards_are_scaled_by_the_range_of_episode_returns():
+    scale = o3f_iql.reward_transform("halfcheetah-medium-v2", np.array([100.0, 300.0, 600.0]))
+    assert scale(np.float32(5.0)) == pytest.approx(5.0 * 1000 / 500)
+    assert o3f_iql.reward_transform("antmaze-large-diverse-v2", np.array([0.0, 1.0]))(1.0) == 0.0
+
+
+def test_normalized_score_uses_d4rl_reference_returns():
+    assert o3f_iql.normalized_score("halfcheetah-medium-v2", -280.178953) == pytest.approx(0.0)
+    assert o3f_iql.normalized_score("embedded-halfcheetah-random", 12135.0) == pytest.approx(100.0)
+
+
+def test_iql_update_matches_hand_computed_losses_and_polyak_targets():
+    import copy
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    obs_dim, act_dim, batch = 4, 2, 32
+    actor, vf = o3f_iql.Actor(obs_dim, act_dim), o3f_iql.ValueNetwork(obs_dim)
+    qf, qf_target = o3f_iql.QEnsemble(obs_dim, act_dim, 5), o3f_iql.QEnsemble(obs_dim, act_dim, 5)
+    optimizers = [torch.optim.Adam(net.parameters(), lr=1e-3) for net in (actor, qf, vf)]
+    args = SimpleNamespace(expectile=0.7, beta=3.0, gamma=0.99, tau=0.005)
+    obs, next_obs = torch.randn(batch, obs_dim), torch.randn(batch, obs_dim)
+    actions, rewards = torch.rand(batch, act_dim) * 2 - 1, torch.randn(batch)
+    dones = (torch.rand(batch) < 0.3).float()
+    before = {name: copy.deepcopy(net) for name, net in (("actor", actor), ("qf", qf), ("qf_target", qf_target), ("vf", vf))}
+
+    losses = o3f_iql.iql_update((obs, actions, rewards, next_obs, dones), actor, qf, qf_target, vf, *optimizers, args)
+
+    with torch.no_grad():
+        min_q = before["qf_target"](obs, actions).min(0).values
+        diff = min_q - before["vf"](obs)
+        expected_vf = (torch.where(diff > 0, 0.7, 0.3) * diff**2).mean()
+        # The actor and the critics use V after its step (vf now holds it; nothing changes it afterwards).
+        weights = torch.exp(3.0 * (min_q - vf(obs))).clamp(max=100)
+        expected_actor = -(weights * before["actor"](obs).log_prob(actions).sum(-1)).mean()
+        td_target = rewards + 0.99 * (1 - dones) * vf(next_obs)
+        expected_qf = sum(((before["qf"](obs, actions)[j] - td_target) ** 2).mean() for j in range(5))
+    assert losses["vf_loss"].item() == pytest.approx(expected_vf.item(), rel=1e-5)
+    assert losses["actor_loss"].item() == pytest.approx(expected_actor.item(), rel=1e-5)
+    assert losses["qf_loss"].item() == pytest.approx(expected_qf.item(), rel=1e-5)
+    for p, t_new, t_old in zip(qf.parameters(), qf_target.parameters(), before["qf_target"].parameters()):
+        assert torch.allclose(t_new, t_old + 0.005 * (p - t_old), atol=1e-7)
