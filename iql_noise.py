@@ -6,12 +6,17 @@ baseline of Figure 5 in "Fine-tuning offline policies with optimistic action sel
 Reads top to bottom: arguments, data, networks, losses, action selection, then the training loop,
 whose `ALGO LOGIC` blocks are Algorithm 1 with noise in place of lines 3-4.
 """
+import contextlib
 import difflib
+import http.client
+import io
 import json
 import os
 import random
 import sys
 import time
+import urllib.request
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -48,8 +53,10 @@ class Args:
     """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
 
     # Data and schedule
-    env_id: str = "embedded-halfcheetah-random"
-    """task: a D4RL name (e.g. `halfcheetah-medium-v2`) or an embedded dataset made here (`embedded-*`)"""
+    env_id: str = "embedded-halfcheetah-medium"
+    """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
+    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2, kitchen-{complete,partial,mixed}-v0)
+    or a dataset made here with no network (embedded-halfcheetah-medium, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
     dataset_path: Optional[str] = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
@@ -98,80 +105,189 @@ def fail(message: str):
 # Tasks and data
 # ---------------------------------------------------------------------------------------------
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
-# D4RL's reference returns: normalised score = 100 * (return - random) / (expert - random).
-REF_RETURNS = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3), "walker2d": (1.629008, 4592.3)}
-GYM_ENV = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
-D4RL_TASKS = [
-    f"{robot}-{data}-v2"
-    for robot in GYM_ENV
-    for data in ("random", "medium", "medium-replay", "medium-expert", "expert")
-]
-EMBEDDED_TASKS = ["embedded-halfcheetah-random"]
+D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
+R, G = "r", "g"
+# D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
+EVAL_MAZES = {
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
+    "medium": [[1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, G, 1], [1, 1, 1, 1, 1, 1, 1, 1]],
+    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+}
+KITCHEN_SUBTASKS = {
+    "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "partial": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "mixed": ["microwave", "kettle", "bottom burner", "light switch"],
+}
+
+
+@dataclass
+class Task:
+    domain: str  # "locomotion", "antmaze" (sparse-reward navigation) or "kitchen": defaults and reward conventions
+    env: str  # the Gymnasium environment
+    env_kwargs: dict
+    obs_keys: Optional[tuple]  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
+    source: str  # "d4rl" (D4RL's HDF5 file over HTTP), "minari" (a Minari dataset id) or "embedded" (made here)
+    dataset: str
+    ref_min: float  # D4RL's reference returns: score = 100 * (return - ref_min) / (ref_max - ref_min)
+    ref_max: float
+
+
+def d4rl_tasks() -> dict:
+    tasks = {}
+    for robot, (env, ref_min, ref_max) in {"halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+                                           "hopper": ("Hopper-v5", -20.272305, 3234.3),
+                                           "walker2d": ("Walker2d-v5", 1.629008, 4592.3)}.items():
+        for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
+            tasks[f"{robot}-{data}-v2"] = Task("locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max)
+    for data, env in {"umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4", "medium-play": "AntMaze_Medium-v4",
+                      "medium-diverse": "AntMaze_Medium_Diverse_GR-v4", "large-play": "AntMaze_Large-v4",
+                      "large-diverse": "AntMaze_Large_Diverse_GR-v4"}.items():
+        maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
+        tasks[f"antmaze-{data}-v2"] = Task("antmaze", env, {"maze_map": maze, "continuing_task": False, "reset_target": False},
+                                           ("achieved_goal", "observation"), "minari", f"D4RL/antmaze/{data}-v1", 0.0, 1.0)
+    for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
+        kwargs = {"tasks_to_complete": subtasks, "remove_task_when_completed": True, "terminate_on_tasks_completed": True, "max_episode_steps": 280}
+        tasks[f"kitchen-{data}-v0"] = Task("kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0)
+    return tasks
+
+
+TASKS = {
+    **d4rl_tasks(),
+    # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
+    "embedded-halfcheetah-medium": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0),
+    "embedded-halfcheetah-random": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0),
+    "embedded-pointmaze-medium": Task("antmaze", "PointMaze_Medium-v3", {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
+                                      ("observation",), "embedded", "embedded-pointmaze-medium", 0.0, 1.0),
+}
 # Per-domain defaults: IQL's (expectile, beta) and O3F's sigma (paper, section 5.3).
 DOMAIN_DEFAULTS = {"locomotion": (0.7, 3.0, 0.2), "antmaze": (0.9, 10.0, 0.05), "kitchen": (0.7, 0.5, 0.05)}
 
 
-def robot_of(env_id: str) -> str:
-    """'halfcheetah' for `halfcheetah-medium-v2` and `embedded-halfcheetah-random`."""
-    return env_id.removeprefix("embedded-").split("-")[0]
-
-
-def domain_of(env_id: str) -> str:
-    return "antmaze" if "antmaze" in env_id else "kitchen" if "kitchen" in env_id else "locomotion"
-
-
 def normalized_score(env_id: str, episode_return: float) -> float:
-    low, high = REF_RETURNS[robot_of(env_id)]
-    return 100.0 * (episode_return - low) / (high - low)
+    task = TASKS[env_id]
+    return 100.0 * (episode_return - task.ref_min) / (task.ref_max - task.ref_min)
+
+
+def flatten_obs(task: Task, obs):
+    return obs if task.obs_keys is None else np.concatenate([obs[key] for key in task.obs_keys], -1)
 
 
 def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval_episodes: int = 1):
-    env = gym.make(GYM_ENV[robot_of(env_id)], render_mode="rgb_array" if capture_video else None)
+    task = TASKS[env_id]
+    if task.env.startswith(("AntMaze", "PointMaze", "FrankaKitchen")):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
+            warnings.simplefilter("ignore")
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+    with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
+        warnings.filterwarnings("ignore", message=".*out of date.*")
+        env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
+    if task.obs_keys is not None:
+        size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
+        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,)))
     if capture_video:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
     return gym.wrappers.RecordEpisodeStatistics(env)
 
 
-def dataset_file(env_id: str, dataset_path: Optional[str]) -> str:
-    """The HDF5 file of the task: `--dataset-path`, else the cache (embedded datasets are made on first use)."""
-    if dataset_path is not None:
-        if not os.path.isfile(dataset_path):
-            fail(f"--dataset-path {dataset_path}: no such file")
-        return dataset_path
-    if env_id in EMBEDDED_TASKS:
-        path = os.path.join(DATA_DIR, "embedded", f"{env_id}.hdf5")
-        if not os.path.isfile(path):
-            try:
-                import make_datasets  # the project's dataset tool, next to this script
-            except ImportError:
-                fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
-            print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
-            make_datasets.generate(env_id, path)
-        return path
-    path = os.path.join(DATA_DIR, "d4rl", f"{env_id}.hdf5")
-    if not os.path.isfile(path):
-        fail(f"no dataset for {env_id}: put D4RL's HDF5 file at {path} or pass --dataset-path FILE")
+def download(url: str, path: str, env_id: str):
+    """Fetch `url` to `path` through a temporary name: an interrupted download never looks complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0)
+            with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}", file=sys.stderr) as bar:
+                while chunk := response.read(1 << 20):
+                    bar.update(f.write(chunk))
+        if size and os.path.getsize(tmp) != size:
+            raise OSError(f"cut off after {os.path.getsize(tmp)} of {size} bytes")
+        h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as e:
+        fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
+             f"with no network, put D4RL's file at {path} or pass --dataset-path FILE")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def dataset_file(env_id: str) -> str:
+    """The task's HDF5 file in the cache: downloaded (D4RL) or made here (embedded) on first use."""
+    task = TASKS[env_id]
+    path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
+    if not os.path.isfile(path) and task.source == "d4rl":
+        download(f"{D4RL_URL}/{task.dataset}.hdf5", path, env_id)
+    if not os.path.isfile(path) and task.source == "embedded":
+        try:
+            import make_datasets  # the project's dataset tool, next to this script
+        except ImportError:
+            fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
+        print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
+        make_datasets.generate(task.dataset, path)
     return path
 
 
-def load_dataset(path: str) -> dict:
-    """Read a D4RL-format HDF5 file into float32 arrays of (s, a, r, s', terminal) plus episode returns.
-
-    Time-limit ends (`timeouts`) are not terminal: the value of s' is still bootstrapped there.
-    Files without `next_observations` get them from the following row, as d4rl.qlearning_dataset
-    does, dropping the rows that end an episode by time limit (their successor is not stored).
-    """
+def read_hdf5(path: str) -> dict:
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
+            missing = [k for k in keys[:4] if k not in f]
             if missing:
-                fail(f"{path}: not a D4RL dataset, missing {', '.join(missing)}")
-            data = {k: f[k][:] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations") if k in f}
+                fail(f"{path}: not a D4RL dataset, it has no {', '.join(missing)}")
+            return {k: f[k][:] for k in keys if k in f}
     except OSError as e:
         fail(f"{path}: cannot be read as HDF5 ({e})")
+
+
+def read_minari(env_id: str) -> dict:
+    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations)."""
+    task = TASKS[env_id]
+    try:
+        import minari
+    except ImportError:
+        fail(f"{env_id} is a Minari dataset: pip install minari")
+    try:
+        dataset = minari.load_dataset(task.dataset)
+    except Exception:
+        try:
+            dataset = minari.load_dataset(task.dataset, download=True)
+        except Exception as e:
+            fail(f"no dataset for {env_id}: {task.dataset} is not in Minari's local store and could not be downloaded "
+                 f"({type(e).__name__}); on a machine with network run `minari download {task.dataset}` "
+                 f"(needs pip install 'minari[hf]'), or pass --dataset-path FILE")
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(task, episode.observations)
+        for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
+            parts[key].append(value)
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
+    """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
+
+    `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
+    (`timeouts`) are not terminal: the value of s' is still bootstrapped there. Files without
+    `next_observations` get them from the following row, as d4rl.qlearning_dataset does, dropping
+    the rows that end an episode by time limit (their successor is not stored).
+    """
+    if dataset_path is not None and not os.path.isfile(dataset_path):
+        fail(f"--dataset-path {dataset_path}: no such file")
+    if dataset_path is None and TASKS[env_id].source == "minari":
+        name, data = TASKS[env_id].dataset, read_minari(env_id)
+    else:
+        name = dataset_path or dataset_file(env_id)
+        data = read_hdf5(name)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
     rewards, terminals = data["rewards"].astype(np.float32).reshape(-1), data["terminals"].astype(bool).reshape(-1)
     timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
+        fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
     # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range).
     ends = np.flatnonzero(terminals | timeouts)
     ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
@@ -184,16 +300,16 @@ def load_dataset(path: str) -> dict:
         next_obs = data["observations"][1:][keep].astype(np.float32)
     for key, value in (("observations", obs), ("actions", actions), ("rewards", rewards), ("next_observations", next_obs)):
         if not np.isfinite(value).all():
-            fail(f"{path}: {key} holds NaN or inf values")
+            fail(f"{name}: {key} holds NaN or inf values")
     return dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
                 terminals=terminals.astype(np.float32), episode_returns=episode_returns)
 
 
 def reward_transform(env_id: str, episode_returns: np.ndarray):
     """IQL's reward convention: locomotion r * 1000 / (max - min episode return); antmaze r - 1."""
-    if domain_of(env_id) == "antmaze":
+    if TASKS[env_id].domain == "antmaze":
         return lambda r: r - 1.0
-    if domain_of(env_id) == "kitchen":
+    if TASKS[env_id].domain == "kitchen":
         return lambda r: r
     spread = float(episode_returns.max() - episode_returns.min())
     scale = 1000.0 / spread if spread > 0 else 1.0
@@ -371,10 +487,10 @@ def write_json(path: str, content: dict):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if args.env_id not in D4RL_TASKS + EMBEDDED_TASKS:
-        close = difflib.get_close_matches(args.env_id, D4RL_TASKS + EMBEDDED_TASKS, n=3)
-        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(EMBEDDED_TASKS + D4RL_TASKS)}"))
-    default_expectile, default_beta, default_sigma = DOMAIN_DEFAULTS[domain_of(args.env_id)]
+    if args.env_id not in TASKS:
+        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
+        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
+    default_expectile, default_beta, default_sigma = DOMAIN_DEFAULTS[TASKS[args.env_id].domain]
     args.expectile = default_expectile if args.expectile is None else args.expectile
     args.beta = default_beta if args.beta is None else args.beta
     args.sigma = default_sigma if args.sigma is None else args.sigma
@@ -400,7 +516,7 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    data = load_dataset(dataset_file(args.env_id, args.dataset_path))
+    data = load_dataset(args.env_id, args.dataset_path)
     env = make_env(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:

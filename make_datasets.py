@@ -3,34 +3,220 @@
 The scripts call `generate()` when an `embedded-*` env-id is asked for and not yet cached, so a
 new user needs no download. By hand:
 
-    python make_datasets.py --name embedded-halfcheetah-random --out /tmp/random.hdf5
+    python make_datasets.py make --name embedded-pointmaze-medium
+    python make_datasets.py train-behaviour    # how datasets/halfcheetah-medium-behaviour.pt was made
 
 Names start with `embedded-` so they cannot be mistaken for D4RL's own datasets.
 """
+import contextlib
+import io
 import os
-import sys
+import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import gymnasium as gym
 import h5py
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
 # name -> (Gymnasium environment, behaviour policy, default number of transitions)
 EMBEDDED = {
     # D4RL's "random" recipe (uniform actions, 1000-step episodes), at a tenth of D4RL's size.
     "embedded-halfcheetah-random": ("HalfCheetah-v5", "uniform", 100_000),
+    # D4RL's "medium" recipe: a SAC policy stopped at about a third of expert return, sampled
+    # stochastically. Its weights ship in datasets/; `train-behaviour` below is how they were made.
+    "embedded-halfcheetah-medium": ("HalfCheetah-v5", os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"), 100_000),
+    # D4RL's maze2d recipe, the cheap stand-in for antmaze: a point mass steered through the
+    # medium maze to random goal cells by BFS waypoints and a PD controller, plus action noise.
+    "embedded-pointmaze-medium": ("PointMaze_Medium-v3", "maze-waypoints", 100_000),
 }
+# The reward of the pointmaze data is relabelled to the evaluation task's goal: the cell (6, 6) of
+# D4RL's medium evaluation maze (EVAL_MAZES["medium"] in the scripts), within 0.45 as in PointMaze.
+MAZE_GOAL_CELL, MAZE_GOAL_RADIUS, MAZE_EPISODE_STEPS = (6, 6), 0.45, 600
 
 
-def generate(name: str, path: str, seed: int = 0, transitions: Optional[int] = None) -> str:
-    """Roll out the behaviour policy of `name` and write a D4RL-format HDF5 file to `path`."""
-    env_id, policy, default_size = EMBEDDED[name]
-    size = transitions or default_size
-    env = gym.make(env_id)
+# ---------------------------------------------------------------------------------------------
+# The behaviour policy of the medium datasets: SAC (Haarnoja et al., 2018), trained until its
+# deterministic return first reaches the target, then frozen.
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class SquashedGaussianActor(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim)
+
+    def forward(self, obs, deterministic: bool = False):
+        mean, log_std = self.net(obs).chunk(2, -1)
+        if deterministic:
+            return torch.tanh(mean), None
+        std = log_std.clamp(-5.0, 2.0).exp()
+        u = mean + std * torch.randn_like(mean)
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - std.log() - 0.5 * np.log(2 * np.pi)).sum(-1)
+        log_prob -= (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)  # tanh change of variables
+        return torch.tanh(u), log_prob
+
+
+def policy_return(env, actor, episodes: int, seed: int) -> float:
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, dtype=torch.float32)[None], deterministic=True)[0][0]
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def train_behaviour(env_id: str, out: str, target_return: float, seed: int = 0, max_steps: int = 300_000,
+                    eval_every: int = 5000, batch_size: int = 256, gamma: float = 0.99, tau: float = 0.005) -> dict:
+    """SAC with automatic entropy tuning; saves the actor the first time its return reaches `target_return`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    env, eval_env = gym.make(env_id), gym.make(env_id)
     env.action_space.seed(seed)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    data = {
+    actor = SquashedGaussianActor(obs_dim, act_dim)
+    qfs = nn.ModuleList(mlp(obs_dim + act_dim, 1) for _ in range(2))
+    qfs_target = nn.ModuleList(mlp(obs_dim + act_dim, 1) for _ in range(2))
+    qfs_target.load_state_dict(qfs.state_dict())
+    log_alpha = torch.zeros(1, requires_grad=True)
+    q_opt, actor_opt = torch.optim.Adam(qfs.parameters(), lr=1e-3), torch.optim.Adam(actor.parameters(), lr=3e-4)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=1e-3)
+    buf = {k: torch.zeros((max_steps, d)) for k, d in (("obs", obs_dim), ("act", act_dim), ("rew", 1), ("next", obs_dim), ("done", 1))}
+    q = lambda nets, o, a: torch.stack([net(torch.cat([o, a], -1)).squeeze(-1) for net in nets])
+    obs, _ = env.reset(seed=seed)
+    for step in range(max_steps):
+        if step < 5000:
+            action = env.action_space.sample()
+        else:
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(buf, (obs, action, reward, next_obs, terminated)):
+            buf[key][step] = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        obs = env.reset()[0] if terminated or truncated else next_obs
+        if step < 5000:
+            continue
+        idx = torch.randint(0, step + 1, (batch_size,))
+        o, a, r, o2, d = (buf[k][idx] for k in buf)
+        alpha = log_alpha.exp().detach()
+        with torch.no_grad():
+            a2, logp2 = actor(o2)
+            target = r[:, 0] + gamma * (1 - d[:, 0]) * (q(qfs_target, o2, a2).min(0).values - alpha * logp2)
+        q_loss = ((q(qfs, o, a) - target) ** 2).mean(1).sum()
+        q_opt.zero_grad()
+        q_loss.backward()
+        q_opt.step()
+        a_new, logp = actor(o)
+        actor_loss = (alpha * logp - q(qfs, o, a_new).min(0).values).mean()
+        actor_opt.zero_grad()
+        actor_loss.backward()
+        actor_opt.step()
+        alpha_loss = -(log_alpha * (logp.detach() - act_dim)).mean()  # target entropy -|A|
+        alpha_opt.zero_grad()
+        alpha_loss.backward()
+        alpha_opt.step()
+        with torch.no_grad():
+            for p, tp in zip(qfs.parameters(), qfs_target.parameters()):
+                tp.lerp_(p, tau)
+        if (step + 1) % eval_every == 0:
+            ret = policy_return(eval_env, actor, 5, seed + 1000)
+            print(f"step {step + 1}: deterministic return {ret:.0f} (target {target_return:.0f})", flush=True)
+            if ret >= target_return:
+                info = {"env_id": env_id, "steps": step + 1, "return": ret, "seed": seed, "target_return": target_return}
+                torch.save({"actor": actor.state_dict(), "obs_dim": obs_dim, "act_dim": act_dim, **info}, out)
+                return info
+    raise RuntimeError(f"SAC did not reach {target_return} in {max_steps} steps")
+
+
+def rollout_policy(env_id: str, policy: str, size: int, seed: int) -> dict:
+    """Uniform random actions, or actions sampled from a saved SAC actor, in a Gymnasium environment."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    actor = None
+    if policy != "uniform":
+        saved = torch.load(policy, weights_only=True)
+        actor = SquashedGaussianActor(saved["obs_dim"], saved["act_dim"])
+        actor.load_state_dict(saved["actor"])
+        torch.manual_seed(seed)
+    data = empty_dataset(size, env.observation_space.shape[0], env.action_space.shape[0])
+    obs, _ = env.reset(seed=seed)
+    for i in range(size):
+        if actor is None:
+            action = env.action_space.sample()
+        else:  # sampled, not the mean: the data carry the policy's own spread, as D4RL's do
+            with torch.no_grad():
+                action = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(data, (obs, action, reward, next_obs, terminated, truncated)):
+            data[key][i] = value
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    env.close()
+    return data
+
+
+def rollout_maze(env_id: str, size: int, seed: int, noise: float = 0.5) -> dict:
+    """Steer a point mass to random goal cells: next cell on a BFS path, PD control, Gaussian noise."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
+        warnings.simplefilter("ignore")
+        import gymnasium_robotics
+
+        gym.register_envs(gymnasium_robotics)
+    env = gym.make(env_id, continuing_task=True, reset_target=False, max_episode_steps=None)
+    maze, rng = env.unwrapped.maze, np.random.default_rng(seed)
+    free = [(r, c) for r, row in enumerate(maze.maze_map) for c, cell in enumerate(row) if cell != 1]
+    goal_xy = maze.cell_rowcol_to_xy(np.array(MAZE_GOAL_CELL))
+
+    def distances_to(goal):  # BFS over the free cells
+        dist, frontier = {goal: 0}, [goal]
+        for cell in frontier:
+            for nxt in ((cell[0] + 1, cell[1]), (cell[0] - 1, cell[1]), (cell[0], cell[1] + 1), (cell[0], cell[1] - 1)):
+                if nxt in free and nxt not in dist:
+                    dist[nxt] = dist[cell] + 1
+                    frontier.append(nxt)
+        return dist
+
+    data = empty_dataset(size, 4, 2)
+    obs, _ = env.reset(seed=seed)
+    target, steps = free[rng.integers(len(free))], 0
+    for i in range(size):
+        xy, velocity = obs["observation"][:2], obs["observation"][2:]
+        cell = tuple(int(v) for v in maze.cell_xy_to_rowcol(xy))
+        dist = distances_to(target)
+        if cell == target or cell not in dist:
+            waypoint = maze.cell_rowcol_to_xy(np.array(target))
+        else:
+            waypoint = maze.cell_rowcol_to_xy(np.array(min((n for n in dist if abs(n[0] - cell[0]) + abs(n[1] - cell[1]) == 1), key=dist.get)))
+        action = np.clip(10.0 * (waypoint - xy) - 1.0 * velocity + noise * rng.standard_normal(2), -1.0, 1.0).astype(np.float32)
+        next_obs, _, _, _, _ = env.step(action)
+        steps += 1
+        reward = float(np.linalg.norm(next_obs["observation"][:2] - goal_xy) <= MAZE_GOAL_RADIUS)
+        timeout = steps == MAZE_EPISODE_STEPS
+        for key, value in zip(data, (obs["observation"], action, reward, next_obs["observation"], False, timeout)):
+            data[key][i] = value
+        if np.linalg.norm(next_obs["observation"][:2] - maze.cell_rowcol_to_xy(np.array(target))) < 0.5:
+            target = free[rng.integers(len(free))]  # reached: a new random goal cell
+        obs = next_obs
+        if timeout:
+            obs, _ = env.reset(seed=int(rng.integers(2**31)))
+            steps = 0
+    env.close()
+    return data
+
+
+def empty_dataset(size: int, obs_dim: int, act_dim: int) -> dict:
+    return {
         "observations": np.zeros((size, obs_dim), np.float32),
         "actions": np.zeros((size, act_dim), np.float32),
         "rewards": np.zeros(size, np.float32),
@@ -38,44 +224,63 @@ def generate(name: str, path: str, seed: int = 0, transitions: Optional[int] = N
         "terminals": np.zeros(size, bool),
         "timeouts": np.zeros(size, bool),
     }
-    obs, _ = env.reset(seed=seed)
-    for i in range(size):
-        action = env.action_space.sample()  # `policy` is "uniform" for every dataset so far
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        for key, value in zip(data, (obs, action, reward, next_obs, terminated, truncated)):
-            data[key][i] = value
-        obs = env.reset()[0] if terminated or truncated else next_obs
-    data["timeouts"][-1] |= not data["terminals"][-1]  # the last episode is cut by the dataset's end
-    env.close()
 
+
+def generate(name: str, path: str, seed: int = 0, transitions: Optional[int] = None) -> str:
+    """Make the embedded dataset `name` and write it as a D4RL-format HDF5 file to `path`."""
+    env_id, policy, default_size = EMBEDDED[name]
+    size = transitions or default_size
+    if policy == "maze-waypoints":
+        data = rollout_maze(env_id, size, seed)
+    else:
+        data = rollout_policy(env_id, policy, size, seed)
+    data["timeouts"][-1] |= not data["terminals"][-1]  # the last episode is cut by the dataset's end
     # Write to a temporary name and rename, so an interrupted run never leaves a file that loads.
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with h5py.File(tmp, "w") as f:
         for key, value in data.items():
             f.create_dataset(key, data=value, compression="gzip")
-        f.attrs["env_id"], f.attrs["behaviour_policy"], f.attrs["seed"] = env_id, policy, seed
+        f.attrs["env_id"], f.attrs["behaviour_policy"], f.attrs["seed"] = env_id, os.path.basename(policy), seed
     os.replace(tmp, path)
     return path
 
 
 @dataclass
-class Args:
-    name: str = "embedded-halfcheetah-random"
+class Make:
+    """Make one embedded dataset (the scripts do this themselves on first use)."""
+
+    name: Literal["embedded-halfcheetah-medium", "embedded-halfcheetah-random", "embedded-pointmaze-medium"]
     """which embedded dataset to make"""
-    out: str = "embedded-halfcheetah-random.hdf5"
-    """where to write the HDF5 file"""
+    out: Optional[str] = None
+    """where to write the HDF5 file (default: the cache the scripts read, $O3F_DATA_DIR/embedded/NAME.hdf5)"""
     seed: int = 0
     """seed of the environment and the behaviour policy (the same seed gives the same dataset)"""
     transitions: Optional[int] = None
     """number of transitions (default: the dataset's own size)"""
 
 
+@dataclass
+class TrainBehaviour:
+    """Train the SAC behaviour policy of a medium dataset (how datasets/halfcheetah-medium-behaviour.pt was made)."""
+
+    env_id: str = "HalfCheetah-v5"
+    """the Gymnasium environment"""
+    out: str = os.path.join("datasets", "halfcheetah-medium-behaviour.pt")
+    """where to save the actor"""
+    target_return: float = 4000.0
+    """stop at the first evaluation (5 episodes, deterministic) at or above this return: about a third of D4RL's expert 12135"""
+    seed: int = 0
+    """seed of SAC and the environment"""
+
+
 if __name__ == "__main__":
     import tyro
 
-    args = tyro.cli(Args)
-    if args.name not in EMBEDDED:
-        print(f"error: unknown embedded dataset {args.name!r}; known: {', '.join(EMBEDDED)}", file=sys.stderr)
-        sys.exit(2)
-    print(generate(args.name, args.out, args.seed, args.transitions))
+    command = tyro.extras.subcommand_cli_from_dict({"make": Make, "train-behaviour": TrainBehaviour})
+    if isinstance(command, Make):
+        path = command.out or os.path.join(DATA_DIR, "embedded", f"{command.name}.hdf5")
+        print(generate(command.name, path, command.seed, command.transitions))
+    else:
+        torch.set_num_threads(1)  # one thread: the run that made the shipped weights, reproducibly
+        print(train_behaviour(command.env_id, command.out, command.target_return, command.seed))

@@ -68,8 +68,8 @@ def test_checkpoint_of_another_task_or_file(run_script, small_dataset, tmp_path)
 
 @pytest.mark.parametrize("state, words", [
     ({"algorithm": "iql", "env_id": "hopper-medium-v2", "step": 10}, ["pretrained on hopper-medium-v2", "--env-id"]),
-    ({"algorithm": "lapo", "env_id": "embedded-halfcheetah-random", "step": 10}, ["another script"]),
-    ({"algorithm": "iql", "env_id": "embedded-halfcheetah-random", "step": 10, "actor": {}}, ["does not fit"]),
+    ({"algorithm": "lapo", "env_id": "embedded-halfcheetah-medium", "step": 10}, ["another script"]),
+    ({"algorithm": "iql", "env_id": "embedded-halfcheetah-medium", "step": 10, "actor": {}}, ["does not fit"]),
 ])
 def test_checkpoint_of_another_task_or_script(run_script, small_dataset, tmp_path, state, words):
     import torch

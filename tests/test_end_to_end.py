@@ -97,7 +97,7 @@ def test_default_task_makes_the_embedded_dataset_once_and_reuses_it(run_script, 
     flags = ["--output-dir", tmp_path, "--offline-steps", 20, "--online-steps", 20, "--eval-freq", 20, "--eval-episodes", 1]
     result = run_script("o3f_iql.py", *flags)
     assert result.returncode == 0, result.stderr[-2000:]
-    path = os.path.join(data_dir, "embedded", "embedded-halfcheetah-random.hdf5")
+    path = os.path.join(data_dir, "embedded", "embedded-halfcheetah-medium.hdf5")
     assert "making the embedded dataset" in result.stderr and os.path.isfile(path)
     made = os.path.getmtime(path)
     again = run_script("iql_noise.py", *flags)

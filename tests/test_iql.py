@@ -49,7 +49,7 @@ def write_d4rl_file(path, with_next_observations):
 def test_loader_keeps_timeouts_bootstrapped_and_terminals_terminal(tmp_path):
     path = tmp_path / "d.hdf5"
     write_d4rl_file(path, with_next_observations=True)
-    data = o3f_iql.load_dataset(str(path))
+    data = o3f_iql.load_dataset("halfcheetah-medium-v2", str(path))
     assert data["terminals"].tolist() == [0, 0, 0, 0, 1]  # the time-limit end is not terminal
     assert data["next_observations"][:, 0].tolist() == [100, 101, 102, 103, 104]
     assert sorted(data["episode_returns"].tolist()) == [6, 30]
@@ -58,7 +58,7 @@ def test_loader_keeps_timeouts_bootstrapped_and_terminals_terminal(tmp_path):
 def test_loader_derives_next_observations_and_drops_time_limit_ends(tmp_path):
     path = tmp_path / "d.hdf5"
     write_d4rl_file(path, with_next_observations=False)
-    data = o3f_iql.load_dataset(str(path))
+    data = o3f_iql.load_dataset("halfcheetah-medium-v2", str(path))
     # Rows 0, 1 and 3 have a stored successor; row 2 ends by time limit, row 4 is the file's last.
     assert data["observations"][:, 0].tolist() == [0, 1, 3]
     assert data["next_observations"][:, 0].tolist() == [1, 2, 4]

@@ -1,0 +1,240 @@
+"""Tasks, data sources and embedded datasets (no network: downloads come from a loopback server)."""
+import http.server
+import os
+import threading
+import warnings
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+
+import make_datasets
+import o3f_iql
+
+PAPER_TASKS = {  # the paper's twelve: (observation size, action size, D4RL reference returns)
+    "halfcheetah-random-v2": (17, 6, -280.178953, 12135.0), "halfcheetah-medium-v2": (17, 6, -280.178953, 12135.0),
+    "hopper-random-v2": (11, 3, -20.272305, 3234.3), "hopper-medium-v2": (11, 3, -20.272305, 3234.3),
+    "walker2d-random-v2": (17, 6, 1.629008, 4592.3), "walker2d-medium-v2": (17, 6, 1.629008, 4592.3),
+    "antmaze-umaze-diverse-v2": (29, 8, 0.0, 1.0), "antmaze-medium-diverse-v2": (29, 8, 0.0, 1.0),
+    "antmaze-large-diverse-v2": (29, 8, 0.0, 1.0), "kitchen-complete-v0": (59, 9, 0.0, 4.0),
+    "kitchen-mixed-v0": (59, 9, 0.0, 4.0), "kitchen-partial-v0": (59, 9, 0.0, 4.0),
+}
+
+
+@pytest.mark.parametrize("env_id", PAPER_TASKS)
+def test_each_paper_task_has_an_environment_a_data_source_and_reference_scores(env_id):
+    obs_dim, act_dim, ref_min, ref_max = PAPER_TASKS[env_id]
+    task = o3f_iql.TASKS[env_id]
+    assert (task.ref_min, task.ref_max) == (ref_min, ref_max)
+    assert task.source == ("d4rl" if task.domain == "locomotion" else "minari")
+    env = o3f_iql.make_env(env_id)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == env.observation_space.shape == (obs_dim,)
+    assert env.action_space.shape == (act_dim,)
+    next_obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert next_obs.shape == (obs_dim,) and np.isfinite(reward)
+    env.close()
+
+
+def test_antmaze_observation_is_d4rls_position_then_body():
+    env = o3f_iql.make_env("antmaze-large-diverse-v2")
+    obs, _ = env.reset(seed=0)
+    qpos = env.unwrapped.ant_env.data.qpos
+    assert np.allclose(obs[:2], qpos[:2]) and np.allclose(obs[2:15], qpos[2:])  # x, y, then the body, as D4RL's 29-d vector
+    assert np.allclose(obs[:2], [-18, 12], atol=1.0)  # D4RL's fixed start cell (1, 1) of the large maze
+    assert env.spec.max_episode_steps == 1000
+
+
+def test_antmaze_evaluation_uses_d4rls_fixed_start_and_goal():
+    for env_id, (start, goal) in {"antmaze-umaze-diverse-v2": ((1, 3), (3, 3)),
+                                  "antmaze-large-diverse-v2": ((1, 1), (7, 9))}.items():
+        maze = o3f_iql.TASKS[env_id].env_kwargs["maze_map"]
+        assert maze[start[0]][start[1]] == "r" and maze[goal[0]][goal[1]] == "g"
+        assert sum(row.count("g") for row in maze) == 1 and sum(row.count("r") for row in maze) == 1
+        assert o3f_iql.TASKS[env_id].env_kwargs["continuing_task"] is False  # success ends the episode: return 0 or 1
+
+
+def test_kitchen_scores_completed_subtasks_out_of_four():
+    env = o3f_iql.make_env("kitchen-mixed-v0")
+    assert set(env.unwrapped.tasks_to_complete) == {"microwave", "kettle", "bottom burner", "light switch"}
+    assert o3f_iql.normalized_score("kitchen-mixed-v0", 3.0) == 75.0
+    assert o3f_iql.normalized_score("antmaze-large-diverse-v2", 1.0) == 100.0
+
+
+def test_every_listed_task_resolves():
+    locomotion = [f"{r}-{d}-v2" for r in ("halfcheetah", "hopper", "walker2d") for d in ("random", "medium", "medium-replay", "medium-expert", "expert")]
+    antmaze = [f"antmaze-{d}-v2" for d in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")]
+    assert set(locomotion + antmaze) <= set(o3f_iql.TASKS)
+    assert o3f_iql.TASKS["halfcheetah-medium-replay-v2"].dataset == "halfcheetah_medium_replay-v2"  # D4RL's file name
+    assert o3f_iql.TASKS["antmaze-medium-play-v2"].dataset == "D4RL/antmaze/medium-play-v1"
+
+
+# --- Minari ------------------------------------------------------------------------------------
+def make_minari_antmaze(root, monkeypatch, episodes=3, steps=40):
+    """A tiny dataset under Minari's id for antmaze-umaze, made with Minari's own API from real rollouts."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import gymnasium_robotics
+    gym.register_envs(gymnasium_robotics)
+    env = gym.make("AntMaze_UMaze-v4", continuing_task=True, reset_target=False)
+    env.action_space.seed(0)
+    buffers = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep)
+        observations, actions = [obs], []
+        for _ in range(steps):
+            actions.append(env.action_space.sample())
+            observations.append(env.step(actions[-1])[0])
+        stacked = {key: np.stack([o[key] for o in observations]) for key in obs}
+        buffers.append(EpisodeBuffer(id=ep, observations=stacked, actions=np.stack(actions), rewards=[float(ep == 1)] * steps,
+                                     terminations=[False] * steps, truncations=[False] * (steps - 1) + [True], infos={}))
+    minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", buffers, env=env, ref_min_score=0.0, ref_max_score=1.0)
+    return buffers
+
+
+def test_minari_loader_flattens_observations_like_d4rl(tmp_path, monkeypatch):
+    buffers = make_minari_antmaze(tmp_path, monkeypatch)
+    data = o3f_iql.load_dataset("antmaze-umaze-v2")
+    first = buffers[0].observations
+    assert data["observations"].shape == (120, 29) and data["actions"].shape == (120, 8)
+    assert np.allclose(data["observations"][:40], np.concatenate([first["achieved_goal"], first["observation"]], -1)[:-1])
+    assert np.allclose(data["next_observations"][:40], np.concatenate([first["achieved_goal"], first["observation"]], -1)[1:])
+    assert data["terminals"].sum() == 0  # truncations are not terminal
+    assert sorted(data["episode_returns"].tolist()) == [0.0, 0.0, 40.0]
+
+
+def test_a_run_on_a_minari_antmaze_dataset(run_script, tmp_path, monkeypatch):
+    make_minari_antmaze(tmp_path / "minari", monkeypatch)
+    result = run_script("o3f_iql.py", "--env-id", "antmaze-umaze-v2", "--output-dir", tmp_path / "runs", "--offline-steps", 20,
+                        "--online-steps", 20, "--eval-freq", 20, "--eval-episodes", 1, "--batch-size", 32)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import glob
+    import json
+
+    (summary,) = glob.glob(str(tmp_path / "runs" / "*" / "summary.json"))
+    summary = json.load(open(summary))
+    assert summary["args"]["sigma"] == 0.05 and summary["args"]["expectile"] == 0.9 and summary["args"]["beta"] == 10.0
+    assert all(e["normalized_score"] in (0.0, 100.0) for e in summary["evaluations"])  # success is 0 or 1
+
+
+def test_missing_minari_dataset_is_one_line(run_script, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    result = run_script("o3f_iql.py", "--env-id", "kitchen-mixed-v0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "kitchen-mixed-v0" in line and "minari download D4RL/kitchen/mixed-v2" in line and "--dataset-path" in line
+
+
+# --- D4RL downloads, from a server on loopback ---------------------------------------------------
+@pytest.fixture
+def d4rl_server(tmp_path, monkeypatch):
+    """Serves `files[name] = (bytes, cut)`: with cut, announces the full length but sends half and hangs up."""
+    files = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = os.path.basename(self.path)
+            if name not in files:
+                self.send_error(404)
+                return
+            body, cut = files[name]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if cut else body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(o3f_iql, "D4RL_URL", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(o3f_iql, "DATA_DIR", str(tmp_path / "cache"))
+    yield files
+    server.shutdown()
+
+
+def hdf5_bytes(tmp_path, n=50):
+    path = tmp_path / "src.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.random.randn(n, 11).astype(np.float32), np.random.uniform(-1, 1, (n, 3)).astype(np.float32)
+        f["rewards"], f["terminals"], f["timeouts"] = np.ones(n, np.float32), np.zeros(n, bool), np.zeros(n, bool)
+    return path.read_bytes()
+
+
+def test_download_is_cached_and_loads(d4rl_server, tmp_path):
+    d4rl_server["hopper_medium-v2.hdf5"] = (hdf5_bytes(tmp_path), False)
+    path = o3f_iql.dataset_file("hopper-medium-v2")
+    assert path == str(tmp_path / "cache" / "d4rl" / "hopper_medium-v2.hdf5")
+    assert o3f_iql.load_dataset("hopper-medium-v2")["observations"].shape == (49, 11)
+    del d4rl_server["hopper_medium-v2.hdf5"]  # a second use reads the cache, not the network
+    assert o3f_iql.dataset_file("hopper-medium-v2") == path
+
+
+@pytest.mark.parametrize("body, cut", [("hdf5", True), ("html", False)])
+def test_a_cut_off_or_corrupt_download_leaves_nothing_cached(d4rl_server, tmp_path, capsys, body, cut):
+    d4rl_server["hopper_random-v2.hdf5"] = (hdf5_bytes(tmp_path) if body == "hdf5" else b"<html>error</html>", cut)
+    with pytest.raises(SystemExit) as stop:
+        o3f_iql.dataset_file("hopper-random-v2")
+    assert stop.value.code == 2
+    assert os.listdir(tmp_path / "cache" / "d4rl") == []  # no file, no partial file
+    assert "could not download hopper-random-v2" in capsys.readouterr().err
+
+
+def test_no_network_says_what_was_tried_and_how_to_get_the_data(run_script, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nobody listening: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"O3F_D4RL_URL": f"http://127.0.0.1:{port}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        result = run_script("o3f_iql.py", "--env-id", "walker2d-medium-v2")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.strip() and "downloading" not in line]
+    assert "walker2d-medium-v2" in line and f"127.0.0.1:{port}/walker2d_medium-v2.hdf5" in line and "--dataset-path" in line
+
+
+# --- Embedded datasets ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(make_datasets.EMBEDDED))
+def test_embedded_dataset_is_deterministic_and_loads_for_its_task(name, tmp_path):
+    a = make_datasets.generate(name, str(tmp_path / "a.hdf5"), seed=3, transitions=1500)
+    b = make_datasets.generate(name, str(tmp_path / "b.hdf5"), seed=3, transitions=1500)
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        for key in fa:
+            assert np.array_equal(fa[key][:], fb[key][:]), key
+    data = o3f_iql.load_dataset(name, a)
+    env = o3f_iql.make_env(name)
+    assert data["observations"].shape == (1500, env.observation_space.shape[0])
+    assert data["actions"].shape == (1500, env.action_space.shape[0])
+    assert name in o3f_iql.TASKS and o3f_iql.TASKS[name].source == "embedded"
+
+
+def test_pointmaze_rewards_mark_the_evaluation_goal(tmp_path):
+    path = make_datasets.generate("embedded-pointmaze-medium", str(tmp_path / "p.hdf5"), seed=0, transitions=20_000)
+    env = o3f_iql.make_env("embedded-pointmaze-medium")
+    maze = o3f_iql.TASKS["embedded-pointmaze-medium"].env_kwargs["maze_map"]
+    assert maze[make_datasets.MAZE_GOAL_CELL[0]][make_datasets.MAZE_GOAL_CELL[1]] == "g"
+    goal = env.unwrapped.maze.cell_rowcol_to_xy(np.array(make_datasets.MAZE_GOAL_CELL))
+    with h5py.File(path) as f:
+        at_goal = np.linalg.norm(f["next_observations"][:, :2] - goal, axis=1) <= 0.45
+        assert np.array_equal(f["rewards"][:] == 1.0, at_goal) and at_goal.any()
+        assert f["terminals"][:].sum() == 0 and f["timeouts"][:].sum() >= 20_000 // 600
+
+
+def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
+    import typing
+
+    assert set(typing.get_args(make_datasets.Make.__annotations__["name"])) == set(make_datasets.EMBEDDED)
+    assert {name for name, task in o3f_iql.TASKS.items() if task.source == "embedded"} == set(make_datasets.EMBEDDED)
+    assert all(name.startswith("embedded-") for name in make_datasets.EMBEDDED)  # never mistaken for D4RL's
