@@ -288,7 +288,7 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
     timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
     if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
-    # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range).
+    # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
     ends = np.flatnonzero(terminals | timeouts)
     ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
     episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])

@@ -1,0 +1,730 @@
+"""O3F on top of LAPO, in one file: the paper's main method.
+
+Offline: LAPO (Chen et al., NeurIPS 2022; its final public code, pcchenxi/LAPO-offlienRL): a CVAE over
+the data's actions, weighted by a binary expectile of the advantage, and a deterministic latent policy
+acting through its decoder; with the O3F paper's change, an ensemble of 5 Q-functions trained
+REDQ-style (a random subset of them forms each target).
+Online: the same LAPO update, with `--utd` critic updates per environment step, while acting with O3F's
+optimistic action selection ("Fine-tuning offline policies with optimistic action selection",
+Algorithm 1 and Eq. 2). `--n-candidates 1` is the paper's "LAPO + noise" baseline of Figure 5.
+Reads top to bottom: arguments, data, networks, losses, action selection, then the training loop,
+whose `ALGO LOGIC` blocks are Algorithm 1.
+"""
+import contextlib
+import copy
+import difflib
+import http.client
+import io
+import json
+import os
+import random
+import sys
+import time
+import urllib.request
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = "o3f_lapo"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+
+    # Data and schedule
+    env_id: str = "embedded-halfcheetah-medium"
+    """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
+    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2, kitchen-{complete,partial,mixed}-v0)
+    or a dataset made here with no network (embedded-halfcheetah-medium, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    dataset_path: Optional[str] = None
+    """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
+    offline_steps: int = 1_000_000
+    """number of offline gradient steps (pretraining)"""
+    online_steps: int = 500_000
+    """number of online environment steps (fine-tuning; --utd critic updates and one actor update each)"""
+    eval_freq: int = 5000
+    """evaluate every this many steps (offline updates and online env steps alike)"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    log_freq: int = 1000
+    """write losses to TensorBoard every this many steps"""
+    save_offline: Optional[str] = None
+    """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
+    load_offline: Optional[str] = None
+    """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+
+    # LAPO
+    batch_size: int = 512
+    """the batch size of each update"""
+    learning_rate: float = 2e-4
+    """the learning rate of the critics, the CVAE and the latent policy"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target networks"""
+    num_critics: int = 5
+    """the number of Q-functions in the ensemble (the paper uses 5)"""
+    num_min_q: int = 2
+    """the size of the random subset of target Q-functions that forms each target (REDQ)"""
+    utd: int = 20
+    """critic updates per environment step online (the CVAE and the latent policy update once per step)"""
+    doubleq_min: Optional[float] = None
+    """m in mixQ = m * min + (1 - m) * max over the subset (default: 0.7 on antmaze, 1.0 elsewhere)"""
+    expectile: float = 0.9
+    """tau_e: the CVAE's weight where the advantage is positive (1 - tau_e elsewhere)"""
+    kl_beta: float = 1.0
+    """the weight of the KL term of the CVAE loss"""
+    max_latent_action: float = 2.0
+    """the latent policy's actions lie in [-max_latent_action, max_latent_action]"""
+
+    # O3F
+    n_candidates: int = 100
+    """N, the number of candidate actions scored at every online step (1: the paper's "LAPO + noise" baseline, one N(a, sigma^2) sample)"""
+    sigma: Optional[float] = None
+    """the standard deviation of the candidates around the policy's action, in action units (default: 0.2 locomotion, 0.05 antmaze and kitchen)"""
+    omega: float = 0.0
+    """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: the paper's uncertainty optimism)"""
+
+
+def fail(message: str):
+    """Bad input ends the run with one line and exit code 2, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks and data
+# ---------------------------------------------------------------------------------------------
+DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
+D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
+R, G = "r", "g"
+# D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
+EVAL_MAZES = {
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
+    "medium": [[1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, G, 1], [1, 1, 1, 1, 1, 1, 1, 1]],
+    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+}
+KITCHEN_SUBTASKS = {
+    "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "partial": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "mixed": ["microwave", "kettle", "bottom burner", "light switch"],
+}
+
+
+@dataclass
+class Task:
+    domain: str  # "locomotion", "antmaze" (sparse-reward navigation) or "kitchen": defaults and reward conventions
+    env: str  # the Gymnasium environment
+    env_kwargs: dict
+    obs_keys: Optional[tuple]  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
+    source: str  # "d4rl" (D4RL's HDF5 file over HTTP), "minari" (a Minari dataset id) or "embedded" (made here)
+    dataset: str
+    ref_min: float  # D4RL's reference returns: score = 100 * (return - ref_min) / (ref_max - ref_min)
+    ref_max: float
+
+
+def d4rl_tasks() -> dict:
+    tasks = {}
+    for robot, (env, ref_min, ref_max) in {"halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+                                           "hopper": ("Hopper-v5", -20.272305, 3234.3),
+                                           "walker2d": ("Walker2d-v5", 1.629008, 4592.3)}.items():
+        for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
+            tasks[f"{robot}-{data}-v2"] = Task("locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max)
+    for data, env in {"umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4", "medium-play": "AntMaze_Medium-v4",
+                      "medium-diverse": "AntMaze_Medium_Diverse_GR-v4", "large-play": "AntMaze_Large-v4",
+                      "large-diverse": "AntMaze_Large_Diverse_GR-v4"}.items():
+        maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
+        tasks[f"antmaze-{data}-v2"] = Task("antmaze", env, {"maze_map": maze, "continuing_task": False, "reset_target": False},
+                                           ("achieved_goal", "observation"), "minari", f"D4RL/antmaze/{data}-v1", 0.0, 1.0)
+    for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
+        kwargs = {"tasks_to_complete": subtasks, "remove_task_when_completed": True, "terminate_on_tasks_completed": True, "max_episode_steps": 280}
+        tasks[f"kitchen-{data}-v0"] = Task("kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0)
+    return tasks
+
+
+TASKS = {
+    **d4rl_tasks(),
+    # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
+    "embedded-halfcheetah-medium": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0),
+    "embedded-halfcheetah-random": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0),
+    "embedded-pointmaze-medium": Task("antmaze", "PointMaze_Medium-v3", {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
+                                      ("observation",), "embedded", "embedded-pointmaze-medium", 0.0, 1.0),
+}
+# Per-domain defaults: LAPO's doubleq_min and O3F's sigma (paper, section 5.3).
+DOMAIN_DEFAULTS = {"locomotion": (1.0, 0.2), "antmaze": (0.7, 0.05), "kitchen": (1.0, 0.05)}
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    task = TASKS[env_id]
+    return 100.0 * (episode_return - task.ref_min) / (task.ref_max - task.ref_min)
+
+
+def flatten_obs(task: Task, obs):
+    return obs if task.obs_keys is None else np.concatenate([obs[key] for key in task.obs_keys], -1)
+
+
+def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval_episodes: int = 1):
+    task = TASKS[env_id]
+    if task.env.startswith(("AntMaze", "PointMaze", "FrankaKitchen")):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
+            warnings.simplefilter("ignore")
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+    with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
+        warnings.filterwarnings("ignore", message=".*out of date.*")
+        env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
+    if task.obs_keys is not None:
+        size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
+        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,)))
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
+    return gym.wrappers.RecordEpisodeStatistics(env)
+
+
+def download(url: str, path: str, env_id: str):
+    """Fetch `url` to `path` through a temporary name: an interrupted download never looks complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0)
+            with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}", file=sys.stderr) as bar:
+                while chunk := response.read(1 << 20):
+                    bar.update(f.write(chunk))
+        if size and os.path.getsize(tmp) != size:
+            raise OSError(f"cut off after {os.path.getsize(tmp)} of {size} bytes")
+        h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as e:
+        fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
+             f"with no network, put D4RL's file at {path} or pass --dataset-path FILE")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def dataset_file(env_id: str) -> str:
+    """The task's HDF5 file in the cache: downloaded (D4RL) or made here (embedded) on first use."""
+    task = TASKS[env_id]
+    path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
+    if not os.path.isfile(path) and task.source == "d4rl":
+        download(f"{D4RL_URL}/{task.dataset}.hdf5", path, env_id)
+    if not os.path.isfile(path) and task.source == "embedded":
+        try:
+            import make_datasets  # the project's dataset tool, next to this script
+        except ImportError:
+            fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
+        print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
+        make_datasets.generate(task.dataset, path)
+    return path
+
+
+def read_hdf5(path: str) -> dict:
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in keys[:4] if k not in f]
+            if missing:
+                fail(f"{path}: not a D4RL dataset, it has no {', '.join(missing)}")
+            return {k: f[k][:] for k in keys if k in f}
+    except OSError as e:
+        fail(f"{path}: cannot be read as HDF5 ({e})")
+
+
+def read_minari(env_id: str) -> dict:
+    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations)."""
+    task = TASKS[env_id]
+    try:
+        import minari
+    except ImportError:
+        fail(f"{env_id} is a Minari dataset: pip install minari")
+    try:
+        dataset = minari.load_dataset(task.dataset)
+    except Exception:
+        try:
+            dataset = minari.load_dataset(task.dataset, download=True)
+        except Exception as e:
+            fail(f"no dataset for {env_id}: {task.dataset} is not in Minari's local store and could not be downloaded "
+                 f"({type(e).__name__}); on a machine with network run `minari download {task.dataset}` "
+                 f"(needs pip install 'minari[hf]'), or pass --dataset-path FILE")
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(task, episode.observations)
+        for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
+            parts[key].append(value)
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
+    """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
+
+    `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
+    (`timeouts`) are not terminal: the value of s' is still bootstrapped there. Files without
+    `next_observations` get them from the following row, as d4rl.qlearning_dataset does, dropping
+    the rows that end an episode by time limit (their successor is not stored).
+    """
+    if dataset_path is not None and not os.path.isfile(dataset_path):
+        fail(f"--dataset-path {dataset_path}: no such file")
+    if dataset_path is None and TASKS[env_id].source == "minari":
+        name, data = TASKS[env_id].dataset, read_minari(env_id)
+    else:
+        name = dataset_path or dataset_file(env_id)
+        data = read_hdf5(name)
+    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
+    rewards, terminals = data["rewards"].astype(np.float32).reshape(-1), data["terminals"].astype(bool).reshape(-1)
+    timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
+        fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
+    # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
+    ends = np.flatnonzero(terminals | timeouts)
+    ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
+    episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
+    if "next_observations" in data:
+        next_obs = data["next_observations"].astype(np.float32)
+    else:
+        keep = ~timeouts[:-1]
+        obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
+        next_obs = data["observations"][1:][keep].astype(np.float32)
+    for key, value in (("observations", obs), ("actions", actions), ("rewards", rewards), ("next_observations", next_obs)):
+        if not np.isfinite(value).all():
+            fail(f"{name}: {key} holds NaN or inf values")
+    return dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
+                terminals=terminals.astype(np.float32), episode_returns=episode_returns)
+
+
+def reward_transform(env_id: str, rewards: np.ndarray, gamma: float):
+    """LAPO's reward convention and value clamps: antmaze r * 100 with V in [0, 100]; elsewhere
+    r / max(r) with V in [min(r), max(r)] / (1 - gamma), both over the dataset's scaled rewards."""
+    if TASKS[env_id].domain == "antmaze":
+        return (lambda r: r * 100.0), 0.0, 100.0
+    scale = float(rewards.max()) if rewards.max() > 0 else float(np.abs(rewards).max() or 1.0)
+    return (lambda r: r / scale), float(rewards.min()) / scale / (1 - gamma), float(rewards.max()) / scale / (1 - gamma)
+
+
+class ReplayBuffer:
+    """The offline dataset D, then the online transitions, in tensors preallocated on the device."""
+
+    def __init__(self, data: dict, capacity: int, device: torch.device):
+        self.size = len(data["rewards"])
+        def alloc(x):
+            buf = torch.zeros((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
+            buf[: self.size] = torch.as_tensor(x, device=device)
+            return buf
+        self.obs, self.actions, self.next_obs = alloc(data["observations"]), alloc(data["actions"]), alloc(data["next_observations"])
+        self.rewards, self.dones = alloc(data["rewards"]), alloc(data["terminals"])
+
+    def add(self, obs, action, reward, next_obs, done):
+        i = self.size
+        self.obs[i], self.actions[i], self.next_obs[i] = torch.as_tensor(obs), action, torch.as_tensor(next_obs)
+        self.rewards[i], self.dones[i] = float(reward), float(done)
+        self.size += 1
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (LAPO: three hidden layers of 256)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class Normalizer(nn.Module):
+    """LAPO learns in z-normalised states and actions (the dataset's statistics); the buffer keeps raw ones."""
+
+    def __init__(self, observations: np.ndarray, actions: np.ndarray):
+        super().__init__()
+        self.register_buffer("obs_mean", torch.as_tensor(observations.mean(0)))
+        self.register_buffer("obs_std", torch.as_tensor(observations.std(0) + 1e-3))
+        self.register_buffer("act_mean", torch.as_tensor(actions.mean(0)))
+        self.register_buffer("act_std", torch.as_tensor(actions.std(0) + 1e-3))
+
+    def obs(self, obs):
+        return (obs - self.obs_mean) / self.obs_std
+
+    def action(self, action):
+        return (action - self.act_mean) / self.act_std
+
+    def unnormalize_action(self, action):
+        return action * self.act_std + self.act_mean
+
+
+class QEnsemble(nn.Module):
+    """The critic ensemble {Q_j(s, a)}, j = 1..m; returns a [m, batch] tensor (of the `members` only, if given)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int):
+        super().__init__()
+        self.qs = nn.ModuleList(mlp(obs_dim + act_dim, 1) for _ in range(num_critics))
+
+    def forward(self, obs, act, members=None):
+        x = torch.cat([obs, act], -1)
+        qs = self.qs if members is None else [self.qs[j] for j in members]
+        return torch.stack([q(x).squeeze(-1) for q in qs])  # on CPU a loop beats one batched matmul
+
+
+class ValueNetwork(nn.Module):
+    def __init__(self, obs_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class CVAE(nn.Module):
+    """LAPO's conditional VAE over the data's actions: encoder (s, a) -> z, decoder (s, z) -> a."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int):
+        super().__init__()
+        self.encoder = mlp(obs_dim + act_dim, 2 * latent_dim)  # mean and log-variance of z
+        self.decoder = mlp(obs_dim + latent_dim, act_dim)  # linear output: actions are z-normalised
+
+    def forward(self, obs, actions):
+        mu, log_var = self.encoder(torch.cat([obs, actions], -1)).chunk(2, -1)
+        z = mu + torch.exp(log_var / 2) * torch.randn_like(mu)
+        return self.decode(obs, z), mu, log_var
+
+    def decode(self, obs, z):
+        return self.decoder(torch.cat([obs, z], -1))
+
+
+class LatentPolicy(nn.Module):
+    """The deterministic latent policy pi(s) = max_latent_action * tanh(.): it picks where in the CVAE's latent space to act."""
+
+    def __init__(self, obs_dim: int, latent_dim: int, max_latent_action: float):
+        super().__init__()
+        self.net = mlp(obs_dim, latent_dim)
+        self.max_latent_action = max_latent_action
+
+    def forward(self, obs):
+        return self.max_latent_action * torch.tanh(self.net(obs))
+
+
+# ---------------------------------------------------------------------------------------------
+# LAPO: losses and the two updates (critic; CVAE and latent policy)
+# ---------------------------------------------------------------------------------------------
+def expectile_weight(advantage: torch.Tensor, expectile: float) -> torch.Tensor:
+    """LAPO's binary expectile weight: tau_e where the advantage is positive, 1 - tau_e elsewhere."""
+    return torch.where(advantage > 0, expectile, 1.0 - expectile)
+
+
+def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(log_var)) || N(0, I)), per sample."""
+    return -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(-1)
+
+
+def redq_target(qf_target, obs, actions, num_min_q: int, doubleq_min: float) -> torch.Tensor:
+    """LAPO's mixQ = m * min + (1 - m) * max, over a fresh random subset of `num_min_q` target critics (REDQ)."""
+    members = torch.randperm(len(qf_target.qs))[:num_min_q].tolist()
+    q = qf_target(obs, actions, members)
+    return doubleq_min * q.min(0).values + (1.0 - doubleq_min) * q.max(0).values
+
+
+def critic_update(batch, normalizer, latent_policy_target, cvae_target, qf, qf_target, vf, critic_optimizer, v_min, v_max, args) -> dict:
+    """One step on every Q and on V: Q(s, a) -> r + gamma * V(s'), V(s) -> mixQ of the target policy's action."""
+    obs, actions, rewards, next_obs, dones = batch
+    obs, actions, next_obs = normalizer.obs(obs), normalizer.action(actions), normalizer.obs(next_obs)
+    with torch.no_grad():
+        target_q = rewards + args.gamma * (1.0 - dones) * vf(next_obs)
+        z = latent_policy_target(obs)
+        z = z + (0.1 * torch.randn_like(z)).clamp(-0.2, 0.2)  # target policy smoothing, in latent space
+        target_v = redq_target(qf_target, obs, cvae_target.decode(obs, z), args.num_min_q, args.doubleq_min).clamp(v_min, v_max)
+    qf_loss = ((qf(obs, actions) - target_q) ** 2).mean(1).sum()
+    vf_loss = ((vf(obs) - target_v) ** 2).mean()
+    critic_optimizer.zero_grad(set_to_none=True)
+    (qf_loss + vf_loss).backward()
+    critic_optimizer.step()
+    with torch.no_grad():
+        for param, target_param in zip(qf.parameters(), qf_target.parameters()):
+            target_param.lerp_(param, args.tau)
+    return {"qf_loss": qf_loss, "vf_loss": vf_loss}
+
+
+def actor_update(batch, normalizer, cvae, cvae_target, latent_policy, latent_policy_target, qf, qf_target, vf,
+                 cvae_optimizer, policy_optimizer, args) -> dict:
+    """One step on the advantage-weighted CVAE, then on the latent policy through the target decoder."""
+    obs, actions, rewards, next_obs, dones = batch
+    obs, actions, next_obs = normalizer.obs(obs), normalizer.action(actions), normalizer.obs(next_obs)
+    with torch.no_grad():
+        next_q = redq_target(qf_target, next_obs, cvae_target.decode(next_obs, latent_policy_target(next_obs)), args.num_min_q, args.doubleq_min)
+        advantage = rewards + args.gamma * (1.0 - dones) * next_q - vf(obs)
+        weights = expectile_weight(advantage, args.expectile)
+    # The CVAE models the data's actions, weighted towards the better ones (binary expectile of A).
+    reconstruction, mu, log_var = cvae(obs, actions)
+    cvae_loss = (weights * (((reconstruction - actions) ** 2).sum(-1) + args.kl_beta * kl_divergence(mu, log_var))).mean()
+    cvae_optimizer.zero_grad(set_to_none=True)
+    cvae_loss.backward()
+    cvae_optimizer.step()
+    # The latent policy maximises Q of the decoded action; the bounded latent keeps it near the data.
+    policy_loss = -qf(obs, cvae_target.decode(obs, latent_policy(obs))).mean()
+    policy_optimizer.zero_grad(set_to_none=True)
+    policy_loss.backward()
+    policy_optimizer.step()
+    with torch.no_grad():
+        for net, target in ((cvae, cvae_target), (latent_policy, latent_policy_target)):
+            for param, target_param in zip(net.parameters(), target.parameters()):
+                target_param.lerp_(param, args.tau)
+    return {"cvae_loss": cvae_loss, "policy_loss": policy_loss, "advantage_weight": weights.mean()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting online
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def policy_action(latent_policy, cvae_target, normalizer, obs):
+    """LAPO's action a = D_target(s, pi(s)), in the environment's units, for raw states `obs` [batch, obs_dim]."""
+    obs = normalizer.obs(obs)
+    return normalizer.unnormalize_action(cvae_target.decode(obs, latent_policy(obs)))
+
+
+@torch.no_grad()
+def select_action(latent_policy, cvae_target, normalizer, qf, obs, n_candidates: int, sigma: float, omega: float, low, high):
+    """O3F's optimistic action selection for one state `obs` of shape [1, obs_dim]."""
+    a = policy_action(latent_policy, cvae_target, normalizer, obs)  # Algorithm 1, line 2: a = pi(s)
+    # Line 3: N candidates c_i ~ N(a, sigma^2), kept inside the action bounds.
+    candidates = (a + sigma * torch.randn(n_candidates, a.shape[-1], device=a.device)).clamp(low, high)
+    q = qf(normalizer.obs(obs).expand(n_candidates, -1), normalizer.action(candidates))  # [m, N]
+    score = q.mean(0) + omega * q.std(0, unbiased=False)  # Eq. 2: f(s, c) = Q_mean + omega * Q_std
+    return candidates[score.argmax()]  # line 4: execute the best-scoring candidate
+
+
+@torch.no_grad()
+def evaluate(latent_policy, cvae_target, normalizer, env, env_id: str, n_episodes: int, seed: int, device) -> tuple:
+    """Mean return and D4RL-normalised score of the deterministic policy D_target(s, pi(s))."""
+    returns = []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
+        done, episode_return = False, 0.0
+        while not done:
+            action = policy_action(latent_policy, cvae_target, normalizer, torch.as_tensor(obs, dtype=torch.float32, device=device)[None])[0]
+            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+            episode_return, done = episode_return + float(reward), terminated or truncated
+        returns.append(episode_return)
+    mean_return = float(np.mean(returns))
+    return mean_return, normalized_score(env_id, mean_return)
+
+
+def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict):
+    """Write the model and optimiser states to a temporary name, then rename (never half-written)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {"algorithm": "lapo", "env_id": args.env_id, "step": step, "args": asdict(args)}
+    state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
+    torch.save(state, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path: str, args: Args, nets: dict, optimizers: dict) -> int:
+    """Load a checkpoint written by o3f_lapo.py for the same task; returns its step."""
+    if not os.path.isfile(path):
+        fail(f"--load-offline {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"--load-offline {path}: not a checkpoint of this project ({type(e).__name__})")
+    if not isinstance(state, dict) or state.get("algorithm") != "lapo":
+        fail(f"--load-offline {path}: written by another script (needs o3f_lapo.py)")
+    if state["env_id"] != args.env_id:
+        fail(f"--load-offline {path}: pretrained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+    try:
+        for name, net in {**nets, **optimizers}.items():
+            net.load_state_dict(state[name])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"--load-offline {path}: does not fit these networks ({str(e).splitlines()[0]})")
+    return int(state["step"])
+
+
+def write_json(path: str, content: dict):
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(content, f, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env_id not in TASKS:
+        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
+        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
+    default_doubleq_min, default_sigma = DOMAIN_DEFAULTS[TASKS[args.env_id].domain]
+    args.doubleq_min = default_doubleq_min if args.doubleq_min is None else args.doubleq_min
+    args.sigma = default_sigma if args.sigma is None else args.sigma
+    checks = {
+        "--offline-steps must be >= 0": args.offline_steps >= 0,
+        "--online-steps must be >= 0": args.online_steps >= 0,
+        "--eval-freq must be >= 1": args.eval_freq >= 1,
+        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
+        "--log-freq must be >= 1": args.log_freq >= 1,
+        "--batch-size must be >= 1": args.batch_size >= 1,
+        "--num-critics must be >= 1": args.num_critics >= 1,
+        "--num-min-q must be between 1 and --num-critics": 1 <= args.num_min_q <= args.num_critics,
+        "--utd must be >= 1": args.utd >= 1,
+        "--doubleq-min must be in [0, 1]": 0 <= args.doubleq_min <= 1,
+        "--expectile must be in (0, 1)": 0 < args.expectile < 1,
+        "--max-latent-action must be > 0": args.max_latent_action > 0,
+        "--n-candidates must be >= 1": args.n_candidates >= 1,
+        "--sigma must be >= 0": args.sigma >= 0,
+    }
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
+
+    # TRY NOT TO MODIFY: seeding, data, logging
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    data = load_dataset(args.env_id, args.dataset_path)
+    env = make_env(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        fail(f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+             f"{args.env_id} needs {obs_dim} and {act_dim}")
+    if args.batch_size > len(data["rewards"]):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
+    scale_reward, v_min, v_max = reward_transform(args.env_id, data["rewards"], args.gamma)
+    data["rewards"] = scale_reward(data["rewards"])
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot write the run to {run_dir} ({e.strerror}); pass --output-dir DIR")
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401, used by gymnasium's RecordVideo
+        except ImportError:
+            fail("--capture-video needs moviepy: pip install moviepy")
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    env.action_space.seed(args.seed)
+    eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
+    low = torch.as_tensor(env.action_space.low, device=device)
+    high = torch.as_tensor(env.action_space.high, device=device)
+
+    latent_dim = 2 * act_dim
+    normalizer = Normalizer(data["observations"], data["actions"]).to(device)
+    cvae = CVAE(obs_dim, act_dim, latent_dim).to(device)
+    latent_policy = LatentPolicy(obs_dim, latent_dim, args.max_latent_action).to(device)
+    qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
+    vf = ValueNetwork(obs_dim).to(device)
+    cvae_target, latent_policy_target, qf_target = copy.deepcopy(cvae), copy.deepcopy(latent_policy), copy.deepcopy(qf)
+    for target in (cvae_target, latent_policy_target, qf_target):
+        target.requires_grad_(False)  # moved by Polyak averaging only
+    cvae_optimizer = torch.optim.Adam(cvae.parameters(), lr=args.learning_rate)
+    policy_optimizer = torch.optim.Adam(latent_policy.parameters(), lr=args.learning_rate)
+    critic_optimizer = torch.optim.Adam([*qf.parameters(), *vf.parameters()], lr=args.learning_rate)
+    nets = {"normalizer": normalizer, "cvae": cvae, "cvae_target": cvae_target, "latent_policy": latent_policy,
+            "latent_policy_target": latent_policy_target, "qf": qf, "qf_target": qf_target, "vf": vf}
+    optimizers = {"cvae_optimizer": cvae_optimizer, "policy_optimizer": policy_optimizer, "critic_optimizer": critic_optimizer}
+
+    start_step = 0
+    if args.load_offline:
+        start_step = load_checkpoint(args.load_offline, args, nets, optimizers)
+        args.offline_steps = start_step  # the loaded model's offline phase is over
+    total_steps = args.offline_steps + args.online_steps
+    # Algorithm 1: the replay buffer starts as the whole offline dataset D.
+    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "final_normalized_score": None, "complete": False}
+    summary_path = os.path.join(run_dir, "summary.json")
+
+    obs, _ = env.reset(seed=args.seed)
+    start_time, score = time.time(), float("nan")
+    progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
+                    unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
+    if start_step == args.offline_steps and args.load_offline:  # score the loaded model once, at the switch
+        episode_return, score = evaluate(latent_policy, cvae_target, normalizer, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        summary["evaluations"].append({"step": start_step, "phase": "offline", "normalized_score": score, "return": episode_return})
+        writer.add_scalar("eval/normalized_score", score, start_step)
+        writer.add_scalar("eval/return", episode_return, start_step)
+
+    for global_step in range(start_step, total_steps):
+        online = global_step >= args.offline_steps
+        if online:
+            # ALGO LOGIC: O3F, Algorithm 1 lines 2-4: act optimistically around the policy's action
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            action = select_action(latent_policy, cvae_target, normalizer, qf, obs_t, args.n_candidates, args.sigma, args.omega, low, high)
+            # Line 5: step the environment.
+            next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
+            rb.add(obs, action, scale_reward(reward), next_obs, terminated)
+            if "episode" in info:
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+            obs = env.reset()[0] if terminated or truncated else next_obs
+
+        # ALGO LOGIC: Algorithm 1, line 7: the same LAPO update offline and online; online the REDQ critic takes --utd steps
+        for _ in range(args.utd if online else 1):
+            losses = critic_update(rb.sample(args.batch_size), normalizer, latent_policy_target, cvae_target, qf, qf_target, vf,
+                                   critic_optimizer, v_min, v_max, args)
+        losses |= actor_update(rb.sample(args.batch_size), normalizer, cvae, cvae_target, latent_policy, latent_policy_target,
+                               qf, qf_target, vf, cvae_optimizer, policy_optimizer, args)
+
+        # TRY NOT TO MODIFY: logging, evaluation, checkpoints
+        step = global_step + 1
+        progress.update(1)
+        if step % args.log_freq == 0:
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value.item(), step)  # the only host syncs, every log_freq steps
+            writer.add_scalar("charts/SPS", int((step - start_step) / (time.time() - start_time)), step)
+        if step % args.eval_freq == 0 or step in (args.offline_steps, total_steps):
+            episode_return, score = evaluate(latent_policy, cvae_target, normalizer, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+            phase = "online" if online else "offline"
+            summary["evaluations"].append({"step": step, "phase": phase, "normalized_score": score, "return": episode_return})
+            summary["final_normalized_score"] = score
+            write_json(summary_path, summary)
+            writer.add_scalar("eval/normalized_score", score, step)
+            writer.add_scalar("eval/return", episode_return, step)
+            progress.set_postfix(score=f"{score:.1f}")
+        if step == args.offline_steps:
+            save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
+            progress.set_description("online")
+
+    progress.close()
+    save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)
+    summary["complete"] = True
+    write_json(summary_path, summary)
+    print(f"{run_name}: final normalized score {score:.1f}; logs in {run_dir}")
+    env.close()
+    eval_env.close()
+    writer.close()
