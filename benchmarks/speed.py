@@ -18,6 +18,7 @@ import torch
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cql_to_sac  # noqa: E402
 import o3f_iql  # noqa: E402
 import o3f_lapo  # noqa: E402
 
@@ -107,6 +108,19 @@ def bench_lapo(data, env, repeats):
     }
 
 
+def bench_cql(data, env, repeats):
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    actor, qf = cql_to_sac.Actor(obs_dim, act_dim), cql_to_sac.QEnsemble(obs_dim, act_dim, 2)
+    qf_target = copy.deepcopy(qf).requires_grad_(False)
+    alpha, alpha_prime = cql_to_sac.LogMultiplier(), cql_to_sac.LogMultiplier()
+    optimizers = [torch.optim.Adam(net.parameters(), lr=3e-4) for net in (actor, qf, alpha, alpha_prime)]
+    args = SimpleNamespace(gamma=0.99, tau=0.005, cql_weight=5.0, cql_n_actions=10)
+    rb = cql_to_sac.ReplayBuffer(data, len(data["rewards"]), torch.device("cpu"))
+    update = lambda conservative: cql_to_sac.cql_update(rb.sample(256), actor, qf, qf_target, alpha, alpha_prime, *optimizers,  # noqa: E731
+                                                        conservative, 5.0, -float(act_dim), args)
+    return {"cql_update_ms": median_ms(lambda: update(True), repeats // 2), "sac_update_ms": median_ms(lambda: update(False), repeats)}
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.threads:
@@ -117,6 +131,7 @@ if __name__ == "__main__":
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
     results |= bench_iql(data, env, args.repeats)
     results |= bench_lapo(data, env, args.repeats)
+    results |= bench_cql(data, env, args.repeats)
     print(f"{'measurement':34s} {'median ms':>10s}")
     for key, value in results.items():
         if key.endswith("_ms"):

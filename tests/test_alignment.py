@@ -39,3 +39,15 @@ def test_the_scripts_share_their_data_and_checkpoint_code_verbatim():
     for start, end in (("DATA_DIR = ", "# Per-domain defaults"), ("def normalized_score", "def reward_transform"),
                        ("class ReplayBuffer", "# ----"), ("def write_json", 'if __name__ == "__main__":')):
         assert section(iql, start, end) == section(lapo, start, end), start
+
+
+def test_cql_to_sac_shares_the_data_and_checkpoint_code_too():
+    def section(lines, start, end):
+        i = next(k for k, line in enumerate(lines) if line.startswith(start))
+        j = next(k for k, line in enumerate(lines) if k > i and line.startswith(end))
+        return lines[i:j]
+
+    iql, cql = read("o3f_iql.py"), read("cql_to_sac.py")
+    for start, end in (("DATA_DIR = ", "# Per-domain defaults"), ("def normalized_score", "def reward_transform"),
+                       ("class ReplayBuffer", "# ----"), ("def write_json", 'if __name__ == "__main__":')):
+        assert section(iql, start, end) == section(cql, start, end), start

@@ -1,0 +1,717 @@
+"""CQL offline, then SAC online: the objective-switch baseline of the O3F paper's Figure 2, in one file.
+
+Offline: CQL (Kumar et al., 2020) with a tanh-Gaussian SAC actor, twin critics, automatic entropy and
+the Lagrange form of the conservative weight (`--cql-target-gap`, the paper's "Lagrange threshold").
+Online: SAC (Haarnoja et al., 2018): the conservative term is dropped at the switch, one update per env
+step, stochastic actions ("Fine-tuning offline policies with optimistic action selection", Figure 2).
+`--online-objective cql` keeps the conservative term online instead (Figure 3's "same objective"),
+and `--online-target-gap` with `--schedule` loosens it abruptly or linearly.
+Figure 2's diagnostics: the critic's Q on visited pairs against the discounted return actually
+obtained from them (Q bias and ratio), the critic loss, and performance, across the switch.
+Reads top to bottom: arguments, data, networks, losses, diagnostics, then the training loop.
+"""
+import contextlib
+import copy
+import difflib
+import http.client
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+import urllib.request
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.distributions import Normal
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = "cql_to_sac"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+
+    # Data and schedule
+    env_id: str = "embedded-halfcheetah-medium"
+    """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
+    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2, kitchen-{complete,partial,mixed}-v0)
+    or a dataset made here with no network (embedded-halfcheetah-medium, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    dataset_path: Optional[str] = None
+    """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
+    offline_steps: int = 1_000_000
+    """number of offline gradient steps (CQL pretraining)"""
+    online_steps: int = 500_000
+    """number of online environment steps (fine-tuning, one update each)"""
+    eval_freq: int = 5000
+    """evaluate every this many steps (offline updates and online env steps alike)"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    log_freq: int = 1000
+    """write losses to TensorBoard every this many steps"""
+    save_offline: Optional[str] = None
+    """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
+    load_offline: Optional[str] = None
+    """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+
+    # CQL and SAC
+    batch_size: int = 256
+    """the batch size of each update"""
+    q_lr: float = 3e-4
+    """the learning rate of the critics"""
+    policy_lr: float = 1e-4
+    """the learning rate of the actor (CQL's D4RL setting)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target critics"""
+    cql_target_gap: float = 5.0
+    """the Lagrange threshold: the multiplier grows while logsumexp Q - data Q exceeds it"""
+    cql_weight: float = 5.0
+    """the scale of the conservative term inside the Lagrange form (CQL's min_q_weight)"""
+    cql_n_actions: int = 10
+    """actions sampled per state for each of the three proposals of the importance-sampled logsumexp"""
+
+    # The switch
+    online_objective: Literal["sac", "cql"] = "sac"
+    """the online loss: `sac` drops the conservative term at the switch (Figure 2); `cql` keeps it (Figure 3)"""
+    online_target_gap: Optional[float] = None
+    """with `--online-objective cql`: the Lagrange threshold to move to online (default: keep --cql-target-gap)"""
+    schedule: Literal["abrupt", "linear"] = "abrupt"
+    """with --online-target-gap: switch to it at once, or move there linearly, reaching it at the last online step"""
+    switch_window: int = 5000
+    """steps on each side of the switch in which the critic loss is logged every 10 steps"""
+
+
+def fail(message: str):
+    """Bad input ends the run with one line and exit code 2, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks and data
+# ---------------------------------------------------------------------------------------------
+DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
+D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
+R, G = "r", "g"
+# D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
+EVAL_MAZES = {
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
+    "medium": [[1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, G, 1], [1, 1, 1, 1, 1, 1, 1, 1]],
+    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+}
+KITCHEN_SUBTASKS = {
+    "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "partial": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "mixed": ["microwave", "kettle", "bottom burner", "light switch"],
+}
+
+
+@dataclass
+class Task:
+    domain: str  # "locomotion", "antmaze" (sparse-reward navigation) or "kitchen": defaults and reward conventions
+    env: str  # the Gymnasium environment
+    env_kwargs: dict
+    obs_keys: Optional[tuple]  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
+    source: str  # "d4rl" (D4RL's HDF5 file over HTTP), "minari" (a Minari dataset id) or "embedded" (made here)
+    dataset: str
+    ref_min: float  # D4RL's reference returns: score = 100 * (return - ref_min) / (ref_max - ref_min)
+    ref_max: float
+
+
+def d4rl_tasks() -> dict:
+    tasks = {}
+    for robot, (env, ref_min, ref_max) in {"halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+                                           "hopper": ("Hopper-v5", -20.272305, 3234.3),
+                                           "walker2d": ("Walker2d-v5", 1.629008, 4592.3)}.items():
+        for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
+            tasks[f"{robot}-{data}-v2"] = Task("locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max)
+    for data, env in {"umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4", "medium-play": "AntMaze_Medium-v4",
+                      "medium-diverse": "AntMaze_Medium_Diverse_GR-v4", "large-play": "AntMaze_Large-v4",
+                      "large-diverse": "AntMaze_Large_Diverse_GR-v4"}.items():
+        maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
+        tasks[f"antmaze-{data}-v2"] = Task("antmaze", env, {"maze_map": maze, "continuing_task": False, "reset_target": False},
+                                           ("achieved_goal", "observation"), "minari", f"D4RL/antmaze/{data}-v1", 0.0, 1.0)
+    for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
+        kwargs = {"tasks_to_complete": subtasks, "remove_task_when_completed": True, "terminate_on_tasks_completed": True, "max_episode_steps": 280}
+        tasks[f"kitchen-{data}-v0"] = Task("kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0)
+    return tasks
+
+
+TASKS = {
+    **d4rl_tasks(),
+    # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
+    "embedded-halfcheetah-medium": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0),
+    "embedded-halfcheetah-random": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0),
+    "embedded-pointmaze-medium": Task("antmaze", "PointMaze_Medium-v3", {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
+                                      ("observation",), "embedded", "embedded-pointmaze-medium", 0.0, 1.0),
+}
+# Per-domain defaults: CQL's reward convention (antmaze (r - 0.5) * 4; elsewhere the rewards as they are).
+DOMAIN_DEFAULTS = {"locomotion": (1.0, 0.0), "antmaze": (4.0, -0.5), "kitchen": (1.0, 0.0)}
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    task = TASKS[env_id]
+    return 100.0 * (episode_return - task.ref_min) / (task.ref_max - task.ref_min)
+
+
+def flatten_obs(task: Task, obs):
+    return obs if task.obs_keys is None else np.concatenate([obs[key] for key in task.obs_keys], -1)
+
+
+def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval_episodes: int = 1):
+    task = TASKS[env_id]
+    if task.env.startswith(("AntMaze", "PointMaze", "FrankaKitchen")):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
+            warnings.simplefilter("ignore")
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+    with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
+        warnings.filterwarnings("ignore", message=".*out of date.*")
+        env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
+    if task.obs_keys is not None:
+        size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
+        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,)))
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
+    return gym.wrappers.RecordEpisodeStatistics(env)
+
+
+def download(url: str, path: str, env_id: str):
+    """Fetch `url` to `path` through a temporary name: an interrupted download never looks complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0)
+            with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}", file=sys.stderr) as bar:
+                while chunk := response.read(1 << 20):
+                    bar.update(f.write(chunk))
+        if size and os.path.getsize(tmp) != size:
+            raise OSError(f"cut off after {os.path.getsize(tmp)} of {size} bytes")
+        h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as e:
+        fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
+             f"with no network, put D4RL's file at {path} or pass --dataset-path FILE")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def dataset_file(env_id: str) -> str:
+    """The task's HDF5 file in the cache: downloaded (D4RL) or made here (embedded) on first use."""
+    task = TASKS[env_id]
+    path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
+    if not os.path.isfile(path) and task.source == "d4rl":
+        download(f"{D4RL_URL}/{task.dataset}.hdf5", path, env_id)
+    if not os.path.isfile(path) and task.source == "embedded":
+        try:
+            import make_datasets  # the project's dataset tool, next to this script
+        except ImportError:
+            fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
+        print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
+        make_datasets.generate(task.dataset, path)
+    return path
+
+
+def read_hdf5(path: str) -> dict:
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in keys[:4] if k not in f]
+            if missing:
+                fail(f"{path}: not a D4RL dataset, it has no {', '.join(missing)}")
+            return {k: f[k][:] for k in keys if k in f}
+    except OSError as e:
+        fail(f"{path}: cannot be read as HDF5 ({e})")
+
+
+def read_minari(env_id: str) -> dict:
+    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations)."""
+    task = TASKS[env_id]
+    try:
+        import minari
+    except ImportError:
+        fail(f"{env_id} is a Minari dataset: pip install minari")
+    try:
+        dataset = minari.load_dataset(task.dataset)
+    except Exception:
+        try:
+            dataset = minari.load_dataset(task.dataset, download=True)
+        except Exception as e:
+            fail(f"no dataset for {env_id}: {task.dataset} is not in Minari's local store and could not be downloaded "
+                 f"({type(e).__name__}); on a machine with network run `minari download {task.dataset}` "
+                 f"(needs pip install 'minari[hf]'), or pass --dataset-path FILE")
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    for episode in dataset.iterate_episodes():
+        obs = flatten_obs(task, episode.observations)
+        for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
+            parts[key].append(value)
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
+    """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
+
+    `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
+    (`timeouts`) are not terminal: the value of s' is still bootstrapped there. Files without
+    `next_observations` get them from the following row, as d4rl.qlearning_dataset does, dropping
+    the rows that end an episode by time limit (their successor is not stored).
+    """
+    if dataset_path is not None and not os.path.isfile(dataset_path):
+        fail(f"--dataset-path {dataset_path}: no such file")
+    if dataset_path is None and TASKS[env_id].source == "minari":
+        name, data = TASKS[env_id].dataset, read_minari(env_id)
+    else:
+        name = dataset_path or dataset_file(env_id)
+        data = read_hdf5(name)
+    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
+    rewards, terminals = data["rewards"].astype(np.float32).reshape(-1), data["terminals"].astype(bool).reshape(-1)
+    timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
+        fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
+    # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
+    ends = np.flatnonzero(terminals | timeouts)
+    ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
+    episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
+    if "next_observations" in data:
+        next_obs = data["next_observations"].astype(np.float32)
+    else:
+        keep = ~timeouts[:-1]
+        obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
+        next_obs = data["observations"][1:][keep].astype(np.float32)
+    for key, value in (("observations", obs), ("actions", actions), ("rewards", rewards), ("next_observations", next_obs)):
+        if not np.isfinite(value).all():
+            fail(f"{name}: {key} holds NaN or inf values")
+    return dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
+                terminals=terminals.astype(np.float32), episode_returns=episode_returns)
+
+
+def reward_transform(env_id: str):
+    """CQL's reward convention: antmaze (r - 0.5) * 4, elsewhere r as it is."""
+    scale, shift = DOMAIN_DEFAULTS[TASKS[env_id].domain]
+    return lambda r: (r + shift) * scale
+
+
+class ReplayBuffer:
+    """The offline dataset D, then the online transitions, in tensors preallocated on the device."""
+
+    def __init__(self, data: dict, capacity: int, device: torch.device):
+        self.size = len(data["rewards"])
+        def alloc(x):
+            buf = torch.zeros((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
+            buf[: self.size] = torch.as_tensor(x, device=device)
+            return buf
+        self.obs, self.actions, self.next_obs = alloc(data["observations"]), alloc(data["actions"]), alloc(data["next_observations"])
+        self.rewards, self.dones = alloc(data["rewards"]), alloc(data["terminals"])
+
+    def add(self, obs, action, reward, next_obs, done):
+        i = self.size
+        self.obs[i], self.actions[i], self.next_obs[i] = torch.as_tensor(obs), action, torch.as_tensor(next_obs)
+        self.rewards[i], self.dones[i] = float(reward), float(done)
+        self.size += 1
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (CQL: three hidden layers of 256)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
+                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class QEnsemble(nn.Module):
+    """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here); returns a [m, batch] tensor."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int):
+        super().__init__()
+        self.qs = nn.ModuleList(mlp(obs_dim + act_dim, 1) for _ in range(num_critics))
+
+    def forward(self, obs, act):
+        x = torch.cat([obs, act], -1)
+        return torch.stack([q(x).squeeze(-1) for q in self.qs])  # on CPU a loop beats one batched matmul
+
+
+class Actor(nn.Module):
+    """SAC's tanh-Gaussian policy: returns an action in [-1, 1] and its log-density (None if deterministic)."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim)
+
+    def forward(self, obs, deterministic: bool = False):
+        mean, log_std = self.net(obs).chunk(2, -1)
+        if deterministic:
+            return torch.tanh(mean), None
+        std = log_std.clamp(-5.0, 2.0).exp()
+        u = mean + std * torch.randn_like(mean)
+        # log N(u; mean, std) minus the log-Jacobian of tanh, log(1 - tanh(u)^2), in a stable form.
+        log_prob = Normal(mean, std).log_prob(u).sum(-1) - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u), log_prob
+
+
+class LogMultiplier(nn.Module):
+    """A positive multiplier learned in log space: SAC's entropy temperature alpha, CQL's Lagrange alpha'."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_value = nn.Parameter(torch.zeros(()))
+
+    def forward(self):
+        return self.log_value.exp()
+
+
+# ---------------------------------------------------------------------------------------------
+# CQL and SAC: losses and one update
+# ---------------------------------------------------------------------------------------------
+def conservative_gap(qf, actor, obs, next_obs, actions, n_actions: int) -> torch.Tensor:
+    """CQL(H)'s gap per critic: logsumexp_a Q(s, a) - Q(s, a_data), averaged over the batch.
+
+    The logsumexp is importance-sampled over n_actions draws from each of three proposals, each
+    corrected by its own density: uniform actions (0.5^|A|), and the policy at s and at s'.
+    """
+    batch, act_dim = actions.shape
+    obs_n, next_obs_n = obs.repeat(n_actions, 1), next_obs.repeat(n_actions, 1)
+    with torch.no_grad():
+        pi_actions, pi_log_prob = actor(obs_n)
+        next_actions, next_log_prob = actor(next_obs_n)
+    uniform_actions = torch.rand(n_actions * batch, act_dim, device=obs.device) * 2 - 1
+    log_density = torch.cat([torch.full((n_actions * batch,), act_dim * math.log(0.5), device=obs.device), pi_log_prob, next_log_prob])
+    q = qf(obs_n.repeat(3, 1), torch.cat([uniform_actions, pi_actions, next_actions])) - log_density  # [m, 3 n batch]
+    logsumexp = torch.logsumexp(q.view(q.shape[0], 3 * n_actions, batch), dim=1)  # [m, batch]
+    return logsumexp.mean(1) - qf(obs, actions).mean(1)
+
+
+def cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, actor_optimizer, q_optimizer, alpha_optimizer, alpha_prime_optimizer,
+               conservative: bool, target_gap: float, target_entropy: float, args) -> dict:
+    """One step of SAC, plus CQL's Lagrange-weighted conservative term on the critics when `conservative`."""
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        next_actions, next_log_prob = actor(next_obs)
+        next_v = qf_target(next_obs, next_actions).min(0).values - alpha() * next_log_prob
+        td_target = rewards + args.gamma * (1.0 - dones) * next_v
+    td_loss = ((qf(obs, actions) - td_target) ** 2).mean(1).sum()
+    losses = {"td_loss": td_loss}
+    qf_loss = td_loss
+    if conservative:
+        gap = args.cql_weight * conservative_gap(qf, actor, obs, next_obs, actions, args.cql_n_actions)  # [m]
+        # Lagrange form: alpha' grows while the gap exceeds the threshold, and shrinks (to 0) below it.
+        qf_loss = qf_loss + (alpha_prime().clamp(0.0, 1e6).detach() * (gap - target_gap)).sum()
+        alpha_prime_loss = -(alpha_prime().clamp(0.0, 1e6) * (gap.detach() - target_gap)).mean()
+        alpha_prime_optimizer.zero_grad(set_to_none=True)
+        alpha_prime_loss.backward()
+        alpha_prime_optimizer.step()
+        losses |= {"cql_gap": gap.mean(), "alpha_prime": alpha_prime().detach()}
+    q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    q_optimizer.step()
+    # Actor and temperature: SAC's, in both phases.
+    pi_actions, log_prob = actor(obs)
+    actor_loss = (alpha().detach() * log_prob - qf(obs, pi_actions).min(0).values).mean()
+    actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_optimizer.step()
+    alpha_loss = -(alpha() * (log_prob.detach() + target_entropy)).mean()
+    alpha_optimizer.zero_grad(set_to_none=True)
+    alpha_loss.backward()
+    alpha_optimizer.step()
+    with torch.no_grad():
+        for param, target_param in zip(qf.parameters(), qf_target.parameters()):
+            target_param.lerp_(param, args.tau)
+    return losses | {"qf_loss": qf_loss, "actor_loss": actor_loss, "alpha": alpha().detach()}
+
+
+def target_gap_at(online_step: int, args) -> float:
+    """The Lagrange threshold `online_step` steps after the switch (1..online_steps) under --schedule."""
+    end = args.cql_target_gap if args.online_target_gap is None else args.online_target_gap
+    if args.schedule == "abrupt":
+        return end
+    return args.cql_target_gap + (end - args.cql_target_gap) * online_step / max(args.online_steps, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics (Figure 2): the critic's Q against the discounted return that actually followed
+# ---------------------------------------------------------------------------------------------
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = sum_k gamma^k r_(t+k) within the episode."""
+    returns, running = np.zeros(len(rewards)), 0.0
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * running
+        returns[t] = running
+    return returns
+
+
+def exact_enough(length: int, terminated: bool, gamma: float, tolerance: float = 0.01) -> np.ndarray:
+    """Steps whose Monte Carlo return stands for the value: all of a terminated episode; in one cut by a
+    time limit, only those at least log(tolerance) / log(gamma) steps before the cut, where the missing
+    tail weighs gamma^(T - t) <= tolerance (no bootstrapping past the time limit is mixed in)."""
+    if terminated:
+        return np.ones(length, bool)
+    return np.arange(length) < length - math.ceil(math.log(tolerance) / math.log(gamma))
+
+
+def q_bias(q_values: list, rewards: list, terminated: bool, gamma: float):
+    """(Q - G, Q, G) on the episode's usable pairs."""
+    keep = exact_enough(len(rewards), terminated, gamma)
+    q, g = np.asarray(q_values)[keep], discounted_returns(np.asarray(rewards, dtype=np.float64), gamma)[keep]
+    return q - g, q, g
+
+
+@torch.no_grad()
+def evaluate(actor, qf, env, env_id: str, n_episodes: int, seed: int, device, scale_reward, gamma: float) -> dict:
+    """Return, D4RL-normalised score and Q bias of the deterministic policy (tanh of the mean)."""
+    returns, biases, qs, gs = [], [], [], []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
+        done, episode_return, q_values, rewards, terminated = False, 0.0, [], [], False
+        while not done:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            action = actor(obs_t, deterministic=True)[0]
+            q_values.append(qf(obs_t, action).min(0).values)
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            episode_return, done = episode_return + float(reward), terminated or truncated
+            rewards.append(scale_reward(float(reward)))
+        returns.append(episode_return)
+        bias, q, g = q_bias(torch.cat(q_values).cpu().numpy(), rewards, terminated, gamma)
+        biases.append(bias), qs.append(q), gs.append(g)
+    mean_return = float(np.mean(returns))
+    bias, q, g = np.concatenate(biases), np.concatenate(qs), np.concatenate(gs)
+    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return),
+            "q_bias": float(bias.mean()) if len(bias) else None,
+            "q_ratio": float(q.mean() / g.mean()) if len(g) and abs(g.mean()) > 1e-8 else None}
+
+
+def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict):
+    """Write the model and optimiser states to a temporary name, then rename (never half-written)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {"algorithm": "cql", "env_id": args.env_id, "step": step, "args": asdict(args)}
+    state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
+    torch.save(state, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path: str, args: Args, nets: dict, optimizers: dict) -> int:
+    """Load a checkpoint written by cql_to_sac.py for the same task; returns its step."""
+    if not os.path.isfile(path):
+        fail(f"--load-offline {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"--load-offline {path}: not a checkpoint of this project ({type(e).__name__})")
+    if not isinstance(state, dict) or state.get("algorithm") != "cql":
+        fail(f"--load-offline {path}: written by another script (needs cql_to_sac.py)")
+    if state["env_id"] != args.env_id:
+        fail(f"--load-offline {path}: pretrained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+    try:
+        for name, net in {**nets, **optimizers}.items():
+            net.load_state_dict(state[name])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"--load-offline {path}: does not fit these networks ({str(e).splitlines()[0]})")
+    return int(state["step"])
+
+
+def write_json(path: str, content: dict):
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(content, f, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.env_id not in TASKS:
+        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
+        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
+    if args.online_target_gap is not None and args.online_objective != "cql":
+        fail("--online-target-gap needs --online-objective cql (SAC online has no conservative term)")
+    checks = {
+        "--offline-steps must be >= 0": args.offline_steps >= 0,
+        "--online-steps must be >= 0": args.online_steps >= 0,
+        "--eval-freq must be >= 1": args.eval_freq >= 1,
+        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
+        "--log-freq must be >= 1": args.log_freq >= 1,
+        "--batch-size must be >= 1": args.batch_size >= 1,
+        "--cql-n-actions must be >= 1": args.cql_n_actions >= 1,
+        "--switch-window must be >= 0": args.switch_window >= 0,
+    }
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
+
+    # TRY NOT TO MODIFY: seeding, data, logging
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    data = load_dataset(args.env_id, args.dataset_path)
+    env = make_env(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        fail(f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+             f"{args.env_id} needs {obs_dim} and {act_dim}")
+    if args.batch_size > len(data["rewards"]):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
+    scale_reward = reward_transform(args.env_id)
+    data["rewards"] = scale_reward(data["rewards"])
+
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot write the run to {run_dir} ({e.strerror}); pass --output-dir DIR")
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401, used by gymnasium's RecordVideo
+        except ImportError:
+            fail("--capture-video needs moviepy: pip install moviepy")
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    env.action_space.seed(args.seed)
+    eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
+    low = torch.as_tensor(env.action_space.low, device=device)
+    high = torch.as_tensor(env.action_space.high, device=device)
+
+    actor = Actor(obs_dim, act_dim).to(device)
+    qf = QEnsemble(obs_dim, act_dim, 2).to(device)
+    qf_target = copy.deepcopy(qf).requires_grad_(False)
+    alpha, alpha_prime = LogMultiplier().to(device), LogMultiplier().to(device)
+    target_entropy = -float(act_dim)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
+    alpha_optimizer = torch.optim.Adam(alpha.parameters(), lr=args.q_lr)
+    alpha_prime_optimizer = torch.optim.Adam(alpha_prime.parameters(), lr=args.q_lr)
+    nets = {"actor": actor, "qf": qf, "qf_target": qf_target, "alpha": alpha, "alpha_prime": alpha_prime}
+    optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer,
+                  "alpha_prime_optimizer": alpha_prime_optimizer}
+
+    start_step = 0
+    if args.load_offline:
+        start_step = load_checkpoint(args.load_offline, args, nets, optimizers)
+        args.offline_steps = start_step  # the loaded model's offline phase is over
+    total_steps = args.offline_steps + args.online_steps
+    # Algorithm 1: the replay buffer starts as the whole offline dataset D.
+    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "online_episodes": [], "final_normalized_score": None, "complete": False}
+    summary_path = os.path.join(run_dir, "summary.json")
+
+    obs, _ = env.reset(seed=args.seed)
+    start_time, score, episode_q, episode_rewards = time.time(), float("nan"), [], []
+    progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
+                    unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
+    if start_step == args.offline_steps and args.load_offline:  # score the loaded model once, at the switch
+        result = evaluate(actor, qf, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device, scale_reward, args.gamma)
+        summary["evaluations"].append({"step": start_step, "phase": "offline", **result, "critic_loss": None})
+        for name in ("normalized_score", "return", "q_bias", "q_ratio"):
+            if result[name] is not None:
+                writer.add_scalar(f"eval/{name}", result[name], start_step)
+
+    for global_step in range(start_step, total_steps):
+        online = global_step >= args.offline_steps
+        if online:
+            # ALGO LOGIC: SAC acts with its own stochastic policy
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            with torch.no_grad():
+                action = actor(obs_t)[0]
+                episode_q.append(qf(obs_t, action).min(0).values)  # the critic's view of the pair it visits
+            next_obs, reward, terminated, truncated, info = env.step(action[0].cpu().numpy())
+            # Only a true termination stops bootstrapping, a time limit does not.
+            rb.add(obs, action[0], scale_reward(reward), next_obs, terminated)
+            episode_rewards.append(scale_reward(float(reward)))
+            if "episode" in info:
+                writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
+                writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+            if terminated or truncated:  # Figure 2's Q bias on the visited pairs of this episode
+                bias, q, g = q_bias(torch.cat(episode_q).cpu().numpy(), episode_rewards, terminated, args.gamma)
+                if len(bias):
+                    entry = {"step": global_step + 1, "q_bias": float(bias.mean()), "q": float(q.mean()), "mc_return": float(g.mean()),
+                             "q_ratio": float(q.mean() / g.mean()) if abs(g.mean()) > 1e-8 else None}
+                    summary["online_episodes"].append(entry)
+                    for name in ("q_bias", "q", "mc_return", "q_ratio"):
+                        if entry[name] is not None:
+                            writer.add_scalar(f"diagnostics/{name}", entry[name], global_step + 1)
+                episode_q, episode_rewards = [], []
+            obs = env.reset()[0] if terminated or truncated else next_obs
+
+        # ALGO LOGIC: CQL offline; online SAC (the switch drops the conservative term) or CQL with a threshold schedule
+        conservative = not online or args.online_objective == "cql"
+        target_gap = target_gap_at(global_step + 1 - args.offline_steps, args) if online else args.cql_target_gap
+        losses = cql_update(rb.sample(args.batch_size), actor, qf, qf_target, alpha, alpha_prime, actor_optimizer, q_optimizer,
+                            alpha_optimizer, alpha_prime_optimizer, conservative, target_gap, target_entropy, args)
+
+        # TRY NOT TO MODIFY: logging, evaluation, checkpoints
+        step = global_step + 1
+        progress.update(1)
+        near_switch = abs(step - args.offline_steps) <= args.switch_window and step % 10 == 0
+        if step % args.log_freq == 0 or near_switch:  # Figure 2: the critic loss at a fine grain around the switch
+            writer.add_scalar("losses/target_gap", target_gap, step)
+            for name, value in losses.items():
+                writer.add_scalar(f"losses/{name}", value.item(), step)  # the only host syncs, every log_freq steps
+            writer.add_scalar("charts/SPS", int((step - start_step) / (time.time() - start_time)), step)
+        if step % args.eval_freq == 0 or step in (args.offline_steps, total_steps):
+            result = evaluate(actor, qf, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device, scale_reward, args.gamma)
+            phase, score = ("online" if online else "offline"), result["normalized_score"]
+            summary["evaluations"].append({"step": step, "phase": phase, **result, "critic_loss": losses["td_loss"].item()})
+            summary["final_normalized_score"] = score
+            write_json(summary_path, summary)
+            for name in ("normalized_score", "return", "q_bias", "q_ratio"):
+                if result[name] is not None:
+                    writer.add_scalar(f"eval/{name}", result[name], step)
+            progress.set_postfix(score=f"{score:.1f}")
+        if step == args.offline_steps:
+            save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
+            progress.set_description("online")
+
+    progress.close()
+    save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)
+    summary["complete"] = True
+    write_json(summary_path, summary)
+    print(f"{run_name}: final normalized score {score:.1f}; logs in {run_dir}")
+    env.close()
+    eval_env.close()
+    writer.close()

@@ -1,0 +1,161 @@
+"""cql_to_sac.py: CQL's conservative term, the switch to SAC, its schedules and Figure 2's Q bias."""
+import glob
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import cql_to_sac
+import make_datasets
+
+ARGS = SimpleNamespace(gamma=0.99, tau=0.005, cql_weight=5.0, cql_n_actions=10, cql_target_gap=5.0,
+                       online_target_gap=0.5, online_steps=100, schedule="linear")
+
+
+class PeakedCritic(nn.Module):
+    """Q(s, a) = sign * 10 * |a - a_data|^2: peaked at the data's action (sign -1) or highest away from it (+1)."""
+
+    def __init__(self, data_action, sign):
+        super().__init__()
+        self.data_action, self.sign = data_action, sign
+
+    def forward(self, obs, actions):
+        return (self.sign * 10 * ((actions - self.data_action) ** 2).sum(-1))[None]
+
+
+def test_conservative_term_is_larger_when_the_critic_overrates_out_of_data_actions():
+    torch.manual_seed(0)
+    actor = cql_to_sac.Actor(4, 2)
+    obs, next_obs = torch.randn(64, 4), torch.randn(64, 4)
+    data_action = torch.zeros(2)
+    actions = data_action.expand(64, -1)
+    gaps = {}
+    for sign in (-1, 1):
+        torch.manual_seed(1)
+        gaps[sign] = cql_to_sac.conservative_gap(PeakedCritic(data_action, sign), actor, obs, next_obs, actions, 10).item()
+    assert gaps[1] > gaps[-1] + 10  # pushing down Q off the data costs more where Q is high off the data
+
+
+def test_conservative_gap_is_logsumexp_minus_data_q_for_a_constant_critic():
+    # A constant critic Q = c: the gap is the log of the summed inverse densities of the proposals.
+    class Constant(nn.Module):
+        def forward(self, obs, actions):
+            return torch.full((1, len(obs)), 3.0)
+
+    class FixedDensity(nn.Module):  # a "policy" whose samples have log-density 0
+        def forward(self, obs):
+            return torch.zeros(len(obs), 2), torch.zeros(len(obs))
+
+    gap = cql_to_sac.conservative_gap(Constant(), FixedDensity(), torch.zeros(8, 4), torch.zeros(8, 4), torch.zeros(8, 2), 10)
+    # 10 uniform draws with density 0.25 and 20 policy draws with density 1: log(10 * 4 + 20) + 3 - 3
+    assert gap.item() == pytest.approx(np.log(10 * 4 + 20), rel=1e-5)
+
+
+def make_learner(seed=0):
+    torch.manual_seed(seed)
+    actor, qf = cql_to_sac.Actor(4, 2), cql_to_sac.QEnsemble(4, 2, 2)
+    qf_target = cql_to_sac.QEnsemble(4, 2, 2)
+    qf_target.load_state_dict(qf.state_dict())
+    alpha, alpha_prime = cql_to_sac.LogMultiplier(), cql_to_sac.LogMultiplier()
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (actor, qf, alpha, alpha_prime)]
+    batch = (torch.randn(32, 4), torch.rand(32, 2) * 2 - 1, torch.randn(32), torch.randn(32, 4), torch.zeros(32))
+    return actor, qf, qf_target, alpha, alpha_prime, optimizers, batch
+
+
+@pytest.mark.parametrize("target_gap, grows", [(-1000.0, True), (1000.0, False)])
+def test_the_lagrange_multiplier_grows_while_the_gap_exceeds_the_threshold(target_gap, grows):
+    actor, qf, qf_target, alpha, alpha_prime, optimizers, batch = make_learner()
+    before = alpha_prime.log_value.item()
+    losses = cql_to_sac.cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, *optimizers, True, target_gap, -2.0, ARGS)
+    assert (alpha_prime.log_value.item() > before) == grows
+    assert (losses["cql_gap"].item() > target_gap) == grows
+
+
+def test_the_switch_removes_the_conservative_term():
+    actor, qf, qf_target, alpha, alpha_prime, optimizers, batch = make_learner()
+    before = alpha_prime.log_value.item()
+    losses = cql_to_sac.cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, *optimizers, False, 5.0, -2.0, ARGS)
+    assert "cql_gap" not in losses and losses["qf_loss"].item() == losses["td_loss"].item()
+    assert alpha_prime.log_value.item() == before  # untouched online under SAC
+    actor, qf, qf_target, alpha, alpha_prime, optimizers, batch = make_learner()
+    conservative = cql_to_sac.cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, *optimizers, True, 5.0, -2.0, ARGS)
+    assert conservative["qf_loss"].item() != conservative["td_loss"].item()
+
+
+def test_threshold_schedules():
+    linear = ARGS
+    assert cql_to_sac.target_gap_at(0, linear) == 5.0
+    assert cql_to_sac.target_gap_at(50, linear) == pytest.approx(2.75)
+    assert cql_to_sac.target_gap_at(100, linear) == pytest.approx(0.5)  # the end value at the last online step
+    abrupt = SimpleNamespace(**{**vars(ARGS), "schedule": "abrupt"})
+    assert cql_to_sac.target_gap_at(1, abrupt) == 0.5
+    same = SimpleNamespace(**{**vars(ARGS), "online_target_gap": None})
+    assert cql_to_sac.target_gap_at(100, same) == 5.0
+
+
+def test_monte_carlo_returns_match_a_hand_computed_discounted_sum():
+    assert cql_to_sac.discounted_returns(np.array([1.0, 2.0, 3.0]), 0.5).tolist() == [1 + 1 + 0.75, 2 + 1.5, 3]
+
+
+def test_time_limit_ends_keep_only_pairs_whose_return_is_exact_enough():
+    # gamma 0.5, tolerance 1%: the tail beyond 7 steps weighs 0.5^7 < 0.01, so a cut episode of 10 keeps 3 pairs.
+    assert cql_to_sac.exact_enough(10, terminated=False, gamma=0.5).tolist() == [True] * 3 + [False] * 7
+    assert cql_to_sac.exact_enough(10, terminated=True, gamma=0.5).all()
+    bias, q, g = cql_to_sac.q_bias(np.full(10, 2.0), [1.0] * 10, terminated=False, gamma=0.5)
+    assert len(bias) == 3
+    assert np.allclose(g, [(1 - 0.5 ** (10 - t)) / 0.5 for t in range(3)]) and np.allclose(bias, 2.0 - g)
+
+
+@pytest.fixture(scope="module")
+def maze_dataset(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("maze") / "maze.hdf5")
+    return make_datasets.generate("embedded-pointmaze-medium", path, seed=0, transitions=2000)
+
+
+def run_cql(run_script, maze_dataset, out, *flags):
+    result = run_script("cql_to_sac.py", "--env-id", "embedded-pointmaze-medium", "--dataset-path", maze_dataset,
+                        "--output-dir", out, "--offline-steps", 40, "--online-steps", 620, "--eval-freq", 40,
+                        "--eval-episodes", 1, "--batch-size", 32, "--cql-n-actions", 2, "--switch-window", 20, "--log-freq", 100, *flags)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = glob.glob(str(out / "*"))
+    return run_dir
+
+
+def test_a_run_shows_performance_critic_loss_and_q_bias_across_the_switch(run_script, maze_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = run_cql(run_script, maze_dataset, tmp_path)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["evaluations"][0]["phase"] == "offline" and summary["evaluations"][-1]["phase"] == "online"
+    for e in summary["evaluations"]:
+        assert {"normalized_score", "return", "q_bias", "q_ratio", "critic_loss"} <= set(e) and e["critic_loss"] > 0
+    (episode,) = summary["online_episodes"]  # one 600-step online episode completed
+    assert episode["step"] == 40 + 600 and episode["q_bias"] == pytest.approx(episode["q"] - episode["mc_return"])
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    gap_steps = [e.step for e in events.Scalars("losses/cql_gap")]
+    td_steps = [e.step for e in events.Scalars("losses/td_loss")]
+    assert gap_steps and max(gap_steps) <= 40  # the conservative term ends at the switch
+    assert {20, 30, 40, 50, 60} <= set(td_steps)  # every 10 steps within --switch-window of the switch
+    assert {"diagnostics/q_bias", "eval/q_bias", "eval/normalized_score"} <= set(events.Tags()["scalars"])
+    assert torch.load(os.path.join(run_dir, "offline.pt"), weights_only=True)["algorithm"] == "cql"
+
+
+def test_same_objective_online_keeps_the_conservative_term_on_its_schedule(run_script, maze_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = run_cql(run_script, maze_dataset, tmp_path, "--online-objective", "cql", "--online-target-gap", 0.5, "--schedule", "linear")
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    assert max(e.step for e in events.Scalars("losses/cql_gap")) == 600  # still there online (last log step)
+    gaps = {e.step: e.value for e in events.Scalars("losses/target_gap")}
+    assert gaps[40] == 5.0 and gaps[600] == pytest.approx(5.0 - 4.5 * 560 / 620, rel=1e-4)
+
+
+def test_a_target_gap_without_the_cql_objective_is_refused(run_script, maze_dataset):
+    result = run_script("cql_to_sac.py", "--env-id", "embedded-pointmaze-medium", "--dataset-path", maze_dataset, "--online-target-gap", 0.5)
+    assert result.returncode == 2 and "--online-objective cql" in result.stderr and "Traceback" not in result.stderr
