@@ -2,6 +2,8 @@
 import difflib
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,25 +31,19 @@ def test_iql_noise_differs_from_o3f_iql_only_in_the_action_selection():
         assert any(word in line for word in allowed), f"diff outside the action selection: {line!r}"
 
 
-def test_the_scripts_share_their_data_and_checkpoint_code_verbatim():
-    def section(lines, start, end):
-        i = next(k for k, line in enumerate(lines) if line.startswith(start))
-        j = next(k for k, line in enumerate(lines) if k > i and line.startswith(end))
-        return lines[i:j]
-
-    iql, lapo = read("o3f_iql.py"), read("o3f_lapo.py")
-    for start, end in (("DATA_DIR = ", "# Per-domain defaults"), ("def normalized_score", "def reward_transform"),
-                       ("class ReplayBuffer", "# ----"), ("def write_json", 'if __name__ == "__main__":')):
-        assert section(iql, start, end) == section(lapo, start, end), start
+SHARED = (("DATA_DIR = ", "# Per-domain defaults"), ("def normalized_score", "def reward_transform"),
+          ("class ReplayBuffer", "# ----"), ("def write_json", 'if __name__ == "__main__":'))
 
 
-def test_cql_to_sac_shares_the_data_and_checkpoint_code_too():
-    def section(lines, start, end):
-        i = next(k for k, line in enumerate(lines) if line.startswith(start))
-        j = next(k for k, line in enumerate(lines) if k > i and line.startswith(end))
-        return lines[i:j]
+def section(lines, start, end):
+    i = next(k for k, line in enumerate(lines) if line.startswith(start))
+    j = next(k for k, line in enumerate(lines) if k > i and line.startswith(end))
+    return lines[i:j]
 
-    iql, cql = read("o3f_iql.py"), read("cql_to_sac.py")
-    for start, end in (("DATA_DIR = ", "# Per-domain defaults"), ("def normalized_score", "def reward_transform"),
-                       ("class ReplayBuffer", "# ----"), ("def write_json", 'if __name__ == "__main__":')):
-        assert section(iql, start, end) == section(cql, start, end), start
+
+@pytest.mark.parametrize("other", ["o3f_lapo.py", "cql_to_sac.py"])
+def test_the_scripts_share_their_data_buffer_and_output_code_verbatim(other):
+    iql, lines = read("o3f_iql.py"), read(other)
+    for start, end in SHARED:
+        assert section(iql, start, end) == section(lines, start, end), start
+
