@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import urllib.request
@@ -80,6 +81,10 @@ class Args:
     """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
     load_offline: Optional[str] = None
     """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+    checkpoint_every: int = 10_000
+    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the end of the episode then); 0: never"""
+    resume: Optional[str] = None
+    """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
 
     # CQL and SAC
     batch_size: int = 256
@@ -344,6 +349,15 @@ class ReplayBuffer:
         self.rewards[i], self.dones[i] = float(reward), float(done)
         self.size += 1
 
+    def online_part(self, n_offline: int) -> dict:
+        return {key: getattr(self, key)[n_offline : self.size].cpu() for key in ("obs", "actions", "rewards", "next_obs", "dones")}
+
+    def restore_online_part(self, part: dict):
+        n = len(part["rewards"])
+        for key, value in part.items():
+            getattr(self, key)[self.size : self.size + n] = value.to(self.obs.device)
+        self.size += n
+
     def sample(self, batch_size: int):
         idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
@@ -383,7 +397,7 @@ class Actor(nn.Module):
         std = log_std.clamp(-5.0, 2.0).exp()
         u = mean + std * torch.randn_like(mean)
         # log N(u; mean, std) minus the log-Jacobian of tanh, log(1 - tanh(u)^2), in a stable form.
-        log_prob = Normal(mean, std).log_prob(u).sum(-1) - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        log_prob = Normal(mean, std, validate_args=False).log_prob(u).sum(-1) - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
         return torch.tanh(u), log_prob
 
 
@@ -518,33 +532,70 @@ def evaluate(actor, qf, env, env_id: str, n_episodes: int, seed: int, device, sc
             "q_ratio": float(q.mean() / g.mean()) if len(g) and abs(g.mean()) > 1e-8 else None}
 
 
-def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict):
-    """Write the model and optimiser states to a temporary name, then rename (never half-written)."""
+def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict, run: Optional[dict] = None):
+    """Write the model and optimiser states (and, for a resumable run, `run`) to a temporary name, then rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {"algorithm": "cql", "env_id": args.env_id, "step": step, "args": asdict(args)}
+    state = {"algorithm": "cql", "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
     state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
     torch.save(state, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
 
 
-def load_checkpoint(path: str, args: Args, nets: dict, optimizers: dict) -> int:
-    """Load a checkpoint written by cql_to_sac.py for the same task; returns its step."""
+def read_checkpoint(path: str, flag: str) -> dict:
+    """A checkpoint written by cql_to_sac.py; a run directory stands for its `checkpoint.pt`."""
+    path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
-        fail(f"--load-offline {path}: no such file")
+        fail(f"{flag} {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        fail(f"--load-offline {path}: not a checkpoint of this project ({type(e).__name__})")
+        fail(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__})")
     if not isinstance(state, dict) or state.get("algorithm") != "cql":
-        fail(f"--load-offline {path}: written by another script (needs cql_to_sac.py)")
+        fail(f"{flag} {path}: written by another script (needs cql_to_sac.py)")
+    if flag == "--resume" and "rng" not in state:
+        fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
+    state["path"] = path
+    return state
+
+
+def load_checkpoint(state: dict, args: Args, nets: dict, optimizers: dict, flag: str):
     if state["env_id"] != args.env_id:
-        fail(f"--load-offline {path}: pretrained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+        fail(f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
     try:
         for name, net in {**nets, **optimizers}.items():
             net.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
-        fail(f"--load-offline {path}: does not fit these networks ({str(e).splitlines()[0]})")
-    return int(state["step"])
+        fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
+
+
+def rng_state(env) -> dict:
+    """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "env": env.unwrapped.np_random.bit_generator.state}
+
+
+def set_rng_state(state: dict, env):
+    random.setstate(state["python"])
+    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    env.unwrapped.np_random.bit_generator.state = state["env"]
+
+
+def all_finite(losses: dict) -> torch.Tensor:
+    """A flag on the device (no host sync): every loss of this update is finite."""
+    return torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
+
+
+def stop_diverged(step: int, losses: dict, checkpoint: str):
+    bad = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all()) or "an earlier update's loss"
+    kept = f"the last good checkpoint is {checkpoint}" if os.path.isfile(checkpoint) else "no checkpoint was written before it"
+    print(f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
+          f"(lower the learning rate or check the dataset)", file=sys.stderr)
+    sys.exit(3)
 
 
 def write_json(path: str, content: dict):
@@ -555,6 +606,12 @@ def write_json(path: str, content: dict):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
+    if resumed:  # a resumed run is the same run: its own flags, its own directory
+        try:
+            args = Args(**{**resumed["args"], "resume": resumed["path"]})
+        except TypeError:
+            fail(f"--resume {resumed['path']}: written by another version of this script")
     if args.env_id not in TASKS:
         close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
         fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
@@ -566,6 +623,7 @@ if __name__ == "__main__":
         "--eval-freq must be >= 1": args.eval_freq >= 1,
         "--eval-episodes must be >= 1": args.eval_episodes >= 1,
         "--log-freq must be >= 1": args.log_freq >= 1,
+        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
         "--batch-size must be >= 1": args.batch_size >= 1,
         "--cql-n-actions must be >= 1": args.cql_n_actions >= 1,
         "--switch-window must be >= 0": args.switch_window >= 0,
@@ -592,8 +650,9 @@ if __name__ == "__main__":
     scale_reward = reward_transform(args.env_id)
     data["rewards"] = scale_reward(data["rewards"])
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
+    run_name = resumed["summary"]["run_name"] if resumed else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, run_name)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
@@ -610,7 +669,7 @@ if __name__ == "__main__":
             import moviepy  # noqa: F401, used by gymnasium's RecordVideo
         except ImportError:
             fail("--capture-video needs moviepy: pip install moviepy")
-    writer = SummaryWriter(run_dir)
+    writer = SummaryWriter(run_dir, purge_step=resumed["step"] + 1 if resumed else None)  # drop events past the checkpoint
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     env.action_space.seed(args.seed)
     eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
@@ -631,20 +690,33 @@ if __name__ == "__main__":
                   "alpha_prime_optimizer": alpha_prime_optimizer}
 
     start_step = 0
-    if args.load_offline:
-        start_step = load_checkpoint(args.load_offline, args, nets, optimizers)
-        args.offline_steps = start_step  # the loaded model's offline phase is over
+    if resumed:
+        load_checkpoint(resumed, args, nets, optimizers, "--resume")
+        start_step = resumed["step"]
+    elif args.load_offline:
+        pretrained = read_checkpoint(args.load_offline, "--load-offline")
+        load_checkpoint(pretrained, args, nets, optimizers, "--load-offline")
+        start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
     total_steps = args.offline_steps + args.online_steps
     # Algorithm 1: the replay buffer starts as the whole offline dataset D.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
     summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "online_episodes": [], "final_normalized_score": None, "complete": False}
+    if resumed:
+        summary = resumed["summary"]
+        rb.restore_online_part(resumed["online_buffer"])
     summary_path = os.path.join(run_dir, "summary.json")
 
     obs, _ = env.reset(seed=args.seed)
+    if resumed:  # last, after everything that draws random numbers while setting up
+        set_rng_state(resumed["rng"], env)
+        obs = None if resumed["episode_over"] else obs
+    healthy, checkpoint_due, interrupted = torch.tensor(True, device=device), False, []
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
+        signal.signal(sig, lambda *_: interrupted.append(True))
     start_time, score, episode_q, episode_rewards = time.time(), float("nan"), [], []
     progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
                     unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
-    if start_step == args.offline_steps and args.load_offline:  # score the loaded model once, at the switch
+    if start_step == args.offline_steps and args.load_offline and not resumed:  # score the loaded model once, at the switch
         result = evaluate(actor, qf, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device, scale_reward, args.gamma)
         summary["evaluations"].append({"step": start_step, "phase": "offline", **result, "critic_loss": None})
         for name in ("normalized_score", "return", "q_bias", "q_ratio"):
@@ -654,6 +726,8 @@ if __name__ == "__main__":
     for global_step in range(start_step, total_steps):
         online = global_step >= args.offline_steps
         if online:
+            if obs is None:  # the previous episode ended
+                obs, _ = env.reset()
             # ALGO LOGIC: SAC acts with its own stochastic policy
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
             with torch.no_grad():
@@ -676,7 +750,7 @@ if __name__ == "__main__":
                         if entry[name] is not None:
                             writer.add_scalar(f"diagnostics/{name}", entry[name], global_step + 1)
                 episode_q, episode_rewards = [], []
-            obs = env.reset()[0] if terminated or truncated else next_obs
+            obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: CQL offline; online SAC (the switch drops the conservative term) or CQL with a threshold schedule
         conservative = not online or args.online_objective == "cql"
@@ -684,9 +758,13 @@ if __name__ == "__main__":
         losses = cql_update(rb.sample(args.batch_size), actor, qf, qf_target, alpha, alpha_prime, actor_optimizer, q_optimizer,
                             alpha_optimizer, alpha_prime_optimizer, conservative, target_gap, target_entropy, args)
 
-        # TRY NOT TO MODIFY: logging, evaluation, checkpoints
+        # TRY NOT TO MODIFY: divergence guard, logging, evaluation, checkpoints
         step = global_step + 1
         progress.update(1)
+        healthy &= all_finite(losses)
+        checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
+        if (step % args.log_freq == 0 or step % args.eval_freq == 0 or checkpoint_due or interrupted) and not healthy:
+            stop_diverged(step, losses, checkpoint_path)
         near_switch = abs(step - args.offline_steps) <= args.switch_window and step % 10 == 0
         if step % args.log_freq == 0 or near_switch:  # Figure 2: the critic loss at a fine grain around the switch
             writer.add_scalar("losses/target_gap", target_gap, step)
@@ -706,6 +784,15 @@ if __name__ == "__main__":
         if step == args.offline_steps:
             save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
             progress.set_description("online")
+        # A whole-run checkpoint, online only between episodes, so that a resumed run replays exactly.
+        if (checkpoint_due and (not online or obs is None)) or interrupted:
+            run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(len(data["rewards"]))}
+            save_checkpoint(checkpoint_path, step, args, nets, optimizers, run)
+            checkpoint_due = False
+        if interrupted:
+            progress.close()
+            print(f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {checkpoint_path}", file=sys.stderr)
+            sys.exit(130)
 
     progress.close()
     save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)

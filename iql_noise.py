@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import time
 import urllib.request
@@ -73,6 +74,10 @@ class Args:
     """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
     load_offline: Optional[str] = None
     """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+    checkpoint_every: int = 10_000
+    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the end of the episode then); 0: never"""
+    resume: Optional[str] = None
+    """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
 
     # IQL
     batch_size: int = 256
@@ -334,6 +339,15 @@ class ReplayBuffer:
         self.rewards[i], self.dones[i] = float(reward), float(done)
         self.size += 1
 
+    def online_part(self, n_offline: int) -> dict:
+        return {key: getattr(self, key)[n_offline : self.size].cpu() for key in ("obs", "actions", "rewards", "next_obs", "dones")}
+
+    def restore_online_part(self, part: dict):
+        n = len(part["rewards"])
+        for key, value in part.items():
+            getattr(self, key)[self.size : self.size + n] = value.to(self.obs.device)
+        self.size += n
+
     def sample(self, batch_size: int):
         idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
@@ -376,7 +390,8 @@ class Actor(nn.Module):
         self.log_std = nn.Parameter(torch.zeros(act_dim))
 
     def forward(self, obs) -> Normal:
-        return Normal(torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0).exp())
+        # No argument validation: a non-finite mean is the divergence guard's to report, not a traceback.
+        return Normal(torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0).exp(), validate_args=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,33 +465,70 @@ def evaluate(actor, env, env_id: str, n_episodes: int, seed: int, device) -> tup
     return mean_return, normalized_score(env_id, mean_return)
 
 
-def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict):
-    """Write the model and optimiser states to a temporary name, then rename (never half-written)."""
+def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict, run: Optional[dict] = None):
+    """Write the model and optimiser states (and, for a resumable run, `run`) to a temporary name, then rename."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {"algorithm": "iql", "env_id": args.env_id, "step": step, "args": asdict(args)}
+    state = {"algorithm": "iql", "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
     state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
     torch.save(state, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
 
 
-def load_checkpoint(path: str, args: Args, nets: dict, optimizers: dict) -> int:
-    """Load a checkpoint written by an IQL-based script for the same task; returns its step."""
+def read_checkpoint(path: str, flag: str) -> dict:
+    """A checkpoint written by o3f_iql.py or iql_noise.py; a run directory stands for its `checkpoint.pt`."""
+    path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
-        fail(f"--load-offline {path}: no such file")
+        fail(f"{flag} {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        fail(f"--load-offline {path}: not a checkpoint of this project ({type(e).__name__})")
+        fail(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__})")
     if not isinstance(state, dict) or state.get("algorithm") != "iql":
-        fail(f"--load-offline {path}: written by another script (needs o3f_iql.py or iql_noise.py)")
+        fail(f"{flag} {path}: written by another script (needs o3f_iql.py or iql_noise.py)")
+    if flag == "--resume" and "rng" not in state:
+        fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
+    state["path"] = path
+    return state
+
+
+def load_checkpoint(state: dict, args: Args, nets: dict, optimizers: dict, flag: str):
     if state["env_id"] != args.env_id:
-        fail(f"--load-offline {path}: pretrained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+        fail(f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
     try:
         for name, net in {**nets, **optimizers}.items():
             net.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
-        fail(f"--load-offline {path}: does not fit these networks ({str(e).splitlines()[0]})")
-    return int(state["step"])
+        fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
+
+
+def rng_state(env) -> dict:
+    """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "env": env.unwrapped.np_random.bit_generator.state}
+
+
+def set_rng_state(state: dict, env):
+    random.setstate(state["python"])
+    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    env.unwrapped.np_random.bit_generator.state = state["env"]
+
+
+def all_finite(losses: dict) -> torch.Tensor:
+    """A flag on the device (no host sync): every loss of this update is finite."""
+    return torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
+
+
+def stop_diverged(step: int, losses: dict, checkpoint: str):
+    bad = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all()) or "an earlier update's loss"
+    kept = f"the last good checkpoint is {checkpoint}" if os.path.isfile(checkpoint) else "no checkpoint was written before it"
+    print(f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
+          f"(lower the learning rate or check the dataset)", file=sys.stderr)
+    sys.exit(3)
 
 
 def write_json(path: str, content: dict):
@@ -487,6 +539,12 @@ def write_json(path: str, content: dict):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
+    if resumed:  # a resumed run is the same run: its own flags, its own directory
+        try:
+            args = Args(**{**resumed["args"], "resume": resumed["path"]})
+        except TypeError:
+            fail(f"--resume {resumed['path']}: written by another version of this script")
     if args.env_id not in TASKS:
         close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
         fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
@@ -500,6 +558,7 @@ if __name__ == "__main__":
         "--eval-freq must be >= 1": args.eval_freq >= 1,
         "--eval-episodes must be >= 1": args.eval_episodes >= 1,
         "--log-freq must be >= 1": args.log_freq >= 1,
+        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
         "--batch-size must be >= 1": args.batch_size >= 1,
         "--num-critics must be >= 1": args.num_critics >= 1,
         "--expectile must be in (0, 1)": 0 < args.expectile < 1,
@@ -527,8 +586,9 @@ if __name__ == "__main__":
     scale_reward = reward_transform(args.env_id, data["episode_returns"])
     data["rewards"] = scale_reward(data["rewards"])
 
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
+    run_name = resumed["summary"]["run_name"] if resumed else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, run_name)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
@@ -545,7 +605,7 @@ if __name__ == "__main__":
             import moviepy  # noqa: F401, used by gymnasium's RecordVideo
         except ImportError:
             fail("--capture-video needs moviepy: pip install moviepy")
-    writer = SummaryWriter(run_dir)
+    writer = SummaryWriter(run_dir, purge_step=resumed["step"] + 1 if resumed else None)  # drop events past the checkpoint
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     env.action_space.seed(args.seed)
     eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
@@ -564,20 +624,33 @@ if __name__ == "__main__":
     optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "v_optimizer": v_optimizer}
 
     start_step = 0
-    if args.load_offline:
-        start_step = load_checkpoint(args.load_offline, args, nets, optimizers)
-        args.offline_steps = start_step  # the loaded model's offline phase is over
+    if resumed:
+        load_checkpoint(resumed, args, nets, optimizers, "--resume")
+        start_step = resumed["step"]
+    elif args.load_offline:
+        pretrained = read_checkpoint(args.load_offline, "--load-offline")
+        load_checkpoint(pretrained, args, nets, optimizers, "--load-offline")
+        start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
     total_steps = args.offline_steps + args.online_steps
     # Algorithm 1: the replay buffer starts as the whole offline dataset D.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
     summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "final_normalized_score": None, "complete": False}
+    if resumed:
+        summary = resumed["summary"]
+        rb.restore_online_part(resumed["online_buffer"])
     summary_path = os.path.join(run_dir, "summary.json")
 
     obs, _ = env.reset(seed=args.seed)
+    if resumed:  # last, after everything that draws random numbers while setting up
+        set_rng_state(resumed["rng"], env)
+        obs = None if resumed["episode_over"] else obs
+    healthy, checkpoint_due, interrupted = torch.tensor(True, device=device), False, []
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
+        signal.signal(sig, lambda *_: interrupted.append(True))
     start_time, score = time.time(), float("nan")
     progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
                     unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
-    if start_step == args.offline_steps and args.load_offline:  # score the loaded model once, at the switch
+    if start_step == args.offline_steps and args.load_offline and not resumed:  # score the loaded model once, at the switch
         episode_return, score = evaluate(actor, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
         summary["evaluations"].append({"step": start_step, "phase": "offline", "normalized_score": score, "return": episode_return})
         writer.add_scalar("eval/normalized_score", score, start_step)
@@ -586,6 +659,8 @@ if __name__ == "__main__":
     for global_step in range(start_step, total_steps):
         online = global_step >= args.offline_steps
         if online:
+            if obs is None:  # the previous episode ended
+                obs, _ = env.reset()
             # ALGO LOGIC: the noise baseline, Algorithm 1 lines 2-4 with noise instead of selection
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
             action = select_action(actor, obs_t, args.sigma, low, high)
@@ -596,14 +671,18 @@ if __name__ == "__main__":
             if "episode" in info:
                 writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
                 writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
-            obs = env.reset()[0] if terminated or truncated else next_obs
+            obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online
         losses = iql_update(rb.sample(args.batch_size), actor, qf, qf_target, vf, actor_optimizer, q_optimizer, v_optimizer, args)
 
-        # TRY NOT TO MODIFY: logging, evaluation, checkpoints
+        # TRY NOT TO MODIFY: divergence guard, logging, evaluation, checkpoints
         step = global_step + 1
         progress.update(1)
+        healthy &= all_finite(losses)
+        checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
+        if (step % args.log_freq == 0 or step % args.eval_freq == 0 or checkpoint_due or interrupted) and not healthy:
+            stop_diverged(step, losses, checkpoint_path)
         if step % args.log_freq == 0:
             for name, value in losses.items():
                 writer.add_scalar(f"losses/{name}", value.item(), step)  # the only host syncs, every log_freq steps
@@ -620,6 +699,15 @@ if __name__ == "__main__":
         if step == args.offline_steps:
             save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
             progress.set_description("online")
+        # A whole-run checkpoint, online only between episodes, so that a resumed run replays exactly.
+        if (checkpoint_due and (not online or obs is None)) or interrupted:
+            run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(len(data["rewards"]))}
+            save_checkpoint(checkpoint_path, step, args, nets, optimizers, run)
+            checkpoint_due = False
+        if interrupted:
+            progress.close()
+            print(f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {checkpoint_path}", file=sys.stderr)
+            sys.exit(130)
 
     progress.close()
     save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)
