@@ -1,0 +1,135 @@
+"""Run a grid of experiments: variants x tasks x seeds, each run its own process.
+
+    python benchmarks/run.py --variants o3f_iql iql_noise --env-ids embedded-halfcheetah-medium --seeds 1 2 3
+    python benchmarks/run.py ... --extra="--eval-freq 2000"   # flags for every run
+    python benchmarks/run.py ... --ray-address auto           # the same runs, on a Ray cluster
+
+Every base algorithm is pretrained once per task and seed (`--save-offline`), and each of its variants
+fine-tunes that one model (`--load-offline`), as in the paper's Figures 5 and 6. Results go to
+`{output_dir}/{variant}/{env_id}/seed{seed}/`; a run whose summary.json says complete is skipped and
+one that was stopped is resumed from its checkpoint, so a second invocation finishes what the first left. On a Ray cluster, `output_dir` must be on a file
+system every node sees.
+"""
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# variant -> (script, the base algorithm whose pretrained model it fine-tunes, its own flags)
+VARIANTS = {
+    "o3f_iql": ("o3f_iql.py", "iql", []),
+    "iql_noise": ("iql_noise.py", "iql", []),
+    "o3f_iql_omega1": ("o3f_iql.py", "iql", ["--omega", "1"]),
+    "o3f_lapo": ("o3f_lapo.py", "lapo", []),
+    "lapo_noise": ("o3f_lapo.py", "lapo", ["--n-candidates", "1"]),
+    "o3f_lapo_omega1": ("o3f_lapo.py", "lapo", ["--omega", "1"]),
+    "cql_to_sac": ("cql_to_sac.py", "cql", []),
+    "cql_same_objective": ("cql_to_sac.py", "cql", ["--online-objective", "cql"]),
+    "cql_linear": ("cql_to_sac.py", "cql", ["--online-objective", "cql", "--online-target-gap", "0.5", "--schedule", "linear"]),
+}
+PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sac.py"}
+
+
+@dataclass
+class Args:
+    variants: List[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
+    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_lapo, lapo_noise, o3f_lapo_omega1, cql_to_sac, cql_same_objective, cql_linear)"""
+    env_ids: List[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
+    """tasks, as the scripts' --env-id"""
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    """seeds; each seed has its own pretrained model"""
+    offline_steps: int = 20_000
+    """pretraining updates (once per base algorithm, task and seed)"""
+    online_steps: int = 10_000
+    """fine-tuning env steps of every variant"""
+    output_dir: str = "results"
+    """where runs and pretrained models go"""
+    workers: int = 2
+    """runs at once on this machine (each gets --threads torch threads)"""
+    threads: int = 1
+    """torch threads per run: more runs than cores, each with several threads, slow everything to a crawl"""
+    ray_address: Optional[str] = None
+    """submit the runs to Ray instead of local processes: `auto`, a cluster address, or `local` for a fresh local Ray"""
+    extra: str = ""
+    """flags passed to every run, in one string, e.g. --extra "--eval-freq 2000 --utd 5" """
+
+
+def run_command(command: List[str], threads: int) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log = command[command.index("--output-dir") + 1] + ".log"
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as f:
+        return subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def complete(run_dir: str) -> bool:
+    for path in glob.glob(os.path.join(run_dir, "*", "summary.json")):
+        if json.load(open(path)).get("complete"):
+            return True
+    return False
+
+
+def plan(args: Args):
+    """(pretraining jobs, fine-tuning jobs), each a list of (name, command), skipping what is done."""
+    out = os.path.abspath(args.output_dir)
+    pretrain, finetune = {}, []
+    for variant in args.variants:
+        script, base, flags = VARIANTS[variant]
+        for env_id in args.env_ids:
+            for seed in args.seeds:
+                model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
+                run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
+                if not os.path.isfile(model) and model not in pretrain:
+                    pretrain[model] = (f"pretrain {base} {env_id} seed {seed}", [
+                        sys.executable, os.path.join(ROOT, PRETRAIN_SCRIPT[base]), "--env-id", env_id, "--seed", str(seed),
+                        "--offline-steps", str(args.offline_steps), "--online-steps", "0", "--save-offline", model,
+                        "--output-dir", os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}"), *shlex.split(args.extra)])
+                interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
+                if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
+                    finetune.append((f"{variant} {env_id} seed {seed} (resumed)", [
+                        sys.executable, os.path.join(ROOT, script), "--resume", interrupted[-1], "--output-dir", run_dir]))
+                elif not complete(run_dir):
+                    finetune.append((f"{variant} {env_id} seed {seed}", [
+                        sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--load-offline", model,
+                        "--online-steps", str(args.online_steps), "--exp-name", variant, "--output-dir", run_dir, *flags, *shlex.split(args.extra)]))
+    return list(pretrain.values()), finetune
+
+
+def execute(jobs, args: Args) -> List[int]:
+    if not jobs:
+        return []
+    if args.ray_address:
+        import ray
+
+        ray.init(address=None if args.ray_address == "local" else args.ray_address, ignore_reinit_error=True,
+                 include_dashboard=False, logging_level="ERROR")
+        remote = ray.remote(num_cpus=args.threads)(run_command)
+        return ray.get([remote.remote(command, args.threads) for _, command in jobs])
+    with ThreadPoolExecutor(args.workers) as pool:
+        return list(pool.map(lambda job: run_command(job[1], args.threads), jobs))
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        sys.exit(2)
+    pretrain, finetune = plan(args)
+    print(f"{len(pretrain)} pretraining and {len(finetune)} fine-tuning runs to do; logs next to each run's directory", flush=True)
+    for stage, jobs in (("pretraining", pretrain), ("fine-tuning", finetune)):
+        codes = execute(jobs, args)
+        failed = [name for (name, _), code in zip(jobs, codes) if code != 0]
+        for (name, _), code in zip(jobs, codes):
+            print(f"{stage}: {name}: {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
+        if failed:
+            print(f"error: {len(failed)} {stage} runs failed: {'; '.join(failed)}", file=sys.stderr)
+            sys.exit(1)

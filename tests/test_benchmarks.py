@@ -1,0 +1,110 @@
+"""benchmarks/run.py (the experiment grid) and benchmarks/plot.py (the paper's figures)."""
+import glob
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+TINY = "--eval-freq 25 --eval-episodes 1 --batch-size 32 --log-freq 25"
+
+
+def grid(out, data_dir, small_dataset, *flags):
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--variants", "o3f_iql", "iql_noise",
+               "--offline-steps", "50", "--online-steps", "50", "--output-dir", str(out), f"--extra={TINY} --dataset-path {small_dataset} --no-cuda",
+               *flags]
+    env = {**os.environ, "O3F_DATA_DIR": data_dir}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def summaries(out, variant):
+    return [json.load(open(p)) for p in sorted(glob.glob(str(out / variant / "*" / "seed*" / "*" / "summary.json")))]
+
+
+@pytest.fixture(scope="module")
+def two_by_two(tmp_path_factory, data_dir, small_dataset):
+    out = tmp_path_factory.mktemp("grid")
+    result = grid(out, data_dir, small_dataset, "--seeds", "1", "2")
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    return out, result.stdout
+
+
+def test_the_grid_runs_every_variant_and_seed(two_by_two):
+    out, stdout = two_by_two
+    assert "2 pretraining and 4 fine-tuning runs to do" in stdout
+    for variant in ("o3f_iql", "iql_noise"):
+        runs = summaries(out, variant)
+        assert len(runs) == 2 and all(s["complete"] for s in runs)
+        assert sorted(s["args"]["seed"] for s in runs) == [1, 2]
+
+
+def test_pretraining_happens_once_per_seed_and_is_shared(two_by_two):
+    out, _ = two_by_two
+    assert sorted(os.listdir(out / "pretrained")) == [f"iql__embedded-halfcheetah-medium__seed{s}.pt" for s in (1, 2)]
+    assert len(glob.glob(str(out / "pretrain-runs" / "iql" / "*" / "seed*" / "*"))) == 2
+    o3f, noise = summaries(out, "o3f_iql"), summaries(out, "iql_noise")
+    for a, b in zip(o3f, noise):  # both variants start from the very same pretrained model
+        assert a["evaluations"][0]["normalized_score"] == b["evaluations"][0]["normalized_score"]
+
+
+def test_a_second_invocation_skips_finished_runs(two_by_two, data_dir, small_dataset):
+    out, _ = two_by_two
+    models = {p: os.path.getmtime(p) for p in glob.glob(str(out / "pretrained" / "*.pt"))}
+    result = grid(out, data_dir, small_dataset, "--seeds", "1", "2")
+    assert result.returncode == 0 and "0 pretraining and 0 fine-tuning runs to do" in result.stdout
+    assert {p: os.path.getmtime(p) for p in models} == models
+
+
+def test_the_same_runs_go_through_a_local_ray_instance(tmp_path, data_dir, small_dataset):
+    pytest.importorskip("ray")
+    result = grid(tmp_path, data_dir, small_dataset, "--seeds", "3", "--ray-address", "local")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(summaries(tmp_path, "o3f_iql")) == len(summaries(tmp_path, "iql_noise")) == 1
+
+
+def fake_summary(variant, seed, scores, q_bias=None, switch=100):
+    evaluations = [{"step": switch + 50 * (i - 1), "phase": "offline" if i <= 1 else "online", "normalized_score": s,
+                    "return": 10.0 * s, "q_bias": None if q_bias is None else q_bias[i], "critic_loss": 1.0 + i}
+                   for i, s in enumerate(scores)]
+    return {"args": {"offline_steps": switch, "seed": seed}, "run_name": f"{variant}-{seed}", "evaluations": evaluations, "complete": True}
+
+
+def write_fake(results, variant, seed, summary, env_id="embedded-halfcheetah-medium"):
+    path = results / variant / env_id / f"seed{seed}" / "run"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        return struct.unpack(">II", f.read(24)[16:24])
+
+
+def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
+    results = tmp_path / "results"
+    for seed, offset in ((1, 0.0), (2, 2.0)):
+        write_fake(results, "o3f_iql", seed, fake_summary("o3f_iql", seed, [10, 20 + offset, 30 + offset, 40 + offset]))
+        write_fake(results, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20 + offset, 22 + offset, 24 + offset]))
+        write_fake(results, "o3f_lapo", seed, fake_summary("o3f_lapo", seed, [5, 6, 7, 8]))
+        write_fake(results, "lapo_noise", seed, fake_summary("lapo_noise", seed, [5, 5, 5, 5]))
+    write_fake(results, "cql_to_sac", 1, fake_summary("cql_to_sac", 1, [30, 40, 20, 35], q_bias=[1, 2, 40, 5]))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = results / "figures"
+    assert sorted(os.listdir(figures)) == ["figure2_cql_to_sac_embedded-halfcheetah-medium.png", "figure5_o3f_vs_noise.png"]
+    assert png_size(figures / "figure5_o3f_vs_noise.png") == (1200, 432)  # two panels: IQL and LAPO
+    assert png_size(figures / "figure2_cql_to_sac_embedded-halfcheetah-medium.png") == (1800, 432)  # score, Q bias, loss
+    # The table: mean over the two seeds at the switch (step 100) and at the end (step 200).
+    assert "| IQL + O3F | embedded-halfcheetah-medium | 2 | 21.0 ± 1.0 | 41.0 ± 1.0 | +20.0 |" in result.stdout
+    assert "| IQL + noise | embedded-halfcheetah-medium | 2 | 21.0 ± 1.0 | 25.0 ± 1.0 | +4.0 |" in result.stdout
+
+
+def test_the_plotter_says_so_when_there_is_nothing_to_draw(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no complete runs" in result.stderr
