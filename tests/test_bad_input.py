@@ -77,3 +77,11 @@ def test_checkpoint_of_another_task_or_script(run_script, small_dataset, tmp_pat
     path = tmp_path / "other.pt"
     torch.save(state, path)
     assert_one_line_error(run_script("iql_noise.py", "--dataset-path", small_dataset, "--load-offline", path), *words)
+
+
+def test_dataset_arrays_of_different_lengths(run_script, tmp_path):
+    path = tmp_path / "ragged.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.zeros((300, 17), np.float32), np.zeros((299, 6), np.float32)
+        f["rewards"], f["terminals"] = np.zeros(300, np.float32), np.zeros(300, bool)
+    assert_one_line_error(run_script("o3f_lapo.py", "--dataset-path", path), "differ in length")
