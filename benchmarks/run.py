@@ -70,6 +70,11 @@ def run_command(command: List[str], threads: int) -> int:
         return subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
+def run_after(command: List[str], threads: int, pretraining_code: int) -> int:
+    """A fine-tuning run, once its pretraining has ended (it is skipped if that failed)."""
+    return pretraining_code or run_command(command, threads)
+
+
 def complete(run_dir: str) -> bool:
     for path in glob.glob(os.path.join(run_dir, "*", "summary.json")):
         if json.load(open(path)).get("complete"):
@@ -78,7 +83,7 @@ def complete(run_dir: str) -> bool:
 
 
 def plan(args: Args):
-    """(pretraining jobs, fine-tuning jobs), each a list of (name, command), skipping what is done."""
+    """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], skipping what is done."""
     out = os.path.abspath(args.output_dir)
     pretrain, finetune = {}, []
     for variant in args.variants:
@@ -95,26 +100,31 @@ def plan(args: Args):
                 interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
                 if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
                     finetune.append((f"{variant} {env_id} seed {seed} (resumed)", [
-                        sys.executable, os.path.join(ROOT, script), "--resume", interrupted[-1], "--output-dir", run_dir]))
+                        sys.executable, os.path.join(ROOT, script), "--resume", interrupted[-1], "--output-dir", run_dir], model))
                 elif not complete(run_dir):
                     finetune.append((f"{variant} {env_id} seed {seed}", [
                         sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--load-offline", model,
-                        "--online-steps", str(args.online_steps), "--exp-name", variant, "--output-dir", run_dir, *flags, *shlex.split(args.extra)]))
-    return list(pretrain.values()), finetune
+                        "--online-steps", str(args.online_steps), "--exp-name", variant, "--output-dir", run_dir, *flags, *shlex.split(args.extra)],
+                        model))
+    return pretrain, finetune
 
 
-def execute(jobs, args: Args) -> List[int]:
-    if not jobs:
-        return []
+def execute(pretrain: dict, finetune: list, args: Args):
+    """Exit codes of the pretraining and the fine-tuning jobs; a fine-tuning job starts as soon as its own model exists."""
     if args.ray_address:
         import ray
 
         ray.init(address=None if args.ray_address == "local" else args.ray_address, ignore_reinit_error=True,
                  include_dashboard=False, logging_level="ERROR")
-        remote = ray.remote(num_cpus=args.threads)(run_command)
-        return ray.get([remote.remote(command, args.threads) for _, command in jobs])
-    with ThreadPoolExecutor(args.workers) as pool:
-        return list(pool.map(lambda job: run_command(job[1], args.threads), jobs))
+        first, then = ray.remote(num_cpus=args.threads)(run_command), ray.remote(num_cpus=args.threads)(run_after)
+        models = {model: first.remote(command, args.threads) for model, (_, command) in pretrain.items()}
+        tunes = [then.remote(command, args.threads, models.get(model, 0)) for _, command, model in finetune]  # Ray waits for the model
+        return ray.get(list(models.values())), ray.get(tunes)
+    with ThreadPoolExecutor(args.workers) as pool:  # first in, first out: every pretraining job starts before any fine-tuning
+        models = {model: pool.submit(run_command, command, args.threads) for model, (_, command) in pretrain.items()}
+        tunes = [pool.submit(lambda c, m: run_after(c, args.threads, models[m].result() if m in models else 0), command, model)
+                 for _, command, model in finetune]
+        return [f.result() for f in models.values()], [f.result() for f in tunes]
 
 
 if __name__ == "__main__":
@@ -125,11 +135,13 @@ if __name__ == "__main__":
         sys.exit(2)
     pretrain, finetune = plan(args)
     print(f"{len(pretrain)} pretraining and {len(finetune)} fine-tuning runs to do; logs next to each run's directory", flush=True)
-    for stage, jobs in (("pretraining", pretrain), ("fine-tuning", finetune)):
-        codes = execute(jobs, args)
-        failed = [name for (name, _), code in zip(jobs, codes) if code != 0]
-        for (name, _), code in zip(jobs, codes):
+    pretrain_codes, finetune_codes = execute(pretrain, finetune, args) if pretrain or finetune else ([], [])
+    failed = []
+    for stage, names, codes in (("pretraining", [name for name, _ in pretrain.values()], pretrain_codes),
+                                ("fine-tuning", [name for name, _, _ in finetune], finetune_codes)):
+        for name, code in zip(names, codes):
             print(f"{stage}: {name}: {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
-        if failed:
-            print(f"error: {len(failed)} {stage} runs failed: {'; '.join(failed)}", file=sys.stderr)
-            sys.exit(1)
+            failed += [name] if code != 0 else []
+    if failed:
+        print(f"error: {len(failed)} runs failed (a fine-tuning run fails with its pretraining): {'; '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
