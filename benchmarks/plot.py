@@ -42,13 +42,20 @@ class Args:
 
 
 def load(results_dir: str) -> dict:
-    """{variant: {env_id: [summary, ...]}} of the complete runs."""
+    """{variant: {env_id: [summary, ...]}} of the complete runs, each preceded by the offline evaluations of
+    the pretraining run whose model it loaded (so curves show both sides of the switch)."""
+    pretraining = {}
+    for path in glob.glob(os.path.join(results_dir, "pretrain-runs", "*", "*", "seed*", "*", "summary.json")):
+        summary = json.load(open(path))
+        if summary.get("complete") and summary["args"].get("save_offline"):
+            pretraining[summary["args"]["save_offline"]] = summary["evaluations"]
     runs = defaultdict(lambda: defaultdict(list))
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "seed*", "*", "summary.json"))):
         summary = json.load(open(path))
-        if summary.get("complete"):
-            variant, env_id = path.split(os.sep)[-5], path.split(os.sep)[-4]
-            runs[variant][env_id].append(summary)
+        variant, env_id = path.split(os.sep)[-5], path.split(os.sep)[-4]
+        if summary.get("complete") and variant != "pretrain-runs":
+            before = [e for e in pretraining.get(summary["args"].get("load_offline"), []) if e["step"] < summary["args"]["offline_steps"]]
+            runs[variant][env_id].append({**summary, "evaluations": before + summary["evaluations"]})
     return runs
 
 
