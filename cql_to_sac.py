@@ -85,6 +85,10 @@ class Args:
     """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the end of the episode then); 0: never"""
     resume: Optional[str] = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
+    compile: bool = False
+    """if toggled, the update runs through torch.compile (compiles for ~10-60 s at the start)"""
+    cudagraphs: bool = False
+    """if toggled, the update replays as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
 
     # CQL and SAC
     batch_size: int = 256
@@ -303,8 +307,9 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
     else:
         name = dataset_path or dataset_file(env_id)
         data = read_hdf5(name)
-    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
-    rewards, terminals = data["rewards"].astype(np.float32).reshape(-1), data["terminals"].astype(bool).reshape(-1)
+    # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
+    obs, actions = data["observations"].astype(np.float32, copy=False), data["actions"].astype(np.float32, copy=False)
+    rewards, terminals = data["rewards"].astype(np.float32, copy=False).reshape(-1), data["terminals"].astype(bool).reshape(-1)
     timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
     if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
@@ -313,7 +318,7 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
     ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
     episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
     if "next_observations" in data:
-        next_obs = data["next_observations"].astype(np.float32)
+        next_obs = data["next_observations"].astype(np.float32, copy=False)
     else:
         keep = ~timeouts[:-1]
         obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
@@ -332,16 +337,21 @@ def reward_transform(env_id: str):
 
 
 class ReplayBuffer:
-    """The offline dataset D, then the online transitions, in tensors preallocated on the device."""
+    """The offline dataset D, then the online transitions, in float32 tensors preallocated on the device.
+
+    Takes the arrays out of `data` one at a time, so that loading never holds the dataset twice; the rows
+    for online transitions are reserved, not touched, until written (sampling only reads rows < size).
+    """
 
     def __init__(self, data: dict, capacity: int, device: torch.device):
         self.size = len(data["rewards"])
-        def alloc(x):
-            buf = torch.zeros((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
+        def take(key):
+            x = data.pop(key)
+            buf = torch.empty((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
             buf[: self.size] = torch.as_tensor(x, device=device)
             return buf
-        self.obs, self.actions, self.next_obs = alloc(data["observations"]), alloc(data["actions"]), alloc(data["next_observations"])
-        self.rewards, self.dones = alloc(data["rewards"]), alloc(data["terminals"])
+        self.obs, self.actions, self.next_obs = take("observations"), take("actions"), take("next_observations")
+        self.rewards, self.dones = take("rewards"), take("terminals")
 
     def add(self, obs, action, reward, next_obs, done):
         i = self.size
@@ -367,20 +377,40 @@ class ReplayBuffer:
 # Networks (CQL: three hidden layers of 256)
 # ---------------------------------------------------------------------------------------------
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(),
-                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+class EnsembleLinear(nn.Module):
+    """m independent linear layers as one batched matmul: [m, batch, in] -> [m, batch, out]."""
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = in_dim**-0.5  # nn.Linear's default initialisation, drawn independently for every member
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x):
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
 class QEnsemble(nn.Module):
-    """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here); returns a [m, batch] tensor."""
+    """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here), as one network with batched layers; returns a [m, batch] tensor.
 
-    def __init__(self, obs_dim: int, act_dim: int, num_critics: int):
+    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
         super().__init__()
-        self.qs = nn.ModuleList(mlp(obs_dim + act_dim, 1) for _ in range(num_critics))
+        self.num_critics = num_critics
+        dims = [obs_dim + act_dim, hidden_dim, hidden_dim, hidden_dim, 1]
+        self.layers = nn.ModuleList(EnsembleLinear(num_critics, d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
 
     def forward(self, obs, act):
-        x = torch.cat([obs, act], -1)
-        return torch.stack([q(x).squeeze(-1) for q in self.qs])  # on CPU a loop beats one batched matmul
+        x = torch.cat([obs, act], -1).expand(self.num_critics, -1, -1)
+        for layer in self.layers[:-1]:
+            x = layer(x).relu_()
+        return self.layers[-1](x).squeeze(-1)
 
 
 class Actor(nn.Module):
@@ -443,28 +473,29 @@ def cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, actor_optimizer,
         td_target = rewards + args.gamma * (1.0 - dones) * next_v
     td_loss = ((qf(obs, actions) - td_target) ** 2).mean(1).sum()
     losses = {"td_loss": td_loss}
-    qf_loss = td_loss
+    qf_loss, alpha_prime_loss = td_loss, torch.zeros((), device=obs.device)
     if conservative:
         gap = args.cql_weight * conservative_gap(qf, actor, obs, next_obs, actions, args.cql_n_actions)  # [m]
         # Lagrange form: alpha' grows while the gap exceeds the threshold, and shrinks (to 0) below it.
         qf_loss = qf_loss + (alpha_prime().clamp(0.0, 1e6).detach() * (gap - target_gap)).sum()
         alpha_prime_loss = -(alpha_prime().clamp(0.0, 1e6) * (gap.detach() - target_gap)).mean()
-        alpha_prime_optimizer.zero_grad(set_to_none=True)
-        alpha_prime_loss.backward()
-        alpha_prime_optimizer.step()
-        losses |= {"cql_gap": gap.mean(), "alpha_prime": alpha_prime().detach()}
+        losses["cql_gap"] = gap.mean()
+    # One backward for two losses: each sees the other's variables as constants (and compiled code allows one per graph).
     q_optimizer.zero_grad(set_to_none=True)
-    qf_loss.backward()
+    alpha_prime_optimizer.zero_grad(set_to_none=True)
+    (qf_loss + alpha_prime_loss).backward()
     q_optimizer.step()
-    # Actor and temperature: SAC's, in both phases.
+    if conservative:
+        alpha_prime_optimizer.step()
+        losses["alpha_prime"] = alpha_prime().detach()
+    # Actor and temperature: SAC's, in both phases (again one backward: the temperature's loss sees log pi as a constant).
     pi_actions, log_prob = actor(obs)
     actor_loss = (alpha().detach() * log_prob - qf(obs, pi_actions).min(0).values).mean()
-    actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
     alpha_loss = -(alpha() * (log_prob.detach() + target_entropy)).mean()
+    actor_optimizer.zero_grad(set_to_none=True)
     alpha_optimizer.zero_grad(set_to_none=True)
-    alpha_loss.backward()
+    (actor_loss + alpha_loss).backward()
+    actor_optimizer.step()
     alpha_optimizer.step()
     with torch.no_grad():
         for param, target_param in zip(qf.parameters(), qf_target.parameters()):
@@ -627,6 +658,7 @@ if __name__ == "__main__":
         "--batch-size must be >= 1": args.batch_size >= 1,
         "--cql-n-actions must be >= 1": args.cql_n_actions >= 1,
         "--switch-window must be >= 0": args.switch_window >= 0,
+        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs or (torch.cuda.is_available() and args.cuda),
     }
     for message, ok in checks.items():
         if not ok:
@@ -681,10 +713,12 @@ if __name__ == "__main__":
     qf_target = copy.deepcopy(qf).requires_grad_(False)
     alpha, alpha_prime = LogMultiplier().to(device), LogMultiplier().to(device)
     target_entropy = -float(act_dim)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr)
-    alpha_optimizer = torch.optim.Adam(alpha.parameters(), lr=args.q_lr)
-    alpha_prime_optimizer = torch.optim.Adam(alpha_prime.parameters(), lr=args.q_lr)
+    # Fused Adam: one kernel per step; compiled code fuses its own (capturable: its state stays on the GPU for graphs).
+    adam = dict(fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **adam)
+    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, **adam)
+    alpha_optimizer = torch.optim.Adam(alpha.parameters(), lr=args.q_lr, **adam)
+    alpha_prime_optimizer = torch.optim.Adam(alpha_prime.parameters(), lr=args.q_lr, **adam)
     nets = {"actor": actor, "qf": qf, "qf_target": qf_target, "alpha": alpha, "alpha_prime": alpha_prime}
     optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer,
                   "alpha_prime_optimizer": alpha_prime_optimizer}
@@ -699,7 +733,10 @@ if __name__ == "__main__":
         start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
     total_steps = args.offline_steps + args.online_steps
     # Algorithm 1: the replay buffer starts as the whole offline dataset D.
-    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    n_offline = len(data["rewards"])
+    rb = ReplayBuffer(data, n_offline + args.online_steps, device)
+    if args.compile or args.cudagraphs:  # the same function, traced and fused (LeanRL's recipe); the eager path is the reference
+        cql_update = torch.compile(cql_update, mode="reduce-overhead" if args.cudagraphs else None)
     summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "online_episodes": [], "final_normalized_score": None, "complete": False}
     if resumed:
         summary = resumed["summary"]
@@ -725,6 +762,8 @@ if __name__ == "__main__":
 
     for global_step in range(start_step, total_steps):
         online = global_step >= args.offline_steps
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
         if online:
             if obs is None:  # the previous episode ended
                 obs, _ = env.reset()
@@ -786,7 +825,7 @@ if __name__ == "__main__":
             progress.set_description("online")
         # A whole-run checkpoint, online only between episodes, so that a resumed run replays exactly.
         if (checkpoint_due and (not online or obs is None)) or interrupted:
-            run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(len(data["rewards"]))}
+            run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(n_offline)}
             save_checkpoint(checkpoint_path, step, args, nets, optimizers, run)
             checkpoint_due = False
         if interrupted:

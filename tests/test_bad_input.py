@@ -85,3 +85,9 @@ def test_dataset_arrays_of_different_lengths(run_script, tmp_path):
         f["observations"], f["actions"] = np.zeros((300, 17), np.float32), np.zeros((299, 6), np.float32)
         f["rewards"], f["terminals"] = np.zeros(300, np.float32), np.zeros(300, bool)
     assert_one_line_error(run_script("o3f_lapo.py", "--dataset-path", path), "differ in length")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "cql_to_sac.py"])
+def test_cudagraphs_without_cuda(run_script, small_dataset, script):
+    assert_one_line_error(run_script(script, "--dataset-path", small_dataset, "--cudagraphs"), "--cudagraphs", "CUDA")

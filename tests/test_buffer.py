@@ -1,0 +1,43 @@
+"""The replay buffer: the offline data D, then the online transitions, sampled on the device."""
+import numpy as np
+import pytest
+import torch
+
+import cql_to_sac
+import o3f_iql
+import o3f_lapo
+
+
+def numbered_dataset(n):
+    """Row i holds i everywhere (next observation i + 100), so a sampled row shows whether its fields belong together."""
+    rows = np.arange(n, dtype=np.float32)
+    return {"observations": rows[:, None].repeat(3, 1), "actions": rows[:, None].repeat(2, 1), "rewards": rows.copy(),
+            "next_observations": rows[:, None].repeat(3, 1) + 100, "terminals": (rows % 2).astype(np.float32),
+            "episode_returns": np.array([1.0])}
+
+
+@pytest.mark.parametrize("module", [o3f_iql, o3f_lapo, cql_to_sac])
+def test_samples_whole_transitions_from_the_filled_rows_only(module):
+    data = numbered_dataset(10)
+    rb = module.ReplayBuffer(data, capacity=15, device=torch.device("cpu"))
+    assert set(data) == {"episode_returns"}  # the buffer took the arrays: the dataset is not held twice
+    rb.add(np.full(3, 50.0), torch.full((2,), 50.0), 50.0, np.full(3, 150.0), True)
+    torch.manual_seed(0)
+    obs, actions, rewards, next_obs, dones = rb.sample(2000)
+    i = rewards
+    assert torch.equal(obs[:, 0], i) and torch.equal(actions[:, 1], i) and torch.equal(next_obs[:, 2], i + 100)
+    assert torch.equal(dones, torch.where(i == 50, 1.0, i % 2))
+    assert set(i.tolist()) == set(range(10)) | {50}  # every filled row, and nothing past them
+    assert rb.obs.dtype == rb.dones.dtype == torch.float32 and rb.obs.shape == (15, 3)
+
+
+def test_the_online_part_restores_into_a_fresh_buffer():
+    rb = o3f_iql.ReplayBuffer(numbered_dataset(10), capacity=15, device=torch.device("cpu"))
+    for k in range(3):
+        rb.add(np.full(3, 20.0 + k), torch.full((2,), 20.0 + k), 20.0 + k, np.full(3, 120.0 + k), k == 2)
+    part = rb.online_part(10)
+    fresh = o3f_iql.ReplayBuffer(numbered_dataset(10), capacity=15, device=torch.device("cpu"))
+    fresh.restore_online_part(part)
+    assert fresh.size == rb.size == 13
+    for key in ("obs", "actions", "rewards", "next_obs", "dones"):
+        assert torch.equal(getattr(fresh, key)[:13], getattr(rb, key)[:13])
