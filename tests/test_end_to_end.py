@@ -103,3 +103,12 @@ def test_default_task_makes_the_embedded_dataset_once_and_reuses_it(run_script, 
     again = run_script("iql_noise.py", *flags)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "making the embedded dataset" not in again.stderr and os.path.getmtime(path) == made
+
+
+def test_compile_runs_the_whole_loop(run_script, small_dataset, tmp_path):
+    """Smoke test of --compile through offline, the switch and online (test_iql checks the compiled update's numbers)."""
+    result = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, "--compile",
+                        "--offline-steps", 30, "--online-steps", 30, "--eval-freq", 30, "--eval-episodes", 1, "--batch-size", 64)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.load(open(os.path.join(run_dir_of(str(tmp_path)), "summary.json")))
+    assert summary["complete"] and summary["args"]["compile"] and [e["phase"] for e in summary["evaluations"]] == ["offline", "online"]
