@@ -810,7 +810,9 @@ if __name__ == "__main__":
             obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: Algorithm 1, line 7: the same LAPO update offline and online; online the REDQ critic takes --utd steps
-        for _ in range(args.utd if online else 1):
+        for k in range(args.utd if online else 1):
+            if args.cudagraphs and k > 0:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous critic update's graph outputs are no longer read
             losses = critic_update(rb.sample(args.batch_size), normalizer, latent_policy_target, cvae_target, qf, qf_target, vf,
                                    critic_optimizer, v_min, v_max, args)
         losses |= actor_update(rb.sample(args.batch_size), normalizer, cvae, cvae_target, latent_policy, latent_policy_target,
