@@ -25,11 +25,11 @@ import tyro  # noqa: E402
 LABELS = {"o3f_iql": "IQL + O3F", "iql_noise": "IQL + noise", "o3f_iql_omega1": "IQL + O3F (omega = 1)",
           "o3f_lapo": "LAPO + O3F", "lapo_noise": "LAPO + noise", "o3f_lapo_omega1": "LAPO + O3F (omega = 1)",
           "cql_to_sac": "CQL -> SAC (objective switch)", "cql_same_objective": "CQL -> CQL (same objective)",
-          "cql_linear": "CQL, threshold 5 -> 0.5 linearly"}
+          "cql_linear": "CQL, threshold 5 -> 0.5 linearly", "cql_abrupt": "CQL, threshold 5 -> 0.5 at the switch"}
 FIGURES = {  # file -> (title, groups of variants compared in one panel per task)
     "figure5_o3f_vs_noise.png": ("O3F vs the noise baseline (Figure 5)", [("o3f_iql", "iql_noise"), ("o3f_lapo", "lapo_noise")]),
     "figure6_omega.png": ("Uncertainty optimism: omega = 0 vs 1 (Figure 6)", [("o3f_iql", "o3f_iql_omega1"), ("o3f_lapo", "o3f_lapo_omega1")]),
-    "figure3_cql_objectives.png": ("CQL's online objective (Figure 3)", [("cql_to_sac", "cql_same_objective", "cql_linear")]),
+    "figure3_cql_objectives.png": ("CQL's online objective (Figure 3)", [("cql_to_sac", "cql_same_objective", "cql_linear", "cql_abrupt")]),
 }
 
 

@@ -34,6 +34,7 @@ VARIANTS = {
     "cql_to_sac": ("cql_to_sac.py", "cql", []),
     "cql_same_objective": ("cql_to_sac.py", "cql", ["--online-objective", "cql"]),
     "cql_linear": ("cql_to_sac.py", "cql", ["--online-objective", "cql", "--online-target-gap", "0.5", "--schedule", "linear"]),
+    "cql_abrupt": ("cql_to_sac.py", "cql", ["--online-objective", "cql", "--online-target-gap", "0.5"]),
 }
 PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sac.py"}
 
@@ -41,7 +42,7 @@ PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sa
 @dataclass
 class Args:
     variants: List[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
-    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_lapo, lapo_noise, o3f_lapo_omega1, cql_to_sac, cql_same_objective, cql_linear)"""
+    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_lapo, lapo_noise, o3f_lapo_omega1, cql_to_sac, cql_same_objective, cql_linear, cql_abrupt)"""
     env_ids: List[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
     """tasks, as the scripts' --env-id"""
     seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
