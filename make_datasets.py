@@ -6,14 +6,23 @@ new user needs no download. By hand:
     python make_datasets.py make --name embedded-pointmaze-medium
     python make_datasets.py train-behaviour    # how datasets/halfcheetah-medium-behaviour.pt was made
 
+It also prepares the D4RL tasks' data ahead of time, for machines with no network (a cluster's
+compute nodes): it downloads, reads back whole and checks against the environment, then says where
+the data are, so that they can be copied:
+
+    python make_datasets.py fetch kitchen-mixed-v0 hopper-medium-v2
+    python make_datasets.py fetch --paper      # the paper's twelve tasks
+
 Names start with `embedded-` so they cannot be mistaken for D4RL's own datasets.
 """
 import contextlib
+import difflib
 import io
 import os
+import sys
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import gymnasium as gym
 import h5py
@@ -21,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import tyro
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
@@ -31,10 +41,18 @@ EMBEDDED = {
     # D4RL's "medium" recipe: a SAC policy stopped at about a third of expert return, sampled
     # stochastically. Its weights ship in datasets/; `train-behaviour` below is how they were made.
     "embedded-halfcheetah-medium": ("HalfCheetah-v5", os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"), 100_000),
+    # The same policy and seed at D4RL's size (1M transitions; its first 100k rows are the dataset above), so
+    # that data size is not a confound when comparing with the paper. About 10 minutes on one core, once.
+    "embedded-halfcheetah-medium-1m": ("HalfCheetah-v5", os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"), 1_000_000),
     # D4RL's maze2d recipe, the cheap stand-in for antmaze: a point mass steered through the
     # medium maze to random goal cells by BFS waypoints and a PD controller, plus action noise.
     "embedded-pointmaze-medium": ("PointMaze_Medium-v3", "maze-waypoints", 100_000),
 }
+# The paper's twelve tasks (section 6): the locomotion random and medium datasets, the three diverse
+# antmazes and the three kitchens.
+PAPER_TASKS = ("halfcheetah-random-v2", "halfcheetah-medium-v2", "hopper-random-v2", "hopper-medium-v2", "walker2d-random-v2",
+               "walker2d-medium-v2", "antmaze-umaze-diverse-v2", "antmaze-medium-diverse-v2", "antmaze-large-diverse-v2",
+               "kitchen-complete-v0", "kitchen-mixed-v0", "kitchen-partial-v0")
 # The reward of the pointmaze data is relabelled to the evaluation task's goal: the cell (6, 6) of
 # D4RL's medium evaluation maze (EVAL_MAZES["medium"] in the scripts), within 0.45 as in PointMaze.
 MAZE_GOAL_CELL, MAZE_GOAL_RADIUS, MAZE_EPISODE_STEPS = (6, 6), 0.45, 600
@@ -250,7 +268,7 @@ def generate(name: str, path: str, seed: int = 0, transitions: Optional[int] = N
 class Make:
     """Make one embedded dataset (the scripts do this themselves on first use)."""
 
-    name: Literal["embedded-halfcheetah-medium", "embedded-halfcheetah-random", "embedded-pointmaze-medium"]
+    name: Literal["embedded-halfcheetah-medium", "embedded-halfcheetah-medium-1m", "embedded-halfcheetah-random", "embedded-pointmaze-medium"]
     """which embedded dataset to make"""
     out: Optional[str] = None
     """where to write the HDF5 file (default: the cache the scripts read, $O3F_DATA_DIR/embedded/NAME.hdf5)"""
@@ -258,6 +276,70 @@ class Make:
     """seed of the environment and the behaviour policy (the same seed gives the same dataset)"""
     transitions: Optional[int] = None
     """number of transitions (default: the dataset's own size)"""
+
+
+@dataclass
+class Fetch:
+    """Download and verify the data of tasks ahead of time, for machines with no network."""
+
+    tasks: tyro.conf.Positional[Tuple[str, ...]] = ()
+    """the tasks, as the scripts' --env-id (e.g. kitchen-mixed-v0 hopper-medium-v2)"""
+    paper: bool = False
+    """if toggled, the paper's twelve tasks as well"""
+
+
+class FetchFailed(Exception):
+    pass
+
+
+def folder_size(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, name)) for d, _, names in os.walk(path) for name in names)
+
+
+def fetch(env_id: str) -> tuple:
+    """Get the task's data as the scripts would, read them back whole and check their sizes against the
+    environment; returns (where, bytes, transitions). Raises FetchFailed with the scripts' one-line reason."""
+    import o3f_iql as script  # the scripts share this code line for line: any of them would do
+
+    def stop(message):
+        raise FetchFailed(message)
+
+    script.fail = stop  # the scripts' bad-input exit, turned into an exception per task
+    if env_id not in script.TASKS:
+        close = ", ".join(difflib.get_close_matches(env_id, list(script.TASKS), n=3, cutoff=0.5))
+        raise FetchFailed(f"unknown task {env_id}" + (f"; did you mean {close}?" if close else ""))
+    task = script.TASKS[env_id]
+    path = script.minari_store(task.dataset) if task.source == "minari" else None
+    path = path or script.dataset_file(env_id)
+    data = script.load_dataset(env_id)  # downloads a Minari dataset that is not there yet
+    env = script.make_env(env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    env.close()
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        raise FetchFailed(f"{path}: {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+                          f"{env_id} needs {obs_dim} and {act_dim}")
+    return path, folder_size(path), len(data["rewards"])
+
+
+def fetch_all(env_ids) -> int:
+    """Fetch every task, one line each; exit code 2 if any failed, with one line per failed task."""
+    failed = {}
+    for env_id in dict.fromkeys(env_ids):  # each once, in order
+        try:
+            path, size, transitions = fetch(env_id)
+            print(f"{env_id}: {transitions:,} transitions, {size / 1e6:.1f} MB in {path}", flush=True)
+        except FetchFailed as e:
+            failed[env_id] = str(e)
+    for env_id, reason in failed.items():
+        print(f"error: {env_id}: {reason}", file=sys.stderr)
+    if len(failed) < len(dict.fromkeys(env_ids)):
+        import o3f_iql as script
+
+        print(f"to use them on a machine with no network, copy {script.DATA_DIR} and {script.minari_store()} to the same paths there "
+              f"(or anywhere, and point O3F_DATA_DIR and MINARI_DATASETS_PATH at them)")
+    return 2 if failed else 0
 
 
 @dataclass
@@ -275,10 +357,13 @@ class TrainBehaviour:
 
 
 if __name__ == "__main__":
-    import tyro
-
-    command = tyro.extras.subcommand_cli_from_dict({"make": Make, "train-behaviour": TrainBehaviour})
-    if isinstance(command, Make):
+    command = tyro.extras.subcommand_cli_from_dict({"make": Make, "fetch": Fetch, "train-behaviour": TrainBehaviour})
+    if isinstance(command, Fetch):
+        if not command.tasks and not command.paper:
+            print("error: name the tasks to fetch (e.g. kitchen-mixed-v0), or pass --paper for the paper's twelve", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(fetch_all([*command.tasks, *(PAPER_TASKS if command.paper else ())]))
+    elif isinstance(command, Make):
         path = command.out or os.path.join(DATA_DIR, "embedded", f"{command.name}.hdf5")
         print(generate(command.name, path, command.seed, command.transitions))
     else:

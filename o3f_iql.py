@@ -13,13 +13,16 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import sys
 import time
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import gymnasium as gym
 import h5py
@@ -57,7 +60,8 @@ class Args:
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2, kitchen-{complete,partial,mixed}-v0)
-    or a dataset made here with no network (embedded-halfcheetah-medium, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    or a dataset made here with no network (embedded-halfcheetah-medium, its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random,
+    embedded-pointmaze-medium)"""
     dataset_path: Optional[str] = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
@@ -76,6 +80,10 @@ class Args:
     """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
     checkpoint_every: int = 10_000
     """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the end of the episode then); 0: never"""
+    snapshot_steps: Tuple[int, ...] = ()
+    """also keep the model (as --load-offline reads it) at these steps, in `{run_dir}/snapshots/step{N}.pt`"""
+    snapshot_every: int = 0
+    """also keep the model every this many steps, in `{run_dir}/snapshots/`; 0: never"""
     resume: Optional[str] = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
@@ -171,6 +179,8 @@ TASKS = {
     **d4rl_tasks(),
     # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
     "embedded-halfcheetah-medium": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0),
+    "embedded-halfcheetah-medium-1m": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m",
+                                           -280.178953, 12135.0),
     "embedded-halfcheetah-random": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0),
     "embedded-pointmaze-medium": Task("antmaze", "PointMaze_Medium-v3", {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
                                       ("observation",), "embedded", "embedded-pointmaze-medium", 0.0, 1.0),
@@ -257,28 +267,88 @@ def read_hdf5(path: str) -> dict:
         fail(f"{path}: cannot be read as HDF5 ({e})")
 
 
-def read_minari(env_id: str) -> dict:
-    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations)."""
+def minari_store(dataset_id: str = "") -> str:
+    """Where Minari keeps a dataset: $MINARI_DATASETS_PATH, or ~/.minari/datasets."""
+    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+    return os.path.join(root, dataset_id)
+
+
+def read_minari_dir(env_id: str, path: str) -> dict:
+    """A Minari dataset folder as D4RL-format arrays, read whole: a cut or corrupt download fails here, not later."""
+    import minari
+
+    task = TASKS[env_id]
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    try:
+        dataset = minari.MinariDataset(os.path.join(path, "data"))
+        for episode in dataset.iterate_episodes():
+            obs = flatten_obs(task, episode.observations)
+            for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
+                parts[key].append(value)
+        steps = sum(len(a) for a in parts["actions"])
+        if steps != dataset.total_steps or len(parts["actions"]) != dataset.total_episodes:
+            raise ValueError(f"{steps} steps in {len(parts['actions'])} episodes, the metadata says {dataset.total_steps} in {dataset.total_episodes}")
+    except Exception as e:  # h5py, Minari and NumPy each raise their own kinds
+        raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def fetch_minari(env_id: str) -> str:
+    """Download the task's Minari dataset into a staging folder, read it back whole, then move it into Minari's store.
+
+    An interrupted or corrupt download is never left looking complete: only a dataset that reads whole is moved in.
+    """
     task = TASKS[env_id]
     try:
         import minari
+        from huggingface_hub import constants
     except ImportError:
-        fail(f"{env_id} is a Minari dataset: pip install minari")
+        fail(f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' (requirements.txt has it)")
+    remote = urllib.parse.urlparse(constants.ENDPOINT)
+    host, port = remote.hostname, remote.port or (443 if remote.scheme == "https" else 80)
+    prepare = f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, or pass --dataset-path FILE"
+    try:  # one quick look first: with no network, one clear line instead of the client's retries
+        socket.create_connection((host, port), timeout=15).close()
+    except OSError as e:
+        fail(f"no network: could not reach {host} ({e.strerror or type(e).__name__}) to download {task.dataset} for {env_id}; {prepare}")
+    root, target, staging = minari_store(), minari_store(task.dataset), minari_store(f".o3f-staging-{os.getpid()}")
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = staging  # Minari downloads into whatever this names
     try:
-        dataset = minari.load_dataset(task.dataset)
-    except Exception:
-        try:
-            dataset = minari.load_dataset(task.dataset, download=True)
-        except Exception as e:
-            fail(f"no dataset for {env_id}: {task.dataset} is not in Minari's local store and could not be downloaded "
-                 f"({type(e).__name__}); on a machine with network run `minari download {task.dataset}` "
-                 f"(needs pip install 'minari[hf]'), or pass --dataset-path FILE")
-    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
-    for episode in dataset.iterate_episodes():
-        obs = flatten_obs(task, episode.observations)
-        for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
-            parts[key].append(value)
-    return {key: np.concatenate(value) for key, value in parts.items()}
+        with contextlib.redirect_stdout(sys.stderr):  # Minari prints its progress
+            minari.download_dataset(task.dataset)
+        read_minari_dir(env_id, os.path.join(staging, task.dataset))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)  # a local copy that did not read (why we are here)
+        os.replace(os.path.join(staging, task.dataset), target)
+        for folder, _, names in os.walk(staging):  # the namespaces' metadata, as `minari download` leaves it
+            if "namespace_metadata.json" in names and ".cache" not in folder:
+                there = os.path.join(root, os.path.relpath(folder, staging), "namespace_metadata.json")
+                os.makedirs(os.path.dirname(there), exist_ok=True)
+                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(there) else None
+    except Exception as e:
+        fail(f"could not download {task.dataset} for {env_id} from {host} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+             f"nothing was kept; {prepare}")
+    finally:
+        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__("MINARI_DATASETS_PATH", saved)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_minari(env_id: str) -> dict:
+    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations); fetched if missing."""
+    task = TASKS[env_id]
+    try:
+        import minari  # noqa: F401
+    except ImportError:
+        fail(f"{env_id} is a Minari dataset: pip install 'minari[hf]'")
+    path = minari_store(task.dataset)
+    if not os.path.isdir(os.path.join(path, "data")):
+        path = fetch_minari(env_id)
+    try:
+        return read_minari_dir(env_id, path)
+    except ValueError as e:
+        fail(f"{path}: an incomplete or corrupt Minari dataset ({e}); delete it and run `python make_datasets.py fetch {env_id}`")
 
 
 def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
@@ -597,6 +667,7 @@ if __name__ == "__main__":
         "--eval-episodes must be >= 1": args.eval_episodes >= 1,
         "--log-freq must be >= 1": args.log_freq >= 1,
         "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
+        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
         "--batch-size must be >= 1": args.batch_size >= 1,
         "--num-critics must be >= 1": args.num_critics >= 1,
         "--expectile must be in (0, 1)": 0 < args.expectile < 1,
@@ -649,8 +720,8 @@ if __name__ == "__main__":
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     env.action_space.seed(args.seed)
     eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
-    low = torch.as_tensor(env.action_space.low, device=device)
-    high = torch.as_tensor(env.action_space.high, device=device)
+    low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)  # kitchen: float64 bounds
+    high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
 
     actor = Actor(obs_dim, act_dim).to(device)
     qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
@@ -680,9 +751,9 @@ if __name__ == "__main__":
     if args.compile or args.cudagraphs:  # same functions, traced and fused (LeanRL's recipe); the eager path is the reference
         iql_update = torch.compile(iql_update, mode="reduce-overhead" if args.cudagraphs else None)
         select_action = torch.compile(select_action, mode="reduce-overhead" if args.cudagraphs else None)
-    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "final_normalized_score": None, "complete": False}
+    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "train_episodes": [], "final_normalized_score": None, "complete": False}
     if resumed:
-        summary = resumed["summary"]
+        summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
         rb.restore_online_part(resumed["online_buffer"])
     summary_path = os.path.join(run_dir, "summary.json")
 
@@ -719,6 +790,8 @@ if __name__ == "__main__":
             if "episode" in info:
                 writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
                 writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
+                summary["train_episodes"].append({"step": global_step + 1, "return": float(info["episode"]["r"]), "length": int(info["episode"]["l"]),
+                                                  "normalized_score": normalized_score(args.env_id, float(info["episode"]["r"]))})
             obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online
@@ -747,6 +820,8 @@ if __name__ == "__main__":
         if step == args.offline_steps:
             save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
             progress.set_description("online")
+        if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for benchmarks/premise.py
+            save_checkpoint(os.path.join(run_dir, "snapshots", f"step{step:07d}.pt"), step, args, nets, optimizers)
         # A whole-run checkpoint, online only between episodes, so that a resumed run replays exactly.
         if (checkpoint_due and (not online or obs is None)) or interrupted:
             run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(n_offline)}

@@ -74,15 +74,31 @@ def mean_band(summaries: list, key: str = "normalized_score"):
     return np.array(common), values.mean(0), values.std(0)
 
 
-def panel(ax, runs, variants, env_id, key="normalized_score", online_only=True):
+def behaviour_curve(summaries: list, grid: np.ndarray):
+    """Mean over seeds of the online training episodes' normalised return (the data the agent collected), each
+    seed's episodes interpolated onto `grid` (online steps from the switch); None before the first episode ends."""
+    curves = []
+    for s in summaries:
+        episodes = s.get("train_episodes") or []
+        if not episodes:
+            return None
+        x = np.array([e["step"] - s["args"]["offline_steps"] for e in episodes], dtype=float)
+        curves.append(np.interp(grid, x, [e["normalized_score"] for e in episodes], left=np.nan))
+    return np.mean(curves, 0)
+
+
+def panel(ax, runs, variants, env_id, key="normalized_score", online_only=True, behaviour=False):
     for variant in variants:
         summaries = runs.get(variant, {}).get(env_id)
         if not summaries:
             continue
         x, mean, std = mean_band(summaries, key)
         keep = x >= 0 if online_only else np.ones_like(x, bool)
-        ax.plot(x[keep], mean[keep], label=f"{LABELS.get(variant, variant)} ({len(summaries)} seeds)")
+        line, = ax.plot(x[keep], mean[keep], label=f"{LABELS.get(variant, variant)} ({len(summaries)} seeds)")
         ax.fill_between(x[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2)
+        collected = behaviour_curve(summaries, x[keep].astype(float)) if behaviour else None
+        if collected is not None:  # what the agent's own acting scored while it trained, beside its evaluations
+            ax.plot(x[keep], collected, ls="--", color=line.get_color(), label=f"{LABELS.get(variant, variant)}: training episodes")
     ax.set_title(env_id, fontsize=9)
     ax.grid(alpha=0.3)
 
@@ -96,7 +112,7 @@ def draw_comparisons(runs: dict, out_dir: str) -> list:
             continue
         fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.6), squeeze=False)
         for ax, (group, env_id) in zip(axes[0], cells):
-            panel(ax, runs, group, env_id)
+            panel(ax, runs, group, env_id, behaviour=True)
             ax.set_title(f"{LABELS.get(group[0], group[0]).split(' +')[0].split(' ->')[0]} on {env_id}", fontsize=9)
             ax.set_xlabel("online environment steps (0 = the switch)")
             ax.set_ylabel("D4RL-normalised score")

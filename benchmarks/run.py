@@ -53,6 +53,8 @@ class Args:
     """fine-tuning env steps of every variant"""
     output_dir: str = "results"
     """where runs and pretrained models go"""
+    pretrain_only: bool = False
+    """if toggled, only pretrain (each variant's base algorithm), fine-tuning nothing"""
     workers: int = 2
     """runs at once on this machine (each gets --threads torch threads)"""
     threads: int = 1
@@ -61,13 +63,17 @@ class Args:
     """submit the runs to Ray instead of local processes: `auto`, a cluster address, or `local` for a fresh local Ray"""
     extra: str = ""
     """flags passed to every run, in one string, e.g. --extra "--eval-freq 2000 --utd 5" """
+    pretrain_extra: str = ""
+    """flags passed to the pretraining runs only, e.g. --pretrain-extra "--snapshot-steps 10000 100000" """
+    finetune_extra: str = ""
+    """flags passed to the fine-tuning runs only, e.g. --finetune-extra "--snapshot-every 5000" """
 
 
 def run_command(command: List[str], threads: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = command[command.index("--output-dir") + 1] + ".log"
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "w") as f:
+    with open(log, "a") as f:  # a resumed run appends to its log
         return subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
@@ -93,11 +99,16 @@ def plan(args: Args):
             for seed in args.seeds:
                 model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
                 run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
-                if not os.path.isfile(model) and model not in pretrain:
+                pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
+                stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
+                if not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir):  # a pretraining that was stopped: continue it
+                    pretrain[model] = (f"pretrain {base} {env_id} seed {seed} (resumed)", [
+                        sys.executable, os.path.join(ROOT, PRETRAIN_SCRIPT[base]), "--resume", stopped[-1], "--output-dir", pretrain_dir])
+                elif not os.path.isfile(model) and model not in pretrain:
                     pretrain[model] = (f"pretrain {base} {env_id} seed {seed}", [
                         sys.executable, os.path.join(ROOT, PRETRAIN_SCRIPT[base]), "--env-id", env_id, "--seed", str(seed),
                         "--offline-steps", str(args.offline_steps), "--online-steps", "0", "--save-offline", model,
-                        "--output-dir", os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}"), *shlex.split(args.extra)])
+                        "--output-dir", pretrain_dir, *shlex.split(args.extra), *shlex.split(args.pretrain_extra)])
                 interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
                 if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
                     finetune.append((f"{variant} {env_id} seed {seed} (resumed)", [
@@ -105,9 +116,10 @@ def plan(args: Args):
                 elif not complete(run_dir):
                     finetune.append((f"{variant} {env_id} seed {seed}", [
                         sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--load-offline", model,
-                        "--online-steps", str(args.online_steps), "--exp-name", variant, "--output-dir", run_dir, *flags, *shlex.split(args.extra)],
+                        "--online-steps", str(args.online_steps), "--exp-name", variant, "--output-dir", run_dir, *flags, *shlex.split(args.extra),
+                        *shlex.split(args.finetune_extra)],
                         model))
-    return pretrain, finetune
+    return pretrain, [] if args.pretrain_only else finetune
 
 
 def execute(pretrain: dict, finetune: list, args: Args):

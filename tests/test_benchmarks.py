@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -108,3 +109,34 @@ def test_the_plotter_says_so_when_there_is_nothing_to_draw(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no complete runs" in result.stderr
+
+
+def test_the_plotter_draws_the_training_episodes_beside_the_evaluations():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import plot
+
+    runs = [{"args": {"offline_steps": 100}, "train_episodes": [{"step": 200, "normalized_score": 10.0}, {"step": 300, "normalized_score": 30.0}]},
+            {"args": {"offline_steps": 100}, "train_episodes": [{"step": 200, "normalized_score": 20.0}, {"step": 300, "normalized_score": 20.0}]}]
+    curve = plot.behaviour_curve(runs, np.array([0.0, 100.0, 150.0, 200.0]))
+    assert np.isnan(curve[0])  # before the first training episode ended
+    assert curve[1:].tolist() == [15.0, 20.0, 25.0]  # each seed interpolated, then the mean over seeds
+    assert plot.behaviour_curve([{"args": {"offline_steps": 0}}], np.array([0.0])) is None  # runs from before the key
+
+
+def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    stopped = tmp_path / "pretrain-runs" / "iql" / "embedded-halfcheetah-medium" / "seed1" / "run"
+    stopped.mkdir(parents=True)
+    (stopped / "checkpoint.pt").write_bytes(b"")
+    (stopped / "summary.json").write_text(json.dumps({"complete": False}))
+    args = run.Args(variants=["o3f_iql"], seeds=[1, 2], output_dir=str(tmp_path), pretrain_extra="--snapshot-steps 10", finetune_extra="--snapshot-every 5")
+    pretrain, finetune = run.plan(args)
+    commands = {name: command for name, command in pretrain.values()}
+    assert commands["pretrain iql embedded-halfcheetah-medium seed 1 (resumed)"][2:4] == ["--resume", str(stopped / "checkpoint.pt")]
+    fresh = commands["pretrain iql embedded-halfcheetah-medium seed 2"]
+    assert "--snapshot-steps" in fresh and "--snapshot-every" not in fresh
+    assert all("--snapshot-every" in command and "--snapshot-steps" not in command for _, command, _ in finetune) and len(finetune) == 2
+    args.pretrain_only = True
+    assert run.plan(args)[1] == []

@@ -238,3 +238,15 @@ def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
     assert set(typing.get_args(make_datasets.Make.__annotations__["name"])) == set(make_datasets.EMBEDDED)
     assert {name for name, task in o3f_iql.TASKS.items() if task.source == "embedded"} == set(make_datasets.EMBEDDED)
     assert all(name.startswith("embedded-") for name in make_datasets.EMBEDDED)  # never mistaken for D4RL's
+
+
+def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):
+    """embedded-halfcheetah-medium-1m: the same policy and seed, so the 100k dataset is its beginning (data size is the only change)."""
+    small = make_datasets.generate("embedded-halfcheetah-medium", str(tmp_path / "s.hdf5"), seed=0, transitions=1200)
+    large = make_datasets.generate("embedded-halfcheetah-medium-1m", str(tmp_path / "l.hdf5"), seed=0, transitions=2500)
+    with h5py.File(small) as fs, h5py.File(large) as fl:
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals"):
+            assert np.array_equal(fs[key][:], fl[key][:1200]), key
+        assert fs["timeouts"][999] and fl["timeouts"][999] and fl["timeouts"][1999]  # 1000-step episodes
+    assert make_datasets.EMBEDDED["embedded-halfcheetah-medium-1m"][2] == 1_000_000
+    assert o3f_iql.TASKS["embedded-halfcheetah-medium-1m"].ref_max == o3f_iql.TASKS["embedded-halfcheetah-medium"].ref_max

@@ -1,0 +1,434 @@
+"""Does O3F's premise hold? The selection diagnostic: what each action-selection rule executes, on a frozen model.
+
+    python benchmarks/premise.py measure MODEL.pt [MODEL.pt ...] --out results/premise/diagnostic.jsonl
+    python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl
+
+O3F (paper, section 5) rests on one premise: a critic trained offline ranks actions near the policy's
+well enough that executing the best of N candidates collects better data than adding noise. For a saved
+model of o3f_iql.py / iql_noise.py (IQL) or o3f_lapo.py (LAPO) on a MuJoCo locomotion task (a snapshot,
+`offline.pt`, `final.pt` or a `checkpoint.pt`), and each selection rule (the policy's action, a ~ pi, the
+noise baseline at sigma, O3F at N, sigma, omega), acting through the scripts' own selection functions:
+
+1. episodes: the D4RL-normalised return of full episodes acting with that rule, model frozen (the quality
+   of the data the rule collects), and the paired difference of O3F and noise over the same start states;
+2. states: on K states visited by the deterministic policy, the critics' predicted value (the ensemble's
+   mean Q) of the action the rule executes, and its true value: the MuJoCo state is restored, the action
+   executed, then the deterministic policy followed for H more steps, discounted, in the critic's reward
+   units. Truncating at H leaves out the tail past it, which weighs gamma^(H+1) of an infinite discounted
+   sum (0.049 at H = 300, gamma = 0.99); a paired difference of two first actions loses less, since both
+   continue with the same policy. Reported: each rule's predicted and true values, the paired gain of O3F
+   over noise (true and predicted) on the same states, and the rank correlation (Spearman) between
+   predicted and true values across R candidates c ~ N(a, sigma^2) of one state, averaged over states.
+
+Every figure comes with its standard error; seeds are fixed, so two runs on the same model agree. One
+JSON line per model goes to --out (models already there are skipped, so a study resumes), and a table
+to the terminal.
+"""
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@dataclass
+class Measure:
+    """Measure every selection rule on each saved model."""
+
+    models: tyro.conf.Positional[Tuple[str, ...]]
+    """saved models (snapshots, offline.pt, final.pt or checkpoint.pt of o3f_iql.py, iql_noise.py or o3f_lapo.py)"""
+    out: Optional[str] = None
+    """append one JSON line per model here; models already in the file are skipped"""
+    sigmas: Tuple[float, ...] = (0.05, 0.1, 0.2)
+    """the candidates' (and the noise baseline's) standard deviations"""
+    n_candidates: Tuple[int, ...] = (10, 100)
+    """O3F's N"""
+    omegas: Tuple[float, ...] = (0.0,)
+    """O3F's optimism weights"""
+    episodes: int = 5
+    """full episodes per rule"""
+    states: int = 40
+    """K, states visited by the deterministic policy"""
+    horizon: int = 300
+    """H, steps of the deterministic policy after the executed action"""
+    rank_candidates: int = 20
+    """R, candidates per state for the rank correlation (each one a rollout of H steps)"""
+    seed: int = 0
+    """seed of the start states, the visited states and every rule's random draws"""
+    threads: int = 1
+    """torch threads"""
+
+
+@dataclass
+class Plot:
+    """Draw the diagnostic against training budget from the JSON lines of `measure`."""
+
+    results: str = "results/premise/diagnostic.jsonl"
+    """the JSON lines of `measure`"""
+    out: Optional[str] = None
+    """the PNG to write (default: next to the results, premise.png)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+def mean_se(x) -> Tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def spearman(a, b) -> float:
+    """Rank correlation of two samples (no ties: continuous values)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts from restored states
+# ---------------------------------------------------------------------------------------------
+def save_state(env) -> tuple:
+    """What MuJoCo needs to replay a step bit for bit: positions, velocities and the solver's warm start."""
+    data = env.unwrapped.data
+    return data.qpos.copy(), data.qvel.copy(), data.qacc_warmstart.copy()
+
+
+def restore_state(env, state: tuple):
+    env.unwrapped.set_state(state[0], state[1])
+    if len(state) > 2:
+        env.unwrapped.data.qacc_warmstart[:] = state[2]
+
+
+def true_returns(policy: Callable, envs: list, states: list, first_actions: np.ndarray, horizon: int, gamma: float,
+                 scale_reward: Callable) -> np.ndarray:
+    """sum_{t=0..H} gamma^t r_t of executing first_actions[i] in states[i], then the deterministic `policy`
+    (batched over the rollouts) for H steps; rewards in the critic's units, nothing after a termination."""
+    n = len(states)
+    assert n <= len(envs)
+    returns, alive, discount = np.zeros(n), np.ones(n, dtype=bool), 1.0
+    obs, actions = [None] * n, np.asarray(first_actions)
+    for i in range(n):
+        restore_state(envs[i], states[i])
+    for t in range(horizon + 1):
+        for i in np.flatnonzero(alive):
+            obs[i], reward, terminated, _, _ = envs[i].unwrapped.step(actions[i])
+            returns[i] += discount * scale_reward(float(reward))
+            alive[i] = not terminated
+        discount *= gamma
+        if t < horizon and alive.any():
+            actions = policy(np.stack(obs))
+    return returns
+
+
+# ---------------------------------------------------------------------------------------------
+# A frozen model, acting through its scripts' own functions
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Rule:
+    kind: str  # "policy", "sample" (a ~ pi), "noise" (the baseline) or "o3f"
+    sigma: float = 0.0
+    n: int = 1
+    omega: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return {"policy": "policy mean", "sample": "a ~ pi", "noise": f"noise s{self.sigma:g}"}.get(
+            self.kind, f"O3F N{self.n} s{self.sigma:g}" + (f" w{self.omega:g}" if self.omega else ""))
+
+
+class Agent:
+    """A saved IQL or LAPO model with its task, its critic's reward scale and the scripts' selection functions."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:
+            fail(f"{path}: not a model of this project ({type(e).__name__})")
+        self.algorithm = state.get("algorithm") if isinstance(state, dict) else None
+        if self.algorithm not in ("iql", "lapo"):
+            fail(f"{path}: the diagnostic reads IQL and LAPO models (o3f_iql.py, iql_noise.py, o3f_lapo.py), not {self.algorithm}")
+        import iql_noise
+        import o3f_iql
+        import o3f_lapo
+
+        self.script = o3f_iql if self.algorithm == "iql" else o3f_lapo
+        self.noise_script = iql_noise if self.algorithm == "iql" else o3f_lapo
+        self.path, self.env_id, self.step, args = path, state["env_id"], state["step"], state["args"]
+        if self.script.TASKS[self.env_id].domain != "locomotion":
+            fail(f"{path}: trained on {self.env_id}; the diagnostic restores MuJoCo states of the locomotion tasks only")
+        self.offline_steps, self.gamma = args["offline_steps"], args["gamma"]
+        env = self.script.make_env(self.env_id)
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)
+        self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
+        env.close()
+        data = self.script.load_dataset(self.env_id, args.get("dataset_path"))  # the critic's reward units come from the data
+        self.dataset_size = len(data["rewards"])
+        s = self.script
+        if self.algorithm == "iql":
+            self.scale_reward = s.reward_transform(self.env_id, data["episode_returns"])
+            self.nets = {"actor": s.Actor(obs_dim, act_dim), "qf": s.QEnsemble(obs_dim, act_dim, args["num_critics"])}
+        else:
+            self.scale_reward = s.reward_transform(self.env_id, data["rewards"], self.gamma)[0]
+            latent_dim = 2 * act_dim
+            self.nets = {"normalizer": s.Normalizer(data["observations"][:2], data["actions"][:2]),
+                         "cvae_target": s.CVAE(obs_dim, act_dim, latent_dim),
+                         "latent_policy": s.LatentPolicy(obs_dim, latent_dim, args["max_latent_action"]),
+                         "qf": s.QEnsemble(obs_dim, act_dim, args["num_critics"])}
+        del data
+        try:
+            for name, net in self.nets.items():
+                net.load_state_dict(state[name])
+                net.to(device).eval()
+        except (KeyError, RuntimeError) as e:
+            fail(f"{path}: does not fit the networks of {self.script.__name__}.py ({str(e).splitlines()[0]})")
+        self.device = device
+
+    @torch.no_grad()
+    def policy(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic policy (IQL: the Gaussian's mean; LAPO: D_target(s, pi(s))) for a batch of states."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if self.algorithm == "iql":
+            return self.nets["actor"](obs).mean.cpu().numpy()
+        n = self.nets
+        return self.script.policy_action(n["latent_policy"], n["cvae_target"], n["normalizer"], obs).cpu().numpy()
+
+    @torch.no_grad()
+    def q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Every critic's value of (s, a): [m, batch]."""
+        if self.algorithm == "iql":
+            return self.nets["qf"](obs, actions)
+        normalizer = self.nets["normalizer"]
+        return self.nets["qf"](normalizer.obs(obs), normalizer.action(actions))
+
+    @torch.no_grad()
+    def base_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """Algorithm 1, line 2: the action the candidates are drawn around (IQL: a ~ pi; LAPO: a = pi(s))."""
+        if self.algorithm == "iql":
+            return self.nets["actor"](obs).sample()
+        return torch.as_tensor(self.policy(obs.cpu().numpy()), device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, rule: Rule) -> np.ndarray:
+        """The action `rule` executes in one state, through the scripts' own selection functions."""
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
+        n, low, high = self.nets, self.low, self.high
+        if rule.kind == "policy":
+            return self.policy(o.cpu().numpy())[0]
+        if rule.kind == "sample":
+            return self.base_action(o)[0].cpu().numpy()
+        if self.algorithm == "iql":
+            if rule.kind == "noise":
+                return self.noise_script.select_action(n["actor"], o, rule.sigma, low, high).cpu().numpy()
+            return self.script.select_action(n["actor"], n["qf"], o, rule.n, rule.sigma, rule.omega, low, high).cpu().numpy()
+        lapo = (n["latent_policy"], n["cvae_target"], n["normalizer"], n["qf"], o)
+        if rule.kind == "noise":  # LAPO's baseline is its O3F with one candidate
+            return self.script.select_action(*lapo, 1, rule.sigma, 0.0, low, high).cpu().numpy()
+        return self.script.select_action(*lapo, rule.n, rule.sigma, rule.omega, low, high).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# The measurements
+# ---------------------------------------------------------------------------------------------
+def episode_scores(agent: Agent, rule: Rule, episodes: int, seed: int) -> List[float]:
+    """D4RL-normalised returns of full episodes acting with `rule`, from the same start states for every rule."""
+    env = agent.script.make_env(agent.env_id)
+    torch.manual_seed(seed)  # the rule's own random draws
+    scores = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + 10_000 + i)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, rule))
+            total, done = total + float(reward), terminated or truncated
+        scores.append(agent.script.normalized_score(agent.env_id, total))
+    env.close()
+    return scores
+
+
+def visited_states(agent: Agent, k: int, seed: int) -> Tuple[np.ndarray, list]:
+    """K (observation, MuJoCo state) pairs drawn uniformly from episodes of the deterministic policy, one episode per 20."""
+    env = agent.script.make_env(agent.env_id)
+    observations, states = [], []
+    for i in range(max(1, -(-k // 20))):
+        obs, _ = env.reset(seed=seed + 20_000 + i)
+        done = False
+        while not done:
+            observations.append(obs)
+            states.append(save_state(env))
+            obs, _, terminated, truncated, _ = env.step(agent.policy(obs[None])[0])
+            done = terminated or truncated
+    env.close()
+    pick = np.random.default_rng(seed).choice(len(states), size=k, replace=False)
+    return np.stack(observations)[pick], [states[i] for i in pick]
+
+
+def rollout_envs(agent: Agent, count: int) -> list:
+    envs = [agent.script.make_env(agent.env_id) for _ in range(count)]
+    for env in envs:
+        env.reset(seed=0)  # then only ever set to saved states
+    return envs
+
+
+def measure_model(agent: Agent, args: Measure) -> dict:
+    start = time.time()
+    rules = [Rule("policy"), *([Rule("sample")] if agent.algorithm == "iql" else [])]
+    for sigma in args.sigmas:
+        rules.append(Rule("noise", sigma))
+        rules += [Rule("o3f", sigma, n, omega) for n in args.n_candidates for omega in args.omegas]
+    obs, states = visited_states(agent, args.states, args.seed)
+    envs = rollout_envs(agent, max(args.states, args.rank_candidates))
+    rows, per_state, per_episode = [], {}, {}
+    for rule in rules:
+        per_episode[rule.name] = episode_scores(agent, rule, args.episodes, args.seed)
+        actions = []
+        for k in range(args.states):
+            torch.manual_seed(args.seed * 1_000_003 + k)  # every rule starts from the same draw at this state: a paired comparison
+            actions.append(agent.act(obs[k], rule))
+        actions = np.stack(actions)
+        predicted = agent.q(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32)).mean(0).numpy()
+        true = true_returns(agent.policy, envs, states, actions, args.horizon, agent.gamma, agent.scale_reward)
+        per_state[rule.name] = (predicted, true)
+        score, score_se = mean_se(per_episode[rule.name])
+        p, p_se = mean_se(predicted)
+        t, t_se = mean_se(true)
+        rows.append({"rule": rule.name, "kind": rule.kind, "sigma": rule.sigma, "n": rule.n, "omega": rule.omega,
+                     "episode_score": score, "episode_score_se": score_se, "predicted": p, "predicted_se": p_se, "true": t, "true_se": t_se})
+    for row in rows:  # O3F against the noise baseline at the same sigma: the same start states, the same visited states
+        if row["kind"] != "o3f":
+            continue
+        noise = Rule("noise", row["sigma"]).name
+        row["episode_gain"], row["episode_gain_se"] = mean_se(np.subtract(per_episode[row["rule"]], per_episode[noise]))
+        row["true_gain"], row["true_gain_se"] = mean_se(per_state[row["rule"]][1] - per_state[noise][1])
+        row["predicted_gain"], row["predicted_gain_se"] = mean_se(per_state[row["rule"]][0] - per_state[noise][0])
+    rank = []
+    for sigma in args.sigmas:  # can the critic rank R candidates of one state as their true values do?
+        correlations = []
+        for k in range(args.states):
+            torch.manual_seed(args.seed * 7_919 + k)
+            o = torch.as_tensor(obs[k], dtype=torch.float32)[None]
+            a = agent.base_action(o)
+            candidates = (a + sigma * torch.randn(args.rank_candidates, a.shape[-1])).clamp(agent.low, agent.high)
+            predicted = agent.q(o.expand(args.rank_candidates, -1), candidates).mean(0).numpy()
+            true = true_returns(agent.policy, envs, [states[k]] * args.rank_candidates, candidates.numpy(), args.horizon,
+                                agent.gamma, agent.scale_reward)
+            correlations.append(spearman(predicted, true))
+        c, c_se = mean_se(correlations)
+        rank.append({"sigma": sigma, "spearman": c, "spearman_se": c_se})
+    for env in envs:
+        env.close()
+    return {"model": os.path.relpath(os.path.abspath(agent.path), ROOT), "algorithm": agent.algorithm, "env_id": agent.env_id,
+            "step": agent.step, "phase": "offline" if agent.step <= agent.offline_steps else "online",
+            "online_steps": max(0, agent.step - agent.offline_steps), "dataset_size": agent.dataset_size, "seed": args.seed,
+            "episodes": args.episodes, "states": args.states, "horizon": args.horizon, "tail_weight": agent.gamma ** (args.horizon + 1),
+            "rank_candidates": args.rank_candidates, "rules": rows, "rank": rank, "wall_s": round(time.time() - start, 1)}
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['model']}: {result['algorithm']} on {result['env_id']} ({result['dataset_size']:,} transitions), step {result['step']:,} "
+             f"({result['phase']}); {result['episodes']} episodes, K={result['states']} states, H={result['horizon']}, seed {result['seed']}",
+             "| rule | episode score | predicted Q | true return (H) | true gain vs noise | predicted gain vs noise | episode gain vs noise |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["rules"]:
+        gains = [f"{row[g]:+.2f} ± {row[g + '_se']:.2f}" if g in row else "" for g in ("true_gain", "predicted_gain", "episode_gain")]
+        lines.append(f"| {row['rule']} | {row['episode_score']:.1f} ± {row['episode_score_se']:.1f} | {row['predicted']:.2f} ± {row['predicted_se']:.2f} "
+                     f"| {row['true']:.2f} ± {row['true_se']:.2f} | {' | '.join(gains)} |")
+    lines.append("rank correlation, predicted vs true, across candidates of a state: " + ", ".join(
+        f"sigma {r['sigma']:g}: {r['spearman']:+.2f} ± {r['spearman_se']:.2f}" for r in result["rank"]))
+    return "\n".join(lines)
+
+
+def done_models(path: Optional[str]) -> set:
+    if not path or not os.path.isfile(path):
+        return set()
+    return {json.loads(line)["model"] for line in open(path) if line.strip()}
+
+
+def measure(args: Measure):
+    checks = {"--episodes must be >= 1": args.episodes >= 1, "--states must be >= 2": args.states >= 2,
+              "--horizon must be >= 0": args.horizon >= 0, "--rank-candidates must be >= 2": args.rank_candidates >= 2,
+              "--n-candidates must be >= 1": all(n >= 1 for n in args.n_candidates), "--sigmas must be >= 0": all(s >= 0 for s in args.sigmas)}
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
+    missing = [m for m in args.models if not os.path.isfile(m)]
+    if missing:
+        fail(f"no such model: {', '.join(missing)}")
+    torch.set_num_threads(args.threads)
+    done = done_models(args.out)
+    for path in args.models:
+        if os.path.relpath(os.path.abspath(path), ROOT) in done:
+            print(f"{path}: already in {args.out}, skipped", file=sys.stderr)
+            continue
+        result = measure_model(Agent(path), args)
+        print(table(result), flush=True)
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(result) + "\n")
+        else:
+            print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure
+# ---------------------------------------------------------------------------------------------
+def plot(args: Plot):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not os.path.isfile(args.results):
+        fail(f"--results {args.results}: no such file")
+    results = [json.loads(line) for line in open(args.results) if line.strip()]
+    offline = [r for r in results if r["phase"] == "offline"]
+    if not offline:
+        fail(f"{args.results}: no offline models to draw")
+    series = sorted({(r["algorithm"], r["dataset_size"]) for r in offline})
+    panels = [("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
+              ("true_gain", "true return gain of the executed action,\nO3F - noise (critic units, H steps)"),
+              ("spearman", "rank correlation, predicted vs true,\nacross candidates of a state")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, (key, title) in zip(axes, panels):
+        for algorithm, size in series:
+            runs = sorted((r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)), key=lambda r: r["step"])
+            if key == "spearman":
+                for sigma in sorted({x["sigma"] for r in runs for x in r["rank"]}):
+                    pts = [(r["step"], x["spearman"], x["spearman_se"]) for r in runs for x in r["rank"] if x["sigma"] == sigma]
+                    x, y, e = map(np.array, zip(*pts))
+                    ax.errorbar(x, y, e, marker="o", capsize=3, label=f"{algorithm.upper()}, {size // 1000}k data, sigma {sigma:g}")
+                continue
+            for n, sigma in sorted({(x["n"], x["sigma"]) for r in runs for x in r["rules"] if x["kind"] == "o3f" and x["omega"] == 0}):
+                pts = [(r["step"], x[key], x[key + "_se"]) for r in runs for x in r["rules"]
+                       if x["kind"] == "o3f" and (x["n"], x["sigma"], x["omega"]) == (n, sigma, 0)]
+                x, y, e = map(np.array, zip(*pts))
+                ax.errorbar(x, y, e, marker="o", capsize=3, label=f"{algorithm.upper()}, {size // 1000}k data, N {n}, sigma {sigma:g}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("offline updates")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=6)
+    fig.suptitle("Does O3F's premise hold? Frozen models along pretraining (± 1 standard error)")
+    fig.tight_layout()
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results)), "premise.png")
+    fig.savefig(out, dpi=110)
+    print(out)
+
+
+if __name__ == "__main__":
+    command = tyro.extras.subcommand_cli_from_dict({"measure": Measure, "plot": Plot})
+    measure(command) if isinstance(command, Measure) else plot(command)

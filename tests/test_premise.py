@@ -1,0 +1,162 @@
+"""The selection diagnostic (benchmarks/premise.py) and the model snapshots it reads."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import premise  # noqa: E402
+
+
+class Line:
+    """A deterministic toy with MuJoCo's state interface: position x, velocity unused; a step moves x by the
+    action and pays x (after the move); reaching x >= 10 terminates."""
+
+    def __init__(self):
+        self.unwrapped = self
+        self.data = type("Data", (), {"qpos": np.zeros(1), "qvel": np.zeros(1)})()
+
+    def set_state(self, qpos, qvel):
+        self.data.qpos, self.data.qvel = np.array(qpos, dtype=float), np.array(qvel, dtype=float)
+
+    def step(self, action):
+        self.data.qpos = self.data.qpos + float(np.asarray(action).reshape(-1)[0])
+        x = float(self.data.qpos[0])
+        return np.array([x]), x, x >= 10, False, {}
+
+
+def halve(obs):
+    return -obs / 2  # the "policy": move halfway back to 0
+
+
+def test_true_return_on_a_deterministic_toy_equals_the_hand_computed_one():
+    envs = [Line(), Line()]
+    states = [(np.array([1.0]), np.zeros(1)), (np.array([3.0]), np.zeros(1))]
+    returns = premise.true_returns(halve, envs, states, np.array([[1.0], [8.0]]), horizon=2, gamma=0.9, scale_reward=lambda r: 10 * r)
+    # From x=1, act +1: x=2 (r 2); the policy halves: x=1 (r 1), x=0.5 (r 0.5).
+    assert returns[0] == pytest.approx(10 * (2 + 0.9 * 1 + 0.81 * 0.5))
+    # From x=3, act +8: x=11 (r 11) terminates: nothing after it counts.
+    assert returns[1] == pytest.approx(10 * 11)
+
+
+def test_the_horizon_counts_the_executed_action_and_h_policy_steps():
+    (ret,) = premise.true_returns(halve, [Line()], [(np.array([4.0]), np.zeros(1))], np.array([[0.0]]), horizon=0, gamma=0.5,
+                                  scale_reward=lambda r: r)
+    assert ret == pytest.approx(4.0)  # H = 0: the executed action's reward only
+
+
+def test_statistics_on_hand_made_numbers():
+    assert premise.mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0 / np.sqrt(3)))
+    assert premise.spearman([1, 2, 3, 4], [10, 40, 20, 30]) == pytest.approx(0.4)
+    assert premise.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory, small_dataset, data_dir):
+    """Tiny IQL and LAPO runs on the small HalfCheetah data, keeping snapshots at steps 10 and 20."""
+    out = tmp_path_factory.mktemp("snap")
+    paths = {}
+    for script in ("o3f_iql.py", "o3f_lapo.py"):
+        run = subprocess.run([sys.executable, os.path.join(ROOT, script), "--no-cuda", "--env-id", "embedded-halfcheetah-medium",
+                              "--dataset-path", small_dataset, "--offline-steps", "20", "--online-steps", "0", "--eval-freq", "20",
+                              "--eval-episodes", "1", "--batch-size", "32", "--snapshot-steps", "10", "20", "--output-dir", str(out / script)],
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "O3F_DATA_DIR": data_dir})
+        assert run.returncode == 0, run.stderr[-2000:]
+        found = sorted(glob.glob(str(out / script / "*" / "snapshots" / "*.pt")))
+        assert [os.path.basename(p) for p in found] == ["step0000010.pt", "step0000020.pt"]
+        paths[script] = found
+    return paths
+
+
+SMALL = dict(sigmas=(0.0, 0.2), n_candidates=(5,), omegas=(0.0,), episodes=1, states=4, horizon=5, rank_candidates=3, seed=0)
+
+
+def measure(path, **overrides):
+    return premise.measure_model(premise.Agent(path), premise.Measure(models=(path,), **{**SMALL, **overrides}))
+
+
+@pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py"])
+def test_o3f_and_noise_are_compared_on_the_same_states_and_draws(snapshots, script):
+    result = measure(snapshots[script][0])
+    rows = {row["rule"]: row for row in result["rules"]}
+    # sigma 0: every candidate is the base action, so O3F's pick is the noise baseline's: zero gain, exactly,
+    # which holds only if both rules act on the same states from the same draw.
+    o3f0 = rows["O3F N5 s0"]
+    assert o3f0["true_gain"] == 0.0 and o3f0["true_gain_se"] == 0.0 and o3f0["predicted_gain"] == 0.0
+    assert o3f0["true"] == rows["noise s0"]["true"]
+    assert rows["O3F N5 s0.2"]["true"] != rows["noise s0.2"]["true"]  # with spread, the two rules act differently
+    assert result["algorithm"] == ("iql" if script == "o3f_iql.py" else "lapo") and result["step"] == 10
+    assert result["tail_weight"] == pytest.approx(0.99 ** 6)
+
+
+def test_two_runs_on_the_same_model_agree(snapshots):
+    a, b = measure(snapshots["o3f_iql.py"][1]), measure(snapshots["o3f_iql.py"][1])
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+def test_the_diagnostic_uses_the_scripts_policy_and_reward_units(snapshots, small_dataset):
+    import o3f_iql
+
+    agent = premise.Agent(snapshots["o3f_iql.py"][1])
+    obs = np.random.default_rng(0).standard_normal((3, 17)).astype(np.float32)
+    assert np.allclose(agent.policy(obs), agent.nets["actor"](torch.as_tensor(obs)).mean.detach().numpy())
+    returns = o3f_iql.load_dataset("embedded-halfcheetah-medium", small_dataset)["episode_returns"]
+    assert agent.scale_reward(1.0) == pytest.approx(o3f_iql.reward_transform("embedded-halfcheetah-medium", returns)(1.0))
+
+
+def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots, tmp_path):
+    out = tmp_path / "d.jsonl"
+    flags = ["--sigmas", "0.2", "--n-candidates", "3", "--episodes", "1", "--states", "2", "--horizon", "2", "--rank-candidates", "2"]
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", *snapshots["o3f_lapo.py"], "--out", str(out), *flags]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [10, 20] and "| O3F N3 s0.2 |" in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr.count("skipped") == 2 and len(out.read_text().splitlines()) == 2
+    plotted = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "plot", "--results", str(out)],
+                             capture_output=True, text=True, timeout=300)
+    assert plotted.returncode == 0, plotted.stderr[-2000:]
+    assert os.path.getsize(tmp_path / "premise.png") > 10_000
+
+
+def test_a_model_of_another_algorithm_is_one_line(tmp_path):
+    path = tmp_path / "cql.pt"
+    torch.save({"algorithm": "cql"}, path)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "not cql" in result.stderr
+
+
+@pytest.mark.parametrize("script, other", [("o3f_iql.py", "iql_noise.py"), ("o3f_iql.py", "o3f_iql.py"), ("o3f_lapo.py", "o3f_lapo.py")])
+def test_a_snapshot_loads_into_every_script_of_its_base_algorithm(snapshots, run_script, small_dataset, tmp_path, script, other):
+    snapshot = snapshots[script][0]
+    result = run_script(other, "--env-id", "embedded-halfcheetah-medium", "--dataset-path", small_dataset, "--load-offline", snapshot,
+                        "--online-steps", 3, "--eval-freq", 100, "--eval-episodes", 1, "--batch-size", 32, "--output-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary,) = glob.glob(str(tmp_path / "*" / "summary.json"))
+    summary = json.load(open(summary))
+    assert summary["args"]["offline_steps"] == 10  # the snapshot's step: fine-tuning starts where it was taken
+    assert summary["evaluations"][0]["step"] == 10
+
+
+def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, tmp_path):
+    result = run_script("iql_noise.py", "--env-id", "embedded-halfcheetah-medium", "--dataset-path", small_dataset, "--offline-steps", 5,
+                        "--online-steps", 1001, "--eval-freq", 5000, "--eval-episodes", 1, "--batch-size", 8, "--output-dir", tmp_path,
+                        "--snapshot-every", 500)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (summary,) = glob.glob(str(tmp_path / "*" / "summary.json"))
+    episodes = json.load(open(summary))["train_episodes"]
+    assert [e["step"] for e in episodes] == [1005] and all(e["length"] == 1000 for e in episodes)
+    import o3f_iql
+
+    assert episodes[0]["normalized_score"] == pytest.approx(o3f_iql.normalized_score("embedded-halfcheetah-medium", episodes[0]["return"]))
+    snapshots = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*" / "snapshots" / "*.pt")))
+    assert snapshots == ["step0000500.pt", "step0001000.pt"]  # --snapshot-every, online too
