@@ -266,7 +266,7 @@ def read_hdf5(path: str) -> dict:
 def minari_store(dataset_id: str = "") -> str:
     """Where Minari keeps a dataset: $MINARI_DATASETS_PATH, or ~/.minari/datasets."""
     root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
-    return os.path.join(root, dataset_id)
+    return os.path.join(root, dataset_id) if dataset_id else root
 
 
 def read_minari_dir(env_id: str, path: str) -> dict:

@@ -18,7 +18,10 @@ noise baseline at sigma, O3F at N, sigma, omega), acting through the scripts' ow
    sum (0.049 at H = 300, gamma = 0.99); a paired difference of two first actions loses less, since both
    continue with the same policy. Reported: each rule's predicted and true values, the paired gain of O3F
    over noise (true and predicted) on the same states, and the rank correlation (Spearman) between
-   predicted and true values across R candidates c ~ N(a, sigma^2) of one state, averaged over states.
+   predicted and true values across R candidates c ~ N(a, sigma^2) of one state, averaged over states,
+   beside its control: the rank correlation of the candidates' true values with those of the same
+   candidates nudged by 1e-3 (HalfCheetah is chaotic: where the control is near 0, the true values'
+   differences come from the dynamics, not from the actions, and no critic could rank them).
 
 Every figure comes with its standard error; seeds are fixed, so two runs on the same model agree. One
 JSON line per model goes to --out (models already there are skipped, so a study resumes), and a table
@@ -85,6 +88,9 @@ class Plot:
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
+REPLICATE = 1e-3  # the nudge of the rank correlation's control
+
+
 def mean_se(x) -> Tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     x = np.asarray(x, dtype=np.float64)
@@ -113,12 +119,13 @@ def restore_state(env, state: tuple):
 
 
 def true_returns(policy: Callable, envs: list, states: list, first_actions: np.ndarray, horizon: int, gamma: float,
-                 scale_reward: Callable) -> np.ndarray:
+                 scale_reward: Callable, partial: Tuple[int, ...] = ()) -> np.ndarray:
     """sum_{t=0..H} gamma^t r_t of executing first_actions[i] in states[i], then the deterministic `policy`
-    (batched over the rollouts) for H steps; rewards in the critic's units, nothing after a termination."""
+    (batched over the rollouts) for H steps; rewards in the critic's units, nothing after a termination.
+    With `partial` horizons h <= H, returns [len(partial), n]: the same sums cut after step h."""
     n = len(states)
-    assert n <= len(envs)
-    returns, alive, discount = np.zeros(n), np.ones(n, dtype=bool), 1.0
+    assert n <= len(envs) and all(h <= horizon for h in partial)
+    returns, alive, discount, cuts = np.zeros(n), np.ones(n, dtype=bool), 1.0, {}
     obs, actions = [None] * n, np.asarray(first_actions)
     for i in range(n):
         restore_state(envs[i], states[i])
@@ -128,9 +135,11 @@ def true_returns(policy: Callable, envs: list, states: list, first_actions: np.n
             returns[i] += discount * scale_reward(float(reward))
             alive[i] = not terminated
         discount *= gamma
+        if t in partial:
+            cuts[t] = returns.copy()
         if t < horizon and alive.any():
             actions = policy(np.stack(obs))
-    return returns
+    return np.stack([cuts[h] for h in partial]) if partial else returns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +292,11 @@ def rollout_envs(agent: Agent, count: int) -> list:
     return envs
 
 
+def progress(start: float, done: int, total: int, what: str):
+    eta = (time.time() - start) / max(done, 1) * (total - done)
+    print(f"  [{done}/{total}] {what} ({time.time() - start:.0f} s, about {eta:.0f} s left)", file=sys.stderr, flush=True)
+
+
 def measure_model(agent: Agent, args: Measure) -> dict:
     start = time.time()
     rules = [Rule("policy"), *([Rule("sample")] if agent.algorithm == "iql" else [])]
@@ -292,7 +306,9 @@ def measure_model(agent: Agent, args: Measure) -> dict:
     obs, states = visited_states(agent, args.states, args.seed)
     envs = rollout_envs(agent, max(args.states, args.rank_candidates))
     rows, per_state, per_episode = [], {}, {}
-    for rule in rules:
+    steps = len(rules) + len(args.sigmas)
+    for i, rule in enumerate(rules):
+        progress(start, i, steps, f"{rule.name}: {args.episodes} episodes, {args.states} states")
         per_episode[rule.name] = episode_scores(agent, rule, args.episodes, args.seed)
         actions = []
         for k in range(args.states):
@@ -315,8 +331,10 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         row["true_gain"], row["true_gain_se"] = mean_se(per_state[row["rule"]][1] - per_state[noise][1])
         row["predicted_gain"], row["predicted_gain_se"] = mean_se(per_state[row["rule"]][0] - per_state[noise][0])
     rank = []
-    for sigma in args.sigmas:  # can the critic rank R candidates of one state as their true values do?
-        correlations = []
+    for j, sigma in enumerate(args.sigmas):  # can the critic rank R candidates of one state as their true values do?
+        progress(start, len(rules) + j, steps, f"rank correlation at sigma {sigma:g}: {args.rank_candidates} candidates x {args.states} states")
+        horizons = tuple(sorted({h for h in (10, 30, 100) if h < args.horizon} | {args.horizon}))
+        correlations, replicates, spreads = [], [], []
         for k in range(args.states):
             torch.manual_seed(args.seed * 7_919 + k)
             o = torch.as_tensor(obs[k], dtype=torch.float32)[None]
@@ -324,10 +342,21 @@ def measure_model(agent: Agent, args: Measure) -> dict:
             candidates = (a + sigma * torch.randn(args.rank_candidates, a.shape[-1])).clamp(agent.low, agent.high)
             predicted = agent.q(o.expand(args.rank_candidates, -1), candidates).mean(0).numpy()
             true = true_returns(agent.policy, envs, [states[k]] * args.rank_candidates, candidates.numpy(), args.horizon,
-                                agent.gamma, agent.scale_reward)
-            correlations.append(spearman(predicted, true))
-        c, c_se = mean_se(correlations)
-        rank.append({"sigma": sigma, "spearman": c, "spearman_se": c_se})
+                                agent.gamma, agent.scale_reward, horizons)
+            # The control: the same candidates moved by 1e-3. How far their true values keep their order bounds what any
+            # critic could reach; near 0, the true values' differences are the dynamics' chaos, not the actions'.
+            nudged = (candidates + REPLICATE * torch.randn_like(candidates)).clamp(agent.low, agent.high)
+            again = true_returns(agent.policy, envs, [states[k]] * args.rank_candidates, nudged.numpy(), args.horizon,
+                                 agent.gamma, agent.scale_reward, horizons)
+            correlations.append([spearman(predicted, x) for x in true])
+            replicates.append([spearman(x, y) for x, y in zip(true, again)])
+            spreads.append(float(np.std(true[-1])))
+        correlations, replicates = np.array(correlations), np.array(replicates)
+        by_horizon = [{"horizon": h, **dict(zip(("spearman", "spearman_se"), mean_se(correlations[:, i]))),
+                       **dict(zip(("replicate_spearman", "replicate_spearman_se"), mean_se(replicates[:, i])))} for i, h in enumerate(horizons)]
+        s, s_se = mean_se(spreads)
+        rank.append({"sigma": sigma, **{k: v for k, v in by_horizon[-1].items() if k != "horizon"}, "true_spread": s, "true_spread_se": s_se,
+                     "by_horizon": by_horizon})
     for env in envs:
         env.close()
     return {"model": os.path.relpath(os.path.abspath(agent.path), ROOT), "algorithm": agent.algorithm, "env_id": agent.env_id,
@@ -346,8 +375,11 @@ def table(result: dict) -> str:
         gains = [f"{row[g]:+.2f} ± {row[g + '_se']:.2f}" if g in row else "" for g in ("true_gain", "predicted_gain", "episode_gain")]
         lines.append(f"| {row['rule']} | {row['episode_score']:.1f} ± {row['episode_score_se']:.1f} | {row['predicted']:.2f} ± {row['predicted_se']:.2f} "
                      f"| {row['true']:.2f} ± {row['true_se']:.2f} | {' | '.join(gains)} |")
-    lines.append("rank correlation, predicted vs true, across candidates of a state: " + ", ".join(
-        f"sigma {r['sigma']:g}: {r['spearman']:+.2f} ± {r['spearman_se']:.2f}" for r in result["rank"]))
+    lines.append("rank correlation across candidates of a state, predicted vs true return cut at h steps (control: true vs true of the "
+                 "candidates nudged by 1e-3):")
+    for r in result["rank"]:
+        lines.append(f"  sigma {r['sigma']:g}: " + ", ".join(f"h {x['horizon']}: {x['spearman']:+.2f} ± {x['spearman_se']:.2f} "
+                                                           f"({x['replicate_spearman']:+.2f} ± {x['replicate_spearman_se']:.2f})" for x in r["by_horizon"]))
     return "\n".join(lines)
 
 
@@ -373,6 +405,7 @@ def measure(args: Measure):
         if os.path.relpath(os.path.abspath(path), ROOT) in done:
             print(f"{path}: already in {args.out}, skipped", file=sys.stderr)
             continue
+        print(f"{path}:", file=sys.stderr, flush=True)
         result = measure_model(Agent(path), args)
         print(table(result), flush=True)
         if args.out:
@@ -386,6 +419,25 @@ def measure(args: Measure):
 # ---------------------------------------------------------------------------------------------
 # The figure
 # ---------------------------------------------------------------------------------------------
+def summary_table(results: list) -> str:
+    """One row per model and sigma: the frozen rules' episode scores, O3F's gains over noise, the rank correlation."""
+    lines = ["| algorithm | data | updates | sigma | policy mean | noise | O3F N10 | O3F N100 | episode gain N100 | true gain N100 "
+             "| predicted gain N100 | rank corr. | control |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    pm = lambda row, key, d=1: f"{row[key]:+.{d}f} ± {row[key + '_se']:.{d}f}" if row and key in row else ""  # noqa: E731
+    score = lambda row: f"{row['episode_score']:.1f} ± {row['episode_score_se']:.1f}" if row else ""  # noqa: E731
+    for r in sorted(results, key=lambda r: (r["algorithm"], r["dataset_size"], r["phase"], r["step"], r["model"])):
+        rows = {(x["kind"], x["n"], x["sigma"], x["omega"]): x for x in r["rules"]}
+        for rank in r["rank"]:
+            s = rank["sigma"]
+            o3f = rows.get(("o3f", 100, s, 0.0))
+            updates = f"{r['step']:,}" if r["phase"] == "offline" else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online"
+            lines.append(f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {updates} | {s:g} | {score(rows.get(('policy', 1, 0.0, 0.0)))} "
+                         f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
+                         f"| {pm(o3f, 'episode_gain')} | {pm(o3f, 'true_gain', 2)} | {pm(o3f, 'predicted_gain', 2)} "
+                         f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} | {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(args: Plot):
     import matplotlib
 
@@ -401,22 +453,30 @@ def plot(args: Plot):
     series = sorted({(r["algorithm"], r["dataset_size"]) for r in offline})
     panels = [("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
               ("true_gain", "true return gain of the executed action,\nO3F - noise (critic units, H steps)"),
-              ("spearman", "rank correlation, predicted vs true,\nacross candidates of a state")]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+              ("spearman", "rank corr. across candidates (sigma 0.2), predicted vs\ntrue return cut at h (faint: the control)")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (key, title) in zip(axes, panels):
-        for algorithm, size in series:
+        for s, (algorithm, size) in enumerate(series):
+            style = dict(marker="os^D"[s % 4], ls=["-", "--", ":", "-."][s % 4], capsize=3)
             runs = sorted((r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)), key=lambda r: r["step"])
-            if key == "spearman":
-                for sigma in sorted({x["sigma"] for r in runs for x in r["rank"]}):
-                    pts = [(r["step"], x["spearman"], x["spearman_se"]) for r in runs for x in r["rank"] if x["sigma"] == sigma]
-                    x, y, e = map(np.array, zip(*pts))
-                    ax.errorbar(x, y, e, marker="o", capsize=3, label=f"{algorithm.upper()}, {size // 1000}k data, sigma {sigma:g}")
+            if key == "spearman":  # sigma 0.2, the paper's for locomotion; one colour per horizon h
+                for c, h in enumerate(sorted({y["horizon"] for r in runs for x in r["rank"] for y in x["by_horizon"]})):
+                    pts = [(r["step"], y) for r in runs for x in r["rank"] if x["sigma"] == 0.2 for y in x["by_horizon"] if y["horizon"] == h]
+                    if not pts:
+                        continue
+                    x = np.array([p[0] for p in pts]) * 1.06 ** (c - 1)
+                    ax.errorbar(x, [p[1]["spearman"] for p in pts], [p[1]["spearman_se"] for p in pts], color=f"C{c}",
+                                label=f"{algorithm.upper()}, {size // 1000}k data, h {h}", **style)
+                    ax.errorbar(x, [p[1]["replicate_spearman"] for p in pts], [p[1]["replicate_spearman_se"] for p in pts], color=f"C{c}",
+                                alpha=0.4, mfc="none", **{**style, "ls": ":"})
                 continue
-            for n, sigma in sorted({(x["n"], x["sigma"]) for r in runs for x in r["rules"] if x["kind"] == "o3f" and x["omega"] == 0}):
+            for c, sigma in enumerate(sorted({x["sigma"] for r in runs for x in r["rules"] if x["kind"] == "o3f"})):  # N = 100: the paper's
                 pts = [(r["step"], x[key], x[key + "_se"]) for r in runs for x in r["rules"]
-                       if x["kind"] == "o3f" and (x["n"], x["sigma"], x["omega"]) == (n, sigma, 0)]
-                x, y, e = map(np.array, zip(*pts))
-                ax.errorbar(x, y, e, marker="o", capsize=3, label=f"{algorithm.upper()}, {size // 1000}k data, N {n}, sigma {sigma:g}")
+                       if x["kind"] == "o3f" and (x["n"], x["sigma"], x["omega"]) == (100, sigma, 0)]
+                if pts:
+                    x, y, e = map(np.array, zip(*pts))
+                    ax.errorbar(x * 1.06 ** (c - 1), y, e, color=f"C{c}", label=f"{algorithm.upper()}, {size // 1000}k data, N 100, sigma {sigma:g}",
+                                **style)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("offline updates")
@@ -427,6 +487,7 @@ def plot(args: Plot):
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results)), "premise.png")
     fig.savefig(out, dpi=110)
     print(out)
+    print(summary_table(results))
 
 
 if __name__ == "__main__":

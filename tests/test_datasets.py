@@ -122,14 +122,6 @@ def test_a_run_on_a_minari_antmaze_dataset(run_script, tmp_path, monkeypatch):
     assert all(e["normalized_score"] in (0.0, 100.0) for e in summary["evaluations"])  # success is 0 or 1
 
 
-def test_missing_minari_dataset_is_one_line(run_script, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    result = run_script("o3f_iql.py", "--env-id", "kitchen-mixed-v0")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "kitchen-mixed-v0" in line and "minari download D4RL/kitchen/mixed-v2" in line and "--dataset-path" in line
-
-
 # --- D4RL downloads, from a server on loopback ---------------------------------------------------
 @pytest.fixture
 def d4rl_server(tmp_path, monkeypatch):

@@ -43,6 +43,9 @@ def test_true_return_on_a_deterministic_toy_equals_the_hand_computed_one():
     assert returns[0] == pytest.approx(10 * (2 + 0.9 * 1 + 0.81 * 0.5))
     # From x=3, act +8: x=11 (r 11) terminates: nothing after it counts.
     assert returns[1] == pytest.approx(10 * 11)
+    cut = premise.true_returns(halve, envs, states, np.array([[1.0], [8.0]]), horizon=2, gamma=0.9, scale_reward=lambda r: 10 * r,
+                               partial=(0, 1, 2))
+    assert cut[:, 0] == pytest.approx([20, 20 + 9, 20 + 9 + 4.05]) and cut[:, 1] == pytest.approx([110, 110, 110])
 
 
 def test_the_horizon_counts_the_executed_action_and_h_policy_steps():
