@@ -420,7 +420,8 @@ class ReplayBuffer:
         self.size += 1
 
     def online_part(self, n_offline: int) -> dict:
-        return {key: getattr(self, key)[n_offline : self.size].cpu() for key in ("obs", "actions", "rewards", "next_obs", "dones")}
+        # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
+        return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in ("obs", "actions", "rewards", "next_obs", "dones")}
 
     def restore_online_part(self, part: dict):
         n = len(part["rewards"])

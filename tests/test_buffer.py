@@ -41,3 +41,14 @@ def test_the_online_part_restores_into_a_fresh_buffer():
     assert fresh.size == rb.size == 13
     for key in ("obs", "actions", "rewards", "next_obs", "dones"):
         assert torch.equal(getattr(fresh, key)[:13], getattr(rb, key)[:13])
+
+
+@pytest.mark.parametrize("module", [o3f_iql, o3f_lapo, cql_to_sac])
+def test_a_checkpoint_holds_the_online_rows_only(module, tmp_path):
+    """A slice shares the whole buffer's storage; saved as it is, every checkpoint would carry the offline dataset."""
+    rb = module.ReplayBuffer(numbered_dataset(10_000), capacity=10_005, device=torch.device("cpu"))
+    rb.add(np.full(3, 5.0), torch.full((2,), 5.0), 5.0, np.full(3, 105.0), False)
+    torch.save(rb.online_part(10_000), tmp_path / "part.pt")
+    assert (tmp_path / "part.pt").stat().st_size < 10_000  # one transition, not the 10k-row buffer (~360 kB)
+    torch.save(rb.online_part(10_001), tmp_path / "empty.pt")  # offline: nothing online yet
+    assert (tmp_path / "empty.pt").stat().st_size < 10_000
