@@ -321,8 +321,10 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         score, score_se = mean_se(per_episode[rule.name])
         p, p_se = mean_se(predicted)
         t, t_se = mean_se(true)
+        d, d_se = mean_se(np.linalg.norm(actions - agent.policy(obs), axis=1))  # how far from the policy's mean it acts
         rows.append({"rule": rule.name, "kind": rule.kind, "sigma": rule.sigma, "n": rule.n, "omega": rule.omega,
-                     "episode_score": score, "episode_score_se": score_se, "predicted": p, "predicted_se": p_se, "true": t, "true_se": t_se})
+                     "episode_score": score, "episode_score_se": score_se, "predicted": p, "predicted_se": p_se, "true": t, "true_se": t_se,
+                     "distance": d, "distance_se": d_se})
     for row in rows:  # O3F against the noise baseline at the same sigma: the same start states, the same visited states
         if row["kind"] != "o3f":
             continue
@@ -369,11 +371,12 @@ def measure_model(agent: Agent, args: Measure) -> dict:
 def table(result: dict) -> str:
     lines = [f"{result['model']}: {result['algorithm']} on {result['env_id']} ({result['dataset_size']:,} transitions), step {result['step']:,} "
              f"({result['phase']}); {result['episodes']} episodes, K={result['states']} states, H={result['horizon']}, seed {result['seed']}",
-             "| rule | episode score | predicted Q | true return (H) | true gain vs noise | predicted gain vs noise | episode gain vs noise |",
-             "|---|---|---|---|---|---|---|"]
+             "| rule | episode score | distance to the mean | predicted Q | true return (H) | true gain vs noise | predicted gain vs noise "
+             "| episode gain vs noise |", "|---|---|---|---|---|---|---|---|"]
     for row in result["rules"]:
         gains = [f"{row[g]:+.2f} ± {row[g + '_se']:.2f}" if g in row else "" for g in ("true_gain", "predicted_gain", "episode_gain")]
-        lines.append(f"| {row['rule']} | {row['episode_score']:.1f} ± {row['episode_score_se']:.1f} | {row['predicted']:.2f} ± {row['predicted_se']:.2f} "
+        lines.append(f"| {row['rule']} | {row['episode_score']:.1f} ± {row['episode_score_se']:.1f} | {row['distance']:.3f} ± {row['distance_se']:.3f} "
+                     f"| {row['predicted']:.2f} ± {row['predicted_se']:.2f} "
                      f"| {row['true']:.2f} ± {row['true_se']:.2f} | {' | '.join(gains)} |")
     lines.append("rank correlation across candidates of a state, predicted vs true return cut at h steps (control: true vs true of the "
                  "candidates nudged by 1e-3):")
@@ -422,9 +425,11 @@ def measure(args: Measure):
 def summary_table(results: list) -> str:
     """One row per model and sigma: the frozen rules' episode scores, O3F's gains over noise, the rank correlation."""
     lines = ["| algorithm | data | updates | sigma | policy mean | noise | O3F N10 | O3F N100 | episode gain N100 | true gain N100 "
-             "| predicted gain N100 | rank corr. | control |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| predicted gain N100 | rank corr. | control | distance to the mean: noise, O3F N100 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pm = lambda row, key, d=1: f"{row[key]:+.{d}f} ± {row[key + '_se']:.{d}f}" if row and key in row else ""  # noqa: E731
     score = lambda row: f"{row['episode_score']:.1f} ± {row['episode_score_se']:.1f}" if row else ""  # noqa: E731
+    distance = lambda row: f"{row['distance']:.2f}" if row and "distance" in row else ""  # noqa: E731
     for r in sorted(results, key=lambda r: (r["algorithm"], r["dataset_size"], r["phase"], r["step"], r["model"])):
         rows = {(x["kind"], x["n"], x["sigma"], x["omega"]): x for x in r["rules"]}
         for rank in r["rank"]:
@@ -434,7 +439,8 @@ def summary_table(results: list) -> str:
             lines.append(f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {updates} | {s:g} | {score(rows.get(('policy', 1, 0.0, 0.0)))} "
                          f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
                          f"| {pm(o3f, 'episode_gain')} | {pm(o3f, 'true_gain', 2)} | {pm(o3f, 'predicted_gain', 2)} "
-                         f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} | {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} |")
+                         f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} | {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} "
+                         f"| {distance(rows.get(('noise', 1, s, 0.0)))}, {distance(o3f)} |")
     return "\n".join(lines)
 
 
