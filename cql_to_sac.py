@@ -8,11 +8,14 @@ step, stochastic actions ("Fine-tuning offline policies with optimistic action s
 and `--online-target-gap` with `--schedule` loosens it abruptly or linearly.
 Figure 2's diagnostics: the critic's Q on visited pairs against the discounted return actually
 obtained from them (Q bias and ratio), the critic loss, and performance, across the switch.
-Reads top to bottom: arguments, data, networks, losses, diagnostics, then the training loop.
+Reads top to bottom: arguments, networks, the CQL/SAC update, the diagnostics, then `train`, the training loop;
+the plumbing (tasks and data, buffer, bookkeeping) is one block at the end.
 """
+
 import contextlib
 import copy
 import difflib
+import functools
 import http.client
 import io
 import json
@@ -28,7 +31,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Literal, Optional, Tuple
+from typing import Literal
 
 import gymnasium as gym
 import h5py
@@ -40,6 +43,8 @@ import tyro
 from torch.distributions import Normal
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+ALGORITHM, SCRIPTS = "cql", ("cql_to_sac.py",)  # checkpoints name their algorithm, and load into these scripts
 
 
 @dataclass
@@ -56,7 +61,7 @@ class Args:
     """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
     wandb_project_name: str = "o3f"
     """the wandb project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: str | None = None
     """the entity (team) of the wandb project"""
     capture_video: bool = False
     """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
@@ -66,10 +71,10 @@ class Args:
     # Data and schedule
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
-    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2, kitchen-{complete,partial,mixed}-v0)
-    or a dataset made here with no network (embedded-halfcheetah-medium, its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random,
-    embedded-pointmaze-medium)"""
-    dataset_path: Optional[str] = None
+    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
+    kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (embedded-halfcheetah-medium,
+    its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    dataset_path: str | None = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
     """number of offline gradient steps (CQL pretraining)"""
@@ -81,17 +86,17 @@ class Args:
     """number of episodes per evaluation"""
     log_freq: int = 1000
     """write losses to TensorBoard every this many steps"""
-    save_offline: Optional[str] = None
+    save_offline: str | None = None
     """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
-    load_offline: Optional[str] = None
-    """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+    load_offline: str | None = None
+    """skip pretraining and fine-tune this saved model (so that every online variant starts from the same one)"""
     checkpoint_every: int = 10_000
-    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the end of the episode then); 0: never"""
-    snapshot_steps: Tuple[int, ...] = ()
+    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the episode's end); 0: never"""
+    snapshot_steps: tuple[int, ...] = ()
     """also keep the model (as --load-offline reads it) at these steps, in `{run_dir}/snapshots/step{N}.pt`"""
     snapshot_every: int = 0
     """also keep the model every this many steps, in `{run_dir}/snapshots/`; 0: never"""
-    resume: Optional[str] = None
+    resume: str | None = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
     """if toggled, the update runs through torch.compile (compiles for ~10-60 s at the start)"""
@@ -110,7 +115,7 @@ class Args:
     tau: float = 0.005
     """the Polyak averaging rate of the target critics"""
     cql_target_gap: float = 5.0
-    """the Lagrange threshold: the multiplier grows while logsumexp Q - data Q exceeds it"""
+    """the Lagrange threshold: the multiplier grows while --cql-weight * (logsumexp Q - data Q) exceeds it"""
     cql_weight: float = 5.0
     """the scale of the conservative term inside the Lagrange form (CQL's min_q_weight)"""
     cql_n_actions: int = 10
@@ -119,7 +124,7 @@ class Args:
     # The switch
     online_objective: Literal["sac", "cql"] = "sac"
     """the online loss: `sac` drops the conservative term at the switch (Figure 2); `cql` keeps it (Figure 3)"""
-    online_target_gap: Optional[float] = None
+    online_target_gap: float | None = None
     """with `--online-objective cql`: the Lagrange threshold to move to online (default: keep --cql-target-gap)"""
     schedule: Literal["abrupt", "linear"] = "abrupt"
     """with --online-target-gap: switch to it at once, or move there linearly, reaching it at the last online step"""
@@ -127,26 +132,365 @@ class Args:
     """steps on each side of the switch in which the critic loss is logged every 10 steps"""
 
 
+# ---------------------------------------------------------------------------------------------
+# Networks (CQL: three hidden layers of 256)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class EnsembleLinear(nn.Module):
+    """m independent linear layers as one batched matmul: [m, batch, in] -> [m, batch, out]."""
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = in_dim**-0.5  # nn.Linear's default initialisation, drawn independently for every member
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x):
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class QEnsemble(nn.Module):
+    """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here), as one network with batched layers; returns a
+    [m, batch] tensor.
+
+    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
+        super().__init__()
+        self.num_critics = num_critics
+        dims = [obs_dim + act_dim, hidden_dim, hidden_dim, hidden_dim, 1]
+        self.layers = nn.ModuleList(
+            EnsembleLinear(num_critics, d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+
+    def forward(self, obs, act):
+        x = torch.cat([obs, act], -1).expand(self.num_critics, -1, -1)
+        for layer in self.layers[:-1]:
+            x = layer(x).relu_()
+        return self.layers[-1](x).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """SAC's tanh-Gaussian policy: returns an action in [-1, 1] and its log-density (None if deterministic)."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim)
+
+    def forward(self, obs, deterministic: bool = False):
+        mean, log_std = self.net(obs).chunk(2, -1)
+        if deterministic:
+            return torch.tanh(mean), None
+        std = log_std.clamp(-5.0, 2.0).exp()
+        u = mean + std * torch.randn_like(mean)
+        # log N(u; mean, std) minus the log-Jacobian of tanh, log(1 - tanh(u)^2), in a stable form.
+        log_prob = Normal(mean, std, validate_args=False).log_prob(u).sum(-1) - (
+            2 * (math.log(2) - u - F.softplus(-2 * u))
+        ).sum(-1)
+        return torch.tanh(u), log_prob
+
+
+class LogMultiplier(nn.Module):
+    """A positive multiplier learned in log space: SAC's entropy temperature alpha, CQL's Lagrange alpha'."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_value = nn.Parameter(torch.zeros(()))
+
+    def forward(self):
+        return self.log_value.exp()
+
+
+class Agent:
+    """CQL's and SAC's networks and their optimisers, which travel together, and SAC's target entropy
+    (checkpoints name each part)."""
+
+    def __init__(self, env: gym.Env, args: Args, device: torch.device):
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        self.actor = Actor(obs_dim, act_dim).to(device)
+        self.qf = QEnsemble(obs_dim, act_dim, 2).to(device)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)  # moved by Polyak averaging only
+        self.alpha, self.alpha_prime = LogMultiplier().to(device), LogMultiplier().to(device)
+        self.target_entropy = -float(act_dim)
+        # Fused Adam: one kernel per step; compiled code fuses its own (capturable: state stays on the GPU for graphs).
+        adam = dict(fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.policy_lr, **adam)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=args.q_lr, **adam)
+        self.alpha_optimizer = torch.optim.Adam(self.alpha.parameters(), lr=args.q_lr, **adam)
+        self.alpha_prime_optimizer = torch.optim.Adam(self.alpha_prime.parameters(), lr=args.q_lr, **adam)
+        self.device = device
+
+
+# ---------------------------------------------------------------------------------------------
+# CQL and SAC: losses and one update
+# ---------------------------------------------------------------------------------------------
+def conservative_gap(qf, actor, obs, next_obs, actions, n_actions: int) -> torch.Tensor:
+    """CQL(H)'s gap per critic: logsumexp_a Q(s, a) - Q(s, a_data), averaged over the batch.
+
+    The logsumexp is importance-sampled over n_actions draws from each of three proposals, each
+    corrected by its own density: uniform actions (0.5^|A|), and the policy at s and at s'.
+    """
+    batch, act_dim = actions.shape
+    obs_n, next_obs_n = obs.repeat(n_actions, 1), next_obs.repeat(n_actions, 1)
+    with torch.no_grad():
+        pi_actions, pi_log_prob = actor(obs_n)
+        next_actions, next_log_prob = actor(next_obs_n)
+    uniform_actions = torch.rand(n_actions * batch, act_dim, device=obs.device) * 2 - 1
+    log_density = torch.cat(
+        [torch.full((n_actions * batch,), act_dim * math.log(0.5), device=obs.device), pi_log_prob, next_log_prob]
+    )
+    q = qf(obs_n.repeat(3, 1), torch.cat([uniform_actions, pi_actions, next_actions])) - log_density  # [m, 3 n batch]
+    logsumexp = torch.logsumexp(q.view(q.shape[0], 3 * n_actions, batch), dim=1)  # [m, batch]
+    return logsumexp.mean(1) - qf(obs, actions).mean(1)
+
+
+def cql_update(agent: Agent, batch, conservative: bool, target_gap: float, args: Args) -> dict:
+    """One step of SAC, plus CQL's Lagrange-weighted conservative term on the critics when `conservative`."""
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        next_actions, next_log_prob = agent.actor(next_obs)
+        next_v = agent.qf_target(next_obs, next_actions).min(0).values - agent.alpha() * next_log_prob
+        td_target = rewards + args.gamma * (1.0 - dones) * next_v
+    td_loss = ((agent.qf(obs, actions) - td_target) ** 2).mean(1).sum()
+    losses = {"td_loss": td_loss}
+    qf_loss, alpha_prime_loss = td_loss, torch.zeros((), device=obs.device)
+    if conservative:
+        gap = args.cql_weight * conservative_gap(
+            agent.qf, agent.actor, obs, next_obs, actions, args.cql_n_actions
+        )  # [m]
+        # Lagrange form: alpha' grows while the scaled gap exceeds the threshold, and shrinks (to 0) below it.
+        qf_loss = qf_loss + (agent.alpha_prime().clamp(0.0, 1e6).detach() * (gap - target_gap)).sum()
+        alpha_prime_loss = -(agent.alpha_prime().clamp(0.0, 1e6) * (gap.detach() - target_gap)).mean()
+        losses["cql_gap"] = gap.mean()
+    # One backward for two losses: each sees the other's variables as constants (compiled code allows one per graph).
+    agent.q_optimizer.zero_grad(set_to_none=True)
+    agent.alpha_prime_optimizer.zero_grad(set_to_none=True)
+    (qf_loss + alpha_prime_loss).backward()
+    agent.q_optimizer.step()
+    if conservative:
+        agent.alpha_prime_optimizer.step()
+        losses["alpha_prime"] = agent.alpha_prime().detach()
+    # Actor and temperature: SAC's, in both phases (one backward again: the temperature's loss sees log pi as fixed).
+    pi_actions, log_prob = agent.actor(obs)
+    actor_loss = (agent.alpha().detach() * log_prob - agent.qf(obs, pi_actions).min(0).values).mean()
+    alpha_loss = -(agent.alpha() * (log_prob.detach() + agent.target_entropy)).mean()
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    agent.alpha_optimizer.zero_grad(set_to_none=True)
+    (actor_loss + alpha_loss).backward()
+    agent.actor_optimizer.step()
+    agent.alpha_optimizer.step()
+    with torch.no_grad():
+        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
+            target_param.lerp_(param, args.tau)
+    return losses | {"qf_loss": qf_loss, "actor_loss": actor_loss, "alpha": agent.alpha().detach()}
+
+
+def target_gap_at(online_step: int, args: Args) -> float:
+    """The Lagrange threshold `online_step` steps after the switch (1..online_steps) under --schedule."""
+    end = args.cql_target_gap if args.online_target_gap is None else args.online_target_gap
+    if args.schedule == "abrupt":
+        return end
+    return args.cql_target_gap + (end - args.cql_target_gap) * online_step / max(args.online_steps, 1)
+
+
+def reward_transform(env_id: str):
+    """CQL's reward convention: antmaze (r - 0.5) * 4, elsewhere r as it is."""
+    if TASKS[env_id].domain == "antmaze":
+        return lambda r: (r - 0.5) * 4.0
+    return lambda r: r
+
+
+@torch.no_grad()
+def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
+    """The deterministic policy that evaluations score: tanh of the Gaussian's mean, for `obs` [batch, obs_dim]."""
+    return agent.actor(obs, deterministic=True)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics (Figure 2): the critic's Q against the discounted return that actually followed
+# ---------------------------------------------------------------------------------------------
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = sum_k gamma^k r_(t+k) within the episode."""
+    returns, running = np.zeros(len(rewards)), 0.0
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * running
+        returns[t] = running
+    return returns
+
+
+def exact_enough(length: int, terminated: bool, gamma: float, tolerance: float = 0.01) -> np.ndarray:
+    """Steps whose Monte Carlo return stands for the value: all of a terminated episode; in one cut by a
+    time limit, only those at least log(tolerance) / log(gamma) steps before the cut, where the missing
+    tail weighs gamma^(T - t) <= tolerance (no bootstrapping past the time limit is mixed in)."""
+    if terminated:
+        return np.ones(length, bool)
+    return np.arange(length) < length - math.ceil(math.log(tolerance) / math.log(gamma))
+
+
+def q_bias(q_values: list, rewards: list, terminated: bool, gamma: float):
+    """(Q - G, Q, G) on the episode's usable pairs."""
+    keep = exact_enough(len(rewards), terminated, gamma)
+    q, g = np.asarray(q_values)[keep], discounted_returns(np.asarray(rewards, dtype=np.float64), gamma)[keep]
+    return q - g, q, g
+
+
+@torch.no_grad()
+@torch.no_grad()
+def evaluate_q_bias(agent: Agent, env, env_id: str, n_episodes: int, seed: int, scale_reward, gamma: float) -> dict:
+    """Return, D4RL-normalised score and Q bias of the deterministic policy (tanh of the mean), from fixed starts."""
+    returns, biases, qs, gs = [], [], [], []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
+        done, episode_return, q_values, rewards, terminated = False, 0.0, [], [], False
+        while not done:
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None]
+            action = policy_action(agent, obs_t)
+            q_values.append(agent.qf(obs_t, action).min(0).values)
+            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            episode_return, done = episode_return + float(reward), terminated or truncated
+            rewards.append(scale_reward(float(reward)))
+        returns.append(episode_return)
+        bias, q, g = q_bias(torch.cat(q_values).cpu().numpy(), rewards, terminated, gamma)
+        biases.append(bias), qs.append(q), gs.append(g)
+    mean_return = float(np.mean(returns))
+    bias, q, g = np.concatenate(biases), np.concatenate(qs), np.concatenate(gs)
+    return {
+        "return": mean_return,
+        "normalized_score": normalized_score(env_id, mean_return),
+        "q_bias": float(bias.mean()) if len(bias) else None,
+        "q_ratio": float(q.mean() / g.mean()) if len(g) and abs(g.mean()) > 1e-8 else None,
+    }
+
+
+def record_q_bias(run, step: int, q_values: list, rewards: list, terminated: bool, gamma: float):
+    """Figure 2's Q bias on the pairs a training episode visited, to summary.json and TensorBoard."""
+    bias, q, g = q_bias(torch.cat(q_values).cpu().numpy(), rewards, terminated, gamma)
+    if len(bias):
+        entry = {
+            "step": step,
+            "q_bias": float(bias.mean()),
+            "q": float(q.mean()),
+            "mc_return": float(g.mean()),
+            "q_ratio": float(q.mean() / g.mean()) if abs(g.mean()) > 1e-8 else None,
+        }
+        run.summary["online_episodes"].append(entry)
+        for name in ("q_bias", "q", "mc_return", "q_ratio"):
+            if entry[name] is not None:
+                run.writer.add_scalar(f"diagnostics/{name}", entry[name], step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: CQL offline, then SAC (or CQL) online, in one loop
+# ---------------------------------------------------------------------------------------------
+def train(args: Args):
+    args, resumed = read_flags(args)
+    if args.online_target_gap is not None and args.online_objective != "cql":
+        fail("--online-target-gap needs --online-objective cql (SAC online has no conservative term)")
+    check_flags(
+        args,
+        {
+            "--cql-n-actions must be >= 1": args.cql_n_actions >= 1,
+            "--switch-window must be >= 0": args.switch_window >= 0,
+        },
+    )
+    device, data, env = setup(args)  # seeding, the task's dataset and its environment
+    scale_reward = reward_transform(args.env_id)
+    data["rewards"] = scale_reward(data["rewards"])
+    agent = Agent(env, args, device)
+    # The replay buffer starts as the whole offline dataset; online transitions are added to it.
+    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    evaluate = functools.partial(evaluate_q_bias, scale_reward=scale_reward, gamma=args.gamma)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    run.summary.setdefault("online_episodes", [])  # Figure 2's Q bias on the training episodes
+    update = compiled(cql_update, args)
+
+    obs, episode_q, episode_rewards = run.obs, [], []
+    for global_step in range(run.start_step, run.total_steps):
+        online = global_step >= args.offline_steps
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        if online:
+            if obs is None:  # the previous episode ended
+                obs, _ = env.reset()
+            # ALGO LOGIC: SAC acts with its own stochastic policy
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            with torch.no_grad():
+                action = agent.actor(obs_t)[0]
+                episode_q.append(agent.qf(obs_t, action).min(0).values)  # the critic's view of the pair it visits
+            next_obs, reward, terminated, truncated, info = env.step(action[0].cpu().numpy())
+            # Only a true termination stops bootstrapping, a time limit does not.
+            rb.add(obs, action[0], scale_reward(reward), next_obs, terminated)
+            episode_rewards.append(scale_reward(float(reward)))
+            run.record_episode(global_step + 1, info)
+            if terminated or truncated:
+                record_q_bias(run, global_step + 1, episode_q, episode_rewards, terminated, args.gamma)
+                episode_q, episode_rewards = [], []
+            obs = None if terminated or truncated else next_obs
+
+        # ALGO LOGIC: CQL offline; online SAC (the switch drops the conservative term) or CQL with a threshold schedule
+        conservative = not online or args.online_objective == "cql"
+        target_gap = target_gap_at(global_step + 1 - args.offline_steps, args) if online else args.cql_target_gap
+        losses = update(agent, rb.sample(args.batch_size), conservative, target_gap, args)
+
+        # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints;
+        # Figure 2 wants the critic loss at a fine grain around the switch, so it is logged every 10 steps there.
+        step = global_step + 1
+        near_switch = abs(step - args.offline_steps) <= args.switch_window and step % 10 == 0
+        run.log(step, losses, scalars={"target_gap": target_gap}, now=near_switch)
+        run.evaluate(step, critic_loss=losses["td_loss"])
+        run.save(step, between_episodes=not online or obs is None)
+    run.finish()
+
+
+# =============================================================================================
+# PLUMBING: tasks and data, the replay buffer, flags, the run's bookkeeping, checkpoints, guards.
+# The same in every script of this project, line for line (tests/test_alignment.py); skip it on a first read.
+# =============================================================================================
 def fail(message: str):
     """Bad input ends the run with one line and exit code 2, never a traceback."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-# ---------------------------------------------------------------------------------------------
-# Tasks and data
-# ---------------------------------------------------------------------------------------------
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
 D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
 R, G = "r", "g"
 # D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
 EVAL_MAZES = {
     "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
-    "medium": [[1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
-               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, G, 1], [1, 1, 1, 1, 1, 1, 1, 1]],
-    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
-              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
-              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1],
+        [1, R, 0, 1, 1, 0, 0, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, G, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
 }
 KITCHEN_SUBTASKS = {
     "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
@@ -160,7 +504,7 @@ class Task:
     domain: str  # "locomotion", "antmaze" (sparse-reward navigation) or "kitchen": defaults and reward conventions
     env: str  # the Gymnasium environment
     env_kwargs: dict
-    obs_keys: Optional[tuple]  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
+    obs_keys: tuple | None  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
     source: str  # "d4rl" (D4RL's HDF5 file over HTTP), "minari" (a Minari dataset id) or "embedded" (made here)
     dataset: str
     ref_min: float  # D4RL's reference returns: score = 100 * (return - ref_min) / (ref_max - ref_min)
@@ -169,35 +513,70 @@ class Task:
 
 def d4rl_tasks() -> dict:
     tasks = {}
-    for robot, (env, ref_min, ref_max) in {"halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
-                                           "hopper": ("Hopper-v5", -20.272305, 3234.3),
-                                           "walker2d": ("Walker2d-v5", 1.629008, 4592.3)}.items():
+    for robot, (env, ref_min, ref_max) in {
+        "halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+        "hopper": ("Hopper-v5", -20.272305, 3234.3),
+        "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
+    }.items():
         for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
-            tasks[f"{robot}-{data}-v2"] = Task("locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max)
-    for data, env in {"umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4", "medium-play": "AntMaze_Medium-v4",
-                      "medium-diverse": "AntMaze_Medium_Diverse_GR-v4", "large-play": "AntMaze_Large-v4",
-                      "large-diverse": "AntMaze_Large_Diverse_GR-v4"}.items():
+            tasks[f"{robot}-{data}-v2"] = Task(
+                "locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max
+            )
+    for data, env in {
+        "umaze": "AntMaze_UMaze-v4",
+        "umaze-diverse": "AntMaze_UMaze-v4",
+        "medium-play": "AntMaze_Medium-v4",
+        "medium-diverse": "AntMaze_Medium_Diverse_GR-v4",
+        "large-play": "AntMaze_Large-v4",
+        "large-diverse": "AntMaze_Large_Diverse_GR-v4",
+    }.items():
         maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
-        tasks[f"antmaze-{data}-v2"] = Task("antmaze", env, {"maze_map": maze, "continuing_task": False, "reset_target": False},
-                                           ("achieved_goal", "observation"), "minari", f"D4RL/antmaze/{data}-v1", 0.0, 1.0)
+        tasks[f"antmaze-{data}-v2"] = Task(
+            "antmaze",
+            env,
+            {"maze_map": maze, "continuing_task": False, "reset_target": False},
+            ("achieved_goal", "observation"),
+            "minari",
+            f"D4RL/antmaze/{data}-v1",
+            0.0,
+            1.0,
+        )
     for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
-        kwargs = {"tasks_to_complete": subtasks, "remove_task_when_completed": True, "terminate_on_tasks_completed": True, "max_episode_steps": 280}
-        tasks[f"kitchen-{data}-v0"] = Task("kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0)
+        kwargs = {
+            "tasks_to_complete": subtasks,
+            "remove_task_when_completed": True,
+            "terminate_on_tasks_completed": True,
+            "max_episode_steps": 280,
+        }
+        tasks[f"kitchen-{data}-v0"] = Task(
+            "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0
+        )
     return tasks
 
 
 TASKS = {
     **d4rl_tasks(),
     # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
-    "embedded-halfcheetah-medium": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0),
-    "embedded-halfcheetah-medium-1m": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m",
-                                           -280.178953, 12135.0),
-    "embedded-halfcheetah-random": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0),
-    "embedded-pointmaze-medium": Task("antmaze", "PointMaze_Medium-v3", {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
-                                      ("observation",), "embedded", "embedded-pointmaze-medium", 0.0, 1.0),
+    "embedded-halfcheetah-medium": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-medium-1m": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-random": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0
+    ),
+    "embedded-pointmaze-medium": Task(
+        "antmaze",
+        "PointMaze_Medium-v3",
+        {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
+        ("observation",),
+        "embedded",
+        "embedded-pointmaze-medium",
+        0.0,
+        1.0,
+    ),
 }
-# Per-domain defaults: CQL's reward convention (antmaze (r - 0.5) * 4; elsewhere the rewards as they are).
-DOMAIN_DEFAULTS = {"locomotion": (1.0, 0.0), "antmaze": (4.0, -0.5), "kitchen": (1.0, 0.0)}
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -222,7 +601,9 @@ def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval
         env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
     if task.obs_keys is not None:
         size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
-        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,)))
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,))
+        )
     if capture_video:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
     return gym.wrappers.RecordEpisodeStatistics(env)
@@ -235,7 +616,13 @@ def download(url: str, path: str, env_id: str):
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             size = int(response.headers.get("Content-Length") or 0)
-            with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}", file=sys.stderr) as bar:
+            with tqdm(
+                total=size or None,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {os.path.basename(path)}",
+                file=sys.stderr,
+            ) as bar:
                 while chunk := response.read(1 << 20):
                     bar.update(f.write(chunk))
         if size and os.path.getsize(tmp) != size:
@@ -243,8 +630,10 @@ def download(url: str, path: str, env_id: str):
         h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
         os.replace(tmp, path)
     except (OSError, http.client.HTTPException) as e:
-        fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
-             f"with no network, put D4RL's file at {path} or pass --dataset-path FILE")
+        fail(
+            f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
+            f"with no network, put D4RL's file at {path} or pass --dataset-path FILE"
+        )
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -294,11 +683,16 @@ def read_minari_dir(env_id: str, path: str) -> dict:
         dataset = minari.MinariDataset(os.path.join(path, "data"))
         for episode in dataset.iterate_episodes():
             obs = flatten_obs(task, episode.observations)
-            for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
+            for key, value in zip(
+                parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])
+            ):
                 parts[key].append(value)
         steps = sum(len(a) for a in parts["actions"])
         if steps != dataset.total_steps or len(parts["actions"]) != dataset.total_episodes:
-            raise ValueError(f"{steps} steps in {len(parts['actions'])} episodes, the metadata says {dataset.total_steps} in {dataset.total_episodes}")
+            raise ValueError(
+                f"{steps} steps in {len(parts['actions'])} episodes, "
+                f"the metadata says {dataset.total_steps} in {dataset.total_episodes}"
+            )
     except Exception as e:  # h5py, Minari and NumPy each raise their own kinds
         raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     return {key: np.concatenate(value) for key, value in parts.items()}
@@ -314,14 +708,23 @@ def fetch_minari(env_id: str) -> str:
         import minari
         from huggingface_hub import constants
     except ImportError:
-        fail(f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' (requirements.txt has it)")
+        fail(
+            f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' "
+            "(requirements.txt has it)"
+        )
     remote = urllib.parse.urlparse(constants.ENDPOINT)
     host, port = remote.hostname, remote.port or (443 if remote.scheme == "https" else 80)
-    prepare = f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, or pass --dataset-path FILE"
+    prepare = (
+        f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, "
+        "or pass --dataset-path FILE"
+    )
     try:  # one quick look first: with no network, one clear line instead of the client's retries
         socket.create_connection((host, port), timeout=15).close()
     except OSError as e:
-        fail(f"no network: could not reach {host} ({e.strerror or type(e).__name__}) to download {task.dataset} for {env_id}; {prepare}")
+        fail(
+            f"no network: could not reach {host} ({e.strerror or type(e).__name__}) "
+            f"to download {task.dataset} for {env_id}; {prepare}"
+        )
     root, target, staging = minari_store(), minari_store(task.dataset), minari_store(f".o3f-staging-{os.getpid()}")
     saved = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = staging  # Minari downloads into whatever this names
@@ -336,18 +739,25 @@ def fetch_minari(env_id: str) -> str:
             if "namespace_metadata.json" in names and ".cache" not in folder:
                 there = os.path.join(root, os.path.relpath(folder, staging), "namespace_metadata.json")
                 os.makedirs(os.path.dirname(there), exist_ok=True)
-                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(there) else None
+                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(
+                    there
+                ) else None
     except Exception as e:
-        fail(f"could not download {task.dataset} for {env_id} from {host} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
-             f"nothing was kept; {prepare}")
+        fail(
+            f"could not download {task.dataset} for {env_id} from {host} "
+            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+            f"nothing was kept; {prepare}"
+        )
     finally:
-        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__("MINARI_DATASETS_PATH", saved)
+        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__(
+            "MINARI_DATASETS_PATH", saved
+        )
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def read_minari(env_id: str) -> dict:
-    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations); fetched if missing."""
+    """A Minari dataset as D4RL-format arrays, observations flattened as D4RL's; fetched if missing."""
     task = TASKS[env_id]
     try:
         import minari  # noqa: F401
@@ -359,10 +769,13 @@ def read_minari(env_id: str) -> dict:
     try:
         return read_minari_dir(env_id, path)
     except ValueError as e:
-        fail(f"{path}: an incomplete or corrupt Minari dataset ({e}); delete it and run `python make_datasets.py fetch {env_id}`")
+        fail(
+            f"{path}: an incomplete or corrupt Minari dataset ({e}); "
+            f"delete it and run `python make_datasets.py fetch {env_id}`"
+        )
 
 
-def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
+def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
     """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
 
     `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
@@ -379,9 +792,16 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
         data = read_hdf5(name)
     # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
     obs, actions = data["observations"].astype(np.float32, copy=False), data["actions"].astype(np.float32, copy=False)
-    rewards, terminals = data["rewards"].astype(np.float32, copy=False).reshape(-1), data["terminals"].astype(bool).reshape(-1)
+    rewards, terminals = (
+        data["rewards"].astype(np.float32, copy=False).reshape(-1),
+        data["terminals"].astype(bool).reshape(-1),
+    )
     timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
-    if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
+    if (
+        not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts)
+        or obs.ndim != 2
+        or actions.ndim != 2
+    ):
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
     # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
     ends = np.flatnonzero(terminals | timeouts)
@@ -393,17 +813,22 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
         keep = ~timeouts[:-1]
         obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
         next_obs = data["observations"][1:][keep].astype(np.float32)
-    for key, value in (("observations", obs), ("actions", actions), ("rewards", rewards), ("next_observations", next_obs)):
+    for key, value in (
+        ("observations", obs),
+        ("actions", actions),
+        ("rewards", rewards),
+        ("next_observations", next_obs),
+    ):
         if not np.isfinite(value).all():
             fail(f"{name}: {key} holds NaN or inf values")
-    return dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
-                terminals=terminals.astype(np.float32), episode_returns=episode_returns)
-
-
-def reward_transform(env_id: str):
-    """CQL's reward convention: antmaze (r - 0.5) * 4, elsewhere r as it is."""
-    scale, shift = DOMAIN_DEFAULTS[TASKS[env_id].domain]
-    return lambda r: (r + shift) * scale
+    return dict(
+        observations=obs,
+        actions=actions,
+        rewards=rewards,
+        next_observations=next_obs,
+        terminals=terminals.astype(np.float32),
+        episode_returns=episode_returns,
+    )
 
 
 class ReplayBuffer:
@@ -415,11 +840,13 @@ class ReplayBuffer:
 
     def __init__(self, data: dict, capacity: int, device: torch.device):
         self.size = len(data["rewards"])
+
         def take(key):
             x = data.pop(key)
             buf = torch.empty((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
             buf[: self.size] = torch.as_tensor(x, device=device)
             return buf
+
         self.obs, self.actions, self.next_obs = take("observations"), take("actions"), take("next_observations")
         self.rewards, self.dones = take("rewards"), take("terminals")
 
@@ -431,7 +858,10 @@ class ReplayBuffer:
 
     def online_part(self, n_offline: int) -> dict:
         # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
-        return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in ("obs", "actions", "rewards", "next_obs", "dones")}
+        return {
+            key: getattr(self, key)[n_offline : self.size].clone().cpu()
+            for key in ("obs", "actions", "rewards", "next_obs", "dones")
+        }
 
     def restore_online_part(self, part: dict):
         n = len(part["rewards"])
@@ -444,207 +874,288 @@ class ReplayBuffer:
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks (CQL: three hidden layers of 256)
-# ---------------------------------------------------------------------------------------------
-def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+def read_flags(args):
+    """The run's flags (with --resume, the stopped run's own) and the checkpoint it resumes, if any."""
+    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
+    if resumed:  # a resumed run is the same run: its own flags, its own directory
+        try:
+            args = type(args)(**{**resumed["args"], "resume": resumed["path"]})
+        except TypeError:
+            fail(f"--resume {resumed['path']}: written by another version of this script")
+    if args.env_id not in TASKS:
+        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
+        fail(
+            f"unknown --env-id {args.env_id}"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks")
+        )
+    return args, resumed
 
 
-class EnsembleLinear(nn.Module):
-    """m independent linear layers as one batched matmul: [m, batch, in] -> [m, batch, out]."""
-
-    def __init__(self, num_members: int, in_dim: int, out_dim: int):
-        super().__init__()
-        bound = in_dim**-0.5  # nn.Linear's default initialisation, drawn independently for every member
-        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
-
-    def forward(self, x):
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class QEnsemble(nn.Module):
-    """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here), as one network with batched layers; returns a [m, batch] tensor.
-
-    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
-        super().__init__()
-        self.num_critics = num_critics
-        dims = [obs_dim + act_dim, hidden_dim, hidden_dim, hidden_dim, 1]
-        self.layers = nn.ModuleList(EnsembleLinear(num_critics, d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
-
-    def forward(self, obs, act):
-        x = torch.cat([obs, act], -1).expand(self.num_critics, -1, -1)
-        for layer in self.layers[:-1]:
-            x = layer(x).relu_()
-        return self.layers[-1](x).squeeze(-1)
+def check_flags(args, method_checks: dict):
+    """The first flag out of range ends the run with one line: the shared flags, then the method's `method_checks`."""
+    checks = {
+        "--offline-steps must be >= 0": args.offline_steps >= 0,
+        "--online-steps must be >= 0": args.online_steps >= 0,
+        "--eval-freq must be >= 1": args.eval_freq >= 1,
+        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
+        "--log-freq must be >= 1": args.log_freq >= 1,
+        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
+        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
+        "--batch-size must be >= 1": args.batch_size >= 1,
+        **method_checks,
+        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs
+        or (torch.cuda.is_available() and args.cuda),
+    }
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
 
 
-class Actor(nn.Module):
-    """SAC's tanh-Gaussian policy: returns an action in [-1, 1] and its log-density (None if deterministic)."""
-
-    def __init__(self, obs_dim: int, act_dim: int):
-        super().__init__()
-        self.net = mlp(obs_dim, 2 * act_dim)
-
-    def forward(self, obs, deterministic: bool = False):
-        mean, log_std = self.net(obs).chunk(2, -1)
-        if deterministic:
-            return torch.tanh(mean), None
-        std = log_std.clamp(-5.0, 2.0).exp()
-        u = mean + std * torch.randn_like(mean)
-        # log N(u; mean, std) minus the log-Jacobian of tanh, log(1 - tanh(u)^2), in a stable form.
-        log_prob = Normal(mean, std, validate_args=False).log_prob(u).sum(-1) - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return torch.tanh(u), log_prob
-
-
-class LogMultiplier(nn.Module):
-    """A positive multiplier learned in log space: SAC's entropy temperature alpha, CQL's Lagrange alpha'."""
-
-    def __init__(self):
-        super().__init__()
-        self.log_value = nn.Parameter(torch.zeros(()))
-
-    def forward(self):
-        return self.log_value.exp()
+def setup(args) -> tuple:
+    """Seeding, the device, the task's dataset and its environment (their sizes checked against each other)."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    data = load_dataset(args.env_id, args.dataset_path)
+    env = make_env(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        fail(
+            f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+            f"{args.env_id} needs {obs_dim} and {act_dim}"
+        )
+    if args.batch_size > len(data["rewards"]):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
+    env.action_space.seed(args.seed)
+    return device, data, env
 
 
-# ---------------------------------------------------------------------------------------------
-# CQL and SAC: losses and one update
-# ---------------------------------------------------------------------------------------------
-def conservative_gap(qf, actor, obs, next_obs, actions, n_actions: int) -> torch.Tensor:
-    """CQL(H)'s gap per critic: logsumexp_a Q(s, a) - Q(s, a_data), averaged over the batch.
-
-    The logsumexp is importance-sampled over n_actions draws from each of three proposals, each
-    corrected by its own density: uniform actions (0.5^|A|), and the policy at s and at s'.
-    """
-    batch, act_dim = actions.shape
-    obs_n, next_obs_n = obs.repeat(n_actions, 1), next_obs.repeat(n_actions, 1)
-    with torch.no_grad():
-        pi_actions, pi_log_prob = actor(obs_n)
-        next_actions, next_log_prob = actor(next_obs_n)
-    uniform_actions = torch.rand(n_actions * batch, act_dim, device=obs.device) * 2 - 1
-    log_density = torch.cat([torch.full((n_actions * batch,), act_dim * math.log(0.5), device=obs.device), pi_log_prob, next_log_prob])
-    q = qf(obs_n.repeat(3, 1), torch.cat([uniform_actions, pi_actions, next_actions])) - log_density  # [m, 3 n batch]
-    logsumexp = torch.logsumexp(q.view(q.shape[0], 3 * n_actions, batch), dim=1)  # [m, batch]
-    return logsumexp.mean(1) - qf(obs, actions).mean(1)
-
-
-def cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, actor_optimizer, q_optimizer, alpha_optimizer, alpha_prime_optimizer,
-               conservative: bool, target_gap: float, target_entropy: float, args) -> dict:
-    """One step of SAC, plus CQL's Lagrange-weighted conservative term on the critics when `conservative`."""
-    obs, actions, rewards, next_obs, dones = batch
-    with torch.no_grad():
-        next_actions, next_log_prob = actor(next_obs)
-        next_v = qf_target(next_obs, next_actions).min(0).values - alpha() * next_log_prob
-        td_target = rewards + args.gamma * (1.0 - dones) * next_v
-    td_loss = ((qf(obs, actions) - td_target) ** 2).mean(1).sum()
-    losses = {"td_loss": td_loss}
-    qf_loss, alpha_prime_loss = td_loss, torch.zeros((), device=obs.device)
-    if conservative:
-        gap = args.cql_weight * conservative_gap(qf, actor, obs, next_obs, actions, args.cql_n_actions)  # [m]
-        # Lagrange form: alpha' grows while the gap exceeds the threshold, and shrinks (to 0) below it.
-        qf_loss = qf_loss + (alpha_prime().clamp(0.0, 1e6).detach() * (gap - target_gap)).sum()
-        alpha_prime_loss = -(alpha_prime().clamp(0.0, 1e6) * (gap.detach() - target_gap)).mean()
-        losses["cql_gap"] = gap.mean()
-    # One backward for two losses: each sees the other's variables as constants (and compiled code allows one per graph).
-    q_optimizer.zero_grad(set_to_none=True)
-    alpha_prime_optimizer.zero_grad(set_to_none=True)
-    (qf_loss + alpha_prime_loss).backward()
-    q_optimizer.step()
-    if conservative:
-        alpha_prime_optimizer.step()
-        losses["alpha_prime"] = alpha_prime().detach()
-    # Actor and temperature: SAC's, in both phases (again one backward: the temperature's loss sees log pi as a constant).
-    pi_actions, log_prob = actor(obs)
-    actor_loss = (alpha().detach() * log_prob - qf(obs, pi_actions).min(0).values).mean()
-    alpha_loss = -(alpha() * (log_prob.detach() + target_entropy)).mean()
-    actor_optimizer.zero_grad(set_to_none=True)
-    alpha_optimizer.zero_grad(set_to_none=True)
-    (actor_loss + alpha_loss).backward()
-    actor_optimizer.step()
-    alpha_optimizer.step()
-    with torch.no_grad():
-        for param, target_param in zip(qf.parameters(), qf_target.parameters()):
-            target_param.lerp_(param, args.tau)
-    return losses | {"qf_loss": qf_loss, "actor_loss": actor_loss, "alpha": alpha().detach()}
-
-
-def target_gap_at(online_step: int, args) -> float:
-    """The Lagrange threshold `online_step` steps after the switch (1..online_steps) under --schedule."""
-    end = args.cql_target_gap if args.online_target_gap is None else args.online_target_gap
-    if args.schedule == "abrupt":
-        return end
-    return args.cql_target_gap + (end - args.cql_target_gap) * online_step / max(args.online_steps, 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Diagnostics (Figure 2): the critic's Q against the discounted return that actually followed
-# ---------------------------------------------------------------------------------------------
-def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """G_t = sum_k gamma^k r_(t+k) within the episode."""
-    returns, running = np.zeros(len(rewards)), 0.0
-    for t in reversed(range(len(rewards))):
-        running = rewards[t] + gamma * running
-        returns[t] = running
-    return returns
-
-
-def exact_enough(length: int, terminated: bool, gamma: float, tolerance: float = 0.01) -> np.ndarray:
-    """Steps whose Monte Carlo return stands for the value: all of a terminated episode; in one cut by a
-    time limit, only those at least log(tolerance) / log(gamma) steps before the cut, where the missing
-    tail weighs gamma^(T - t) <= tolerance (no bootstrapping past the time limit is mixed in)."""
-    if terminated:
-        return np.ones(length, bool)
-    return np.arange(length) < length - math.ceil(math.log(tolerance) / math.log(gamma))
-
-
-def q_bias(q_values: list, rewards: list, terminated: bool, gamma: float):
-    """(Q - G, Q, G) on the episode's usable pairs."""
-    keep = exact_enough(len(rewards), terminated, gamma)
-    q, g = np.asarray(q_values)[keep], discounted_returns(np.asarray(rewards, dtype=np.float64), gamma)[keep]
-    return q - g, q, g
+def compiled(fn, args):
+    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
+    recipe); without either flag, the eager function, which is the reference."""
+    if not (args.compile or args.cudagraphs):
+        return fn
+    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
 
 
 @torch.no_grad()
-def evaluate(actor, qf, env, env_id: str, n_episodes: int, seed: int, device, scale_reward, gamma: float) -> dict:
-    """Return, D4RL-normalised score and Q bias of the deterministic policy (tanh of the mean)."""
-    returns, biases, qs, gs = [], [], [], []
+def evaluate(agent, env, env_id: str, n_episodes: int, seed: int) -> dict:
+    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`), from fixed start states."""
+    returns = []
     for i in range(n_episodes):
         obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
-        done, episode_return, q_values, rewards, terminated = False, 0.0, [], [], False
+        done, episode_return = False, 0.0
         while not done:
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            action = actor(obs_t, deterministic=True)[0]
-            q_values.append(qf(obs_t, action).min(0).values)
-            obs, reward, terminated, truncated, _ = env.step(action[0].cpu().numpy())
+            action = policy_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None])[0]
+            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
             episode_return, done = episode_return + float(reward), terminated or truncated
-            rewards.append(scale_reward(float(reward)))
         returns.append(episode_return)
-        bias, q, g = q_bias(torch.cat(q_values).cpu().numpy(), rewards, terminated, gamma)
-        biases.append(bias), qs.append(q), gs.append(g)
     mean_return = float(np.mean(returns))
-    bias, q, g = np.concatenate(biases), np.concatenate(qs), np.concatenate(gs)
-    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return),
-            "q_bias": float(bias.mean()) if len(bias) else None,
-            "q_ratio": float(q.mean() / g.mean()) if len(g) and abs(g.mean()) > 1e-8 else None}
+    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return)}
 
 
-def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict, run: Optional[dict] = None):
-    """Write the model and optimiser states (and, for a resumable run, `run`) to a temporary name, then rename."""
+class Run:
+    """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
+    snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
+
+    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
+    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
+    """
+
+    def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
+        self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
+        self.name = (
+            resumed["summary"]["run_name"]
+            if resumed
+            else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        )
+        self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
+        self.checkpoint_path, self.summary_path = (
+            os.path.join(self.dir, "checkpoint.pt"),
+            os.path.join(self.dir, "summary.json"),
+        )
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:
+            fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
+        if args.track:
+            try:
+                import wandb
+            except ImportError:
+                fail("--track needs wandb: pip install wandb")
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=vars(args),
+                name=self.name,
+                save_code=True,
+            )
+        if args.capture_video:
+            try:
+                import moviepy  # noqa: F401, used by gymnasium's RecordVideo
+            except ImportError:
+                fail("--capture-video needs moviepy: pip install moviepy")
+        self.writer = SummaryWriter(
+            self.dir, purge_step=resumed["step"] + 1 if resumed else None
+        )  # drop events past the checkpoint
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        )
+        self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
+
+        self.start_step = 0
+        if resumed:
+            load_checkpoint(resumed, args, agent, "--resume")
+            self.start_step = resumed["step"]
+        elif args.load_offline:
+            pretrained = read_checkpoint(args.load_offline, "--load-offline")
+            load_checkpoint(pretrained, args, agent, "--load-offline")
+            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
+        self.summary = {
+            "args": vars(args),
+            "run_name": self.name,
+            "evaluations": [],
+            "train_episodes": [],
+            "final_normalized_score": None,
+            "complete": False,
+        }
+        if resumed:
+            self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
+            rb.restore_online_part(resumed["online_buffer"])
+
+        self.obs, _ = env.reset(seed=args.seed)
+        if resumed:  # last, after everything that draws random numbers while setting up
+            set_rng_state(resumed["rng"], env)
+            self.obs = None if resumed["episode_over"] else self.obs
+        self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
+            signal.signal(sig, lambda *_: self.interrupted.append(True))
+        self.start_time, self.score = time.time(), float("nan")
+        self.progress = tqdm(
+            total=self.total_steps,
+            initial=self.start_step,
+            desc="offline" if self.start_step < args.offline_steps else "online",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=1 if sys.stderr.isatty() else 30,
+        )
+        if (
+            self.start_step == args.offline_steps and args.load_offline and not resumed
+        ):  # score the loaded model once, at the switch
+            self.record_evaluation(self.start_step)
+
+    def record_episode(self, step: int, info: dict):
+        """A training episode that ended with the env step of `step`: its return (the quality of the behaviour) to
+        TensorBoard and summary.json."""
+        if "episode" in info:
+            episode_return, length = float(info["episode"]["r"]), int(info["episode"]["l"])
+            self.writer.add_scalar("charts/episodic_return", episode_return, step)
+            self.writer.add_scalar("charts/episodic_length", length, step)
+            self.summary["train_episodes"].append(
+                {
+                    "step": step,
+                    "return": episode_return,
+                    "length": length,
+                    "normalized_score": normalized_score(self.args.env_id, episode_return),
+                }
+            )
+
+    def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
+        """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
+        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        args = self.args
+        self.progress.update(1)
+        self.healthy &= all_finite(losses)
+        self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
+        if (
+            step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
+        ) and not self.healthy:
+            stop_diverged(step, losses, self.checkpoint_path)
+        if step % args.log_freq == 0 or now:
+            for name, value in {**(scalars or {}), **losses}.items():
+                self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
+            self.writer.add_scalar("charts/SPS", int((step - self.start_step) / (time.time() - self.start_time)), step)
+
+    def evaluate(self, step: int, **extra):
+        """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
+        if step % self.args.eval_freq == 0 or step in (self.args.offline_steps, self.total_steps):
+            self.record_evaluation(step, extra)
+
+    def record_evaluation(self, step: int, extra: dict | None = None):
+        result = self.evaluate_policy(
+            self.agent, self.eval_env, self.args.env_id, self.args.eval_episodes, self.args.seed + 10_000
+        )
+        extra = {name: value.item() if torch.is_tensor(value) else value for name, value in (extra or {}).items()}
+        phase = "online" if step > self.args.offline_steps else "offline"
+        self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
+        self.summary["final_normalized_score"] = self.score = result["normalized_score"]
+        write_json(self.summary_path, self.summary)
+        for name, value in result.items():
+            if value is not None:
+                self.writer.add_scalar(f"eval/{name}", value, step)
+        self.progress.set_postfix(score=f"{self.score:.1f}")
+
+    def save(self, step: int, between_episodes: bool):
+        """The pretrained model at the switch, snapshots, and every --checkpoint-every steps the whole run (online at
+        the end of the episode then, so that a resumed run replays exactly); after Ctrl-C or SIGTERM, save and exit."""
+        args = self.args
+        if step == args.offline_steps:
+            save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, args, self.agent)
+            self.progress.set_description("online")
+        if step in args.snapshot_steps or (
+            args.snapshot_every and step % args.snapshot_every == 0
+        ):  # for benchmarks/premise.py
+            save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
+        if (self.checkpoint_due and between_episodes) or self.interrupted:
+            run = {
+                "summary": self.summary,
+                "rng": rng_state(self.env),
+                "episode_over": step > args.offline_steps,
+                "online_buffer": self.rb.online_part(self.n_offline),
+            }
+            save_checkpoint(self.checkpoint_path, step, args, self.agent, run)
+            self.checkpoint_due = False
+        if self.interrupted:
+            self.progress.close()
+            print(
+                f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {self.checkpoint_path}",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+
+    def finish(self):
+        self.progress.close()
+        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
+        self.summary["complete"] = True
+        write_json(self.summary_path, self.summary)
+        print(f"{self.name}: final normalized score {self.score:.1f}; logs in {self.dir}")
+        self.env.close()
+        self.eval_env.close()
+        self.writer.close()
+
+
+def agent_state(agent) -> dict:
+    """The agent's networks and optimisers, by the names checkpoints keep them under (its attributes' names)."""
+    return {name: part for name, part in vars(agent).items() if isinstance(part, (nn.Module, torch.optim.Optimizer))}
+
+
+def save_checkpoint(path: str, step: int, args, agent, run: dict | None = None):
+    """Write the agent (and, for a resumable run, `run`) to a temporary name, then rename: never half a checkpoint."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {"algorithm": "cql", "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
-    state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
+    state = {"algorithm": ALGORITHM, "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
+    state.update({name: part.state_dict() for name, part in agent_state(agent).items()})
     torch.save(state, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
 
 
 def read_checkpoint(path: str, flag: str) -> dict:
-    """A checkpoint written by cql_to_sac.py; a run directory stands for its `checkpoint.pt`."""
+    """A checkpoint of this script's algorithm (see ALGORITHM); a run directory stands for its `checkpoint.pt`."""
     path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
         fail(f"{flag} {path}: no such file")
@@ -652,20 +1163,22 @@ def read_checkpoint(path: str, flag: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         fail(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__})")
-    if not isinstance(state, dict) or state.get("algorithm") != "cql":
-        fail(f"{flag} {path}: written by another script (needs cql_to_sac.py)")
+    if not isinstance(state, dict) or state.get("algorithm") != ALGORITHM:
+        fail(f"{flag} {path}: written by another script (needs {' or '.join(SCRIPTS)})")
     if flag == "--resume" and "rng" not in state:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
     state["path"] = path
     return state
 
 
-def load_checkpoint(state: dict, args: Args, nets: dict, optimizers: dict, flag: str):
+def load_checkpoint(state: dict, args, agent, flag: str):
     if state["env_id"] != args.env_id:
-        fail(f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+        fail(
+            f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}"
+        )
     try:
-        for name, net in {**nets, **optimizers}.items():
-            net.load_state_dict(state[name])
+        for name, part in agent_state(agent).items():
+            part.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
         fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
 
@@ -673,9 +1186,13 @@ def load_checkpoint(state: dict, args: Args, nets: dict, optimizers: dict, flag:
 def rng_state(env) -> dict:
     """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
     np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "env": env.unwrapped.np_random.bit_generator.state}
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "env": env.unwrapped.np_random.bit_generator.state,
+    }
 
 
 def set_rng_state(state: dict, env):
@@ -693,10 +1210,20 @@ def all_finite(losses: dict) -> torch.Tensor:
 
 
 def stop_diverged(step: int, losses: dict, checkpoint: str):
-    bad = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all()) or "an earlier update's loss"
-    kept = f"the last good checkpoint is {checkpoint}" if os.path.isfile(checkpoint) else "no checkpoint was written before it"
-    print(f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
-          f"(lower the learning rate or check the dataset)", file=sys.stderr)
+    bad = (
+        ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
+        or "an earlier update's loss"
+    )
+    kept = (
+        f"the last good checkpoint is {checkpoint}"
+        if os.path.isfile(checkpoint)
+        else "no checkpoint was written before it"
+    )
+    print(
+        f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
+        f"(lower the learning rate or check the dataset)",
+        file=sys.stderr,
+    )
     sys.exit(3)
 
 
@@ -707,213 +1234,4 @@ def write_json(path: str, content: dict):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
-    if resumed:  # a resumed run is the same run: its own flags, its own directory
-        try:
-            args = Args(**{**resumed["args"], "resume": resumed["path"]})
-        except TypeError:
-            fail(f"--resume {resumed['path']}: written by another version of this script")
-    if args.env_id not in TASKS:
-        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
-        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
-    if args.online_target_gap is not None and args.online_objective != "cql":
-        fail("--online-target-gap needs --online-objective cql (SAC online has no conservative term)")
-    checks = {
-        "--offline-steps must be >= 0": args.offline_steps >= 0,
-        "--online-steps must be >= 0": args.online_steps >= 0,
-        "--eval-freq must be >= 1": args.eval_freq >= 1,
-        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
-        "--log-freq must be >= 1": args.log_freq >= 1,
-        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
-        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
-        "--batch-size must be >= 1": args.batch_size >= 1,
-        "--cql-n-actions must be >= 1": args.cql_n_actions >= 1,
-        "--switch-window must be >= 0": args.switch_window >= 0,
-        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs or (torch.cuda.is_available() and args.cuda),
-    }
-    for message, ok in checks.items():
-        if not ok:
-            fail(message)
-
-    # TRY NOT TO MODIFY: seeding, data, logging
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    data = load_dataset(args.env_id, args.dataset_path)
-    env = make_env(args.env_id)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
-        fail(f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
-             f"{args.env_id} needs {obs_dim} and {act_dim}")
-    if args.batch_size > len(data["rewards"]):
-        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
-    scale_reward = reward_transform(args.env_id)
-    data["rewards"] = scale_reward(data["rewards"])
-
-    run_name = resumed["summary"]["run_name"] if resumed else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, run_name)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot write the run to {run_dir} ({e.strerror}); pass --output-dir DIR")
-    if args.track:
-        try:
-            import wandb
-        except ImportError:
-            fail("--track needs wandb: pip install wandb")
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401, used by gymnasium's RecordVideo
-        except ImportError:
-            fail("--capture-video needs moviepy: pip install moviepy")
-    writer = SummaryWriter(run_dir, purge_step=resumed["step"] + 1 if resumed else None)  # drop events past the checkpoint
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    env.action_space.seed(args.seed)
-    eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
-    low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)  # kitchen: float64 bounds
-    high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
-
-    actor = Actor(obs_dim, act_dim).to(device)
-    qf = QEnsemble(obs_dim, act_dim, 2).to(device)
-    qf_target = copy.deepcopy(qf).requires_grad_(False)
-    alpha, alpha_prime = LogMultiplier().to(device), LogMultiplier().to(device)
-    target_entropy = -float(act_dim)
-    # Fused Adam: one kernel per step; compiled code fuses its own (capturable: its state stays on the GPU for graphs).
-    adam = dict(fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, **adam)
-    q_optimizer = torch.optim.Adam(qf.parameters(), lr=args.q_lr, **adam)
-    alpha_optimizer = torch.optim.Adam(alpha.parameters(), lr=args.q_lr, **adam)
-    alpha_prime_optimizer = torch.optim.Adam(alpha_prime.parameters(), lr=args.q_lr, **adam)
-    nets = {"actor": actor, "qf": qf, "qf_target": qf_target, "alpha": alpha, "alpha_prime": alpha_prime}
-    optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer,
-                  "alpha_prime_optimizer": alpha_prime_optimizer}
-
-    start_step = 0
-    if resumed:
-        load_checkpoint(resumed, args, nets, optimizers, "--resume")
-        start_step = resumed["step"]
-    elif args.load_offline:
-        pretrained = read_checkpoint(args.load_offline, "--load-offline")
-        load_checkpoint(pretrained, args, nets, optimizers, "--load-offline")
-        start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
-    total_steps = args.offline_steps + args.online_steps
-    # Algorithm 1: the replay buffer starts as the whole offline dataset D.
-    n_offline = len(data["rewards"])
-    rb = ReplayBuffer(data, n_offline + args.online_steps, device)
-    if args.compile or args.cudagraphs:  # the same function, traced and fused (LeanRL's recipe); the eager path is the reference
-        cql_update = torch.compile(cql_update, mode="reduce-overhead" if args.cudagraphs else None)
-    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "train_episodes": [], "online_episodes": [], "final_normalized_score": None, "complete": False}
-    if resumed:
-        summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
-        rb.restore_online_part(resumed["online_buffer"])
-    summary_path = os.path.join(run_dir, "summary.json")
-
-    obs, _ = env.reset(seed=args.seed)
-    if resumed:  # last, after everything that draws random numbers while setting up
-        set_rng_state(resumed["rng"], env)
-        obs = None if resumed["episode_over"] else obs
-    healthy, checkpoint_due, interrupted = torch.tensor(True, device=device), False, []
-    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
-        signal.signal(sig, lambda *_: interrupted.append(True))
-    start_time, score, episode_q, episode_rewards = time.time(), float("nan"), [], []
-    progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
-                    unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
-    if start_step == args.offline_steps and args.load_offline and not resumed:  # score the loaded model once, at the switch
-        result = evaluate(actor, qf, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device, scale_reward, args.gamma)
-        summary["evaluations"].append({"step": start_step, "phase": "offline", **result, "critic_loss": None})
-        for name in ("normalized_score", "return", "q_bias", "q_ratio"):
-            if result[name] is not None:
-                writer.add_scalar(f"eval/{name}", result[name], start_step)
-
-    for global_step in range(start_step, total_steps):
-        online = global_step >= args.offline_steps
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
-        if online:
-            if obs is None:  # the previous episode ended
-                obs, _ = env.reset()
-            # ALGO LOGIC: SAC acts with its own stochastic policy
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            with torch.no_grad():
-                action = actor(obs_t)[0]
-                episode_q.append(qf(obs_t, action).min(0).values)  # the critic's view of the pair it visits
-            next_obs, reward, terminated, truncated, info = env.step(action[0].cpu().numpy())
-            # Only a true termination stops bootstrapping, a time limit does not.
-            rb.add(obs, action[0], scale_reward(reward), next_obs, terminated)
-            episode_rewards.append(scale_reward(float(reward)))
-            if "episode" in info:
-                writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
-                writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
-                summary["train_episodes"].append({"step": global_step + 1, "return": float(info["episode"]["r"]), "length": int(info["episode"]["l"]),
-                                                  "normalized_score": normalized_score(args.env_id, float(info["episode"]["r"]))})
-            if terminated or truncated:  # Figure 2's Q bias on the visited pairs of this episode
-                bias, q, g = q_bias(torch.cat(episode_q).cpu().numpy(), episode_rewards, terminated, args.gamma)
-                if len(bias):
-                    entry = {"step": global_step + 1, "q_bias": float(bias.mean()), "q": float(q.mean()), "mc_return": float(g.mean()),
-                             "q_ratio": float(q.mean() / g.mean()) if abs(g.mean()) > 1e-8 else None}
-                    summary["online_episodes"].append(entry)
-                    for name in ("q_bias", "q", "mc_return", "q_ratio"):
-                        if entry[name] is not None:
-                            writer.add_scalar(f"diagnostics/{name}", entry[name], global_step + 1)
-                episode_q, episode_rewards = [], []
-            obs = None if terminated or truncated else next_obs
-
-        # ALGO LOGIC: CQL offline; online SAC (the switch drops the conservative term) or CQL with a threshold schedule
-        conservative = not online or args.online_objective == "cql"
-        target_gap = target_gap_at(global_step + 1 - args.offline_steps, args) if online else args.cql_target_gap
-        losses = cql_update(rb.sample(args.batch_size), actor, qf, qf_target, alpha, alpha_prime, actor_optimizer, q_optimizer,
-                            alpha_optimizer, alpha_prime_optimizer, conservative, target_gap, target_entropy, args)
-
-        # TRY NOT TO MODIFY: divergence guard, logging, evaluation, checkpoints
-        step = global_step + 1
-        progress.update(1)
-        healthy &= all_finite(losses)
-        checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
-        if (step % args.log_freq == 0 or step % args.eval_freq == 0 or checkpoint_due or interrupted) and not healthy:
-            stop_diverged(step, losses, checkpoint_path)
-        near_switch = abs(step - args.offline_steps) <= args.switch_window and step % 10 == 0
-        if step % args.log_freq == 0 or near_switch:  # Figure 2: the critic loss at a fine grain around the switch
-            writer.add_scalar("losses/target_gap", target_gap, step)
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value.item(), step)  # the only host syncs, every log_freq steps
-            writer.add_scalar("charts/SPS", int((step - start_step) / (time.time() - start_time)), step)
-        if step % args.eval_freq == 0 or step in (args.offline_steps, total_steps):
-            result = evaluate(actor, qf, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device, scale_reward, args.gamma)
-            phase, score = ("online" if online else "offline"), result["normalized_score"]
-            summary["evaluations"].append({"step": step, "phase": phase, **result, "critic_loss": losses["td_loss"].item()})
-            summary["final_normalized_score"] = score
-            write_json(summary_path, summary)
-            for name in ("normalized_score", "return", "q_bias", "q_ratio"):
-                if result[name] is not None:
-                    writer.add_scalar(f"eval/{name}", result[name], step)
-            progress.set_postfix(score=f"{score:.1f}")
-        if step == args.offline_steps:
-            save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
-            progress.set_description("online")
-        if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for benchmarks/premise.py
-            save_checkpoint(os.path.join(run_dir, "snapshots", f"step{step:07d}.pt"), step, args, nets, optimizers)
-        # A whole-run checkpoint, online only between episodes, so that a resumed run replays exactly.
-        if (checkpoint_due and (not online or obs is None)) or interrupted:
-            run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(n_offline)}
-            save_checkpoint(checkpoint_path, step, args, nets, optimizers, run)
-            checkpoint_due = False
-        if interrupted:
-            progress.close()
-            print(f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {checkpoint_path}", file=sys.stderr)
-            sys.exit(130)
-
-    progress.close()
-    save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)
-    summary["complete"] = True
-    write_json(summary_path, summary)
-    print(f"{run_name}: final normalized score {score:.1f}; logs in {run_dir}")
-    env.close()
-    eval_env.close()
-    writer.close()
+    train(tyro.cli(Args))

@@ -15,6 +15,7 @@ the data are, so that they can be copied:
 
 Names start with `embedded-` so they cannot be mistaken for D4RL's own datasets.
 """
+
 import contextlib
 import difflib
 import io
@@ -22,7 +23,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Optional, Tuple
+from typing import Literal
 
 import gymnasium as gym
 import h5py
@@ -40,19 +41,38 @@ EMBEDDED = {
     "embedded-halfcheetah-random": ("HalfCheetah-v5", "uniform", 100_000),
     # D4RL's "medium" recipe: a SAC policy stopped at about a third of expert return, sampled
     # stochastically. Its weights ship in datasets/; `train-behaviour` below is how they were made.
-    "embedded-halfcheetah-medium": ("HalfCheetah-v5", os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"), 100_000),
+    "embedded-halfcheetah-medium": (
+        "HalfCheetah-v5",
+        os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"),
+        100_000,
+    ),
     # The same policy and seed at D4RL's size (1M transitions; its first 100k rows are the dataset above), so
     # that data size is not a confound when comparing with the paper. About 10 minutes on one core, once.
-    "embedded-halfcheetah-medium-1m": ("HalfCheetah-v5", os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"), 1_000_000),
+    "embedded-halfcheetah-medium-1m": (
+        "HalfCheetah-v5",
+        os.path.join(HERE, "datasets", "halfcheetah-medium-behaviour.pt"),
+        1_000_000,
+    ),
     # D4RL's maze2d recipe, the cheap stand-in for antmaze: a point mass steered through the
     # medium maze to random goal cells by BFS waypoints and a PD controller, plus action noise.
     "embedded-pointmaze-medium": ("PointMaze_Medium-v3", "maze-waypoints", 100_000),
 }
 # The paper's twelve tasks (section 6): the locomotion random and medium datasets, the three diverse
 # antmazes and the three kitchens.
-PAPER_TASKS = ("halfcheetah-random-v2", "halfcheetah-medium-v2", "hopper-random-v2", "hopper-medium-v2", "walker2d-random-v2",
-               "walker2d-medium-v2", "antmaze-umaze-diverse-v2", "antmaze-medium-diverse-v2", "antmaze-large-diverse-v2",
-               "kitchen-complete-v0", "kitchen-mixed-v0", "kitchen-partial-v0")
+PAPER_TASKS = (
+    "halfcheetah-random-v2",
+    "halfcheetah-medium-v2",
+    "hopper-random-v2",
+    "hopper-medium-v2",
+    "walker2d-random-v2",
+    "walker2d-medium-v2",
+    "antmaze-umaze-diverse-v2",
+    "antmaze-medium-diverse-v2",
+    "antmaze-large-diverse-v2",
+    "kitchen-complete-v0",
+    "kitchen-mixed-v0",
+    "kitchen-partial-v0",
+)
 # The reward of the pointmaze data is relabelled to the evaluation task's goal: the cell (6, 6) of
 # D4RL's medium evaluation maze (EVAL_MAZES["medium"] in the scripts), within 0.45 as in PointMaze.
 MAZE_GOAL_CELL, MAZE_GOAL_RADIUS, MAZE_EPISODE_STEPS = (6, 6), 0.45, 600
@@ -63,7 +83,13 @@ MAZE_GOAL_CELL, MAZE_GOAL_RADIUS, MAZE_EPISODE_STEPS = (6, 6), 0.45, 600
 # deterministic return first reaches the target, then frozen.
 # ---------------------------------------------------------------------------------------------
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )
 
 
 class SquashedGaussianActor(nn.Module):
@@ -96,8 +122,17 @@ def policy_return(env, actor, episodes: int, seed: int) -> float:
     return float(np.mean(returns))
 
 
-def train_behaviour(env_id: str, out: str, target_return: float, seed: int = 0, max_steps: int = 300_000,
-                    eval_every: int = 5000, batch_size: int = 256, gamma: float = 0.99, tau: float = 0.005) -> dict:
+def train_behaviour(
+    env_id: str,
+    out: str,
+    target_return: float,
+    seed: int = 0,
+    max_steps: int = 300_000,
+    eval_every: int = 5000,
+    batch_size: int = 256,
+    gamma: float = 0.99,
+    tau: float = 0.005,
+) -> dict:
     """SAC with automatic entropy tuning; saves the actor the first time its return reaches `target_return`."""
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -111,7 +146,10 @@ def train_behaviour(env_id: str, out: str, target_return: float, seed: int = 0, 
     log_alpha = torch.zeros(1, requires_grad=True)
     q_opt, actor_opt = torch.optim.Adam(qfs.parameters(), lr=1e-3), torch.optim.Adam(actor.parameters(), lr=3e-4)
     alpha_opt = torch.optim.Adam([log_alpha], lr=1e-3)
-    buf = {k: torch.zeros((max_steps, d)) for k, d in (("obs", obs_dim), ("act", act_dim), ("rew", 1), ("next", obs_dim), ("done", 1))}
+    buf = {
+        k: torch.zeros((max_steps, d))
+        for k, d in (("obs", obs_dim), ("act", act_dim), ("rew", 1), ("next", obs_dim), ("done", 1))
+    }
     q = lambda nets, o, a: torch.stack([net(torch.cat([o, a], -1)).squeeze(-1) for net in nets])
     obs, _ = env.reset(seed=seed)
     for step in range(max_steps):
@@ -152,7 +190,13 @@ def train_behaviour(env_id: str, out: str, target_return: float, seed: int = 0, 
             ret = policy_return(eval_env, actor, 5, seed + 1000)
             print(f"step {step + 1}: deterministic return {ret:.0f} (target {target_return:.0f})", flush=True)
             if ret >= target_return:
-                info = {"env_id": env_id, "steps": step + 1, "return": ret, "seed": seed, "target_return": target_return}
+                info = {
+                    "env_id": env_id,
+                    "steps": step + 1,
+                    "return": ret,
+                    "seed": seed,
+                    "target_return": target_return,
+                }
                 torch.save({"actor": actor.state_dict(), "obs_dim": obs_dim, "act_dim": act_dim, **info}, out)
                 return info
     raise RuntimeError(f"SAC did not reach {target_return} in {max_steps} steps")
@@ -215,8 +259,12 @@ def rollout_maze(env_id: str, size: int, seed: int, noise: float = 0.5) -> dict:
         if cell == target or cell not in dist:
             waypoint = maze.cell_rowcol_to_xy(np.array(target))
         else:
-            waypoint = maze.cell_rowcol_to_xy(np.array(min((n for n in dist if abs(n[0] - cell[0]) + abs(n[1] - cell[1]) == 1), key=dist.get)))
-        action = np.clip(10.0 * (waypoint - xy) - 1.0 * velocity + noise * rng.standard_normal(2), -1.0, 1.0).astype(np.float32)
+            waypoint = maze.cell_rowcol_to_xy(
+                np.array(min((n for n in dist if abs(n[0] - cell[0]) + abs(n[1] - cell[1]) == 1), key=dist.get))
+            )
+        action = np.clip(10.0 * (waypoint - xy) - 1.0 * velocity + noise * rng.standard_normal(2), -1.0, 1.0).astype(
+            np.float32
+        )
         next_obs, _, _, _, _ = env.step(action)
         steps += 1
         reward = float(np.linalg.norm(next_obs["observation"][:2] - goal_xy) <= MAZE_GOAL_RADIUS)
@@ -244,7 +292,7 @@ def empty_dataset(size: int, obs_dim: int, act_dim: int) -> dict:
     }
 
 
-def generate(name: str, path: str, seed: int = 0, transitions: Optional[int] = None) -> str:
+def generate(name: str, path: str, seed: int = 0, transitions: int | None = None) -> str:
     """Make the embedded dataset `name` and write it as a D4RL-format HDF5 file to `path`."""
     env_id, policy, default_size = EMBEDDED[name]
     size = transitions or default_size
@@ -268,13 +316,18 @@ def generate(name: str, path: str, seed: int = 0, transitions: Optional[int] = N
 class Make:
     """Make one embedded dataset (the scripts do this themselves on first use)."""
 
-    name: Literal["embedded-halfcheetah-medium", "embedded-halfcheetah-medium-1m", "embedded-halfcheetah-random", "embedded-pointmaze-medium"]
+    name: Literal[
+        "embedded-halfcheetah-medium",
+        "embedded-halfcheetah-medium-1m",
+        "embedded-halfcheetah-random",
+        "embedded-pointmaze-medium",
+    ]
     """which embedded dataset to make"""
-    out: Optional[str] = None
+    out: str | None = None
     """where to write the HDF5 file (default: the cache the scripts read, $O3F_DATA_DIR/embedded/NAME.hdf5)"""
     seed: int = 0
     """seed of the environment and the behaviour policy (the same seed gives the same dataset)"""
-    transitions: Optional[int] = None
+    transitions: int | None = None
     """number of transitions (default: the dataset's own size)"""
 
 
@@ -282,7 +335,7 @@ class Make:
 class Fetch:
     """Download and verify the data of tasks ahead of time, for machines with no network."""
 
-    tasks: tyro.conf.Positional[Tuple[str, ...]] = ()
+    tasks: tyro.conf.Positional[tuple[str, ...]] = ()
     """the tasks, as the scripts' --env-id (e.g. kitchen-mixed-v0 hopper-medium-v2)"""
     paper: bool = False
     """if toggled, the paper's twelve tasks as well"""
@@ -318,8 +371,10 @@ def fetch(env_id: str) -> tuple:
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     env.close()
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
-        raise FetchFailed(f"{path}: {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
-                          f"{env_id} needs {obs_dim} and {act_dim}")
+        raise FetchFailed(
+            f"{path}: {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+            f"{env_id} needs {obs_dim} and {act_dim}"
+        )
     return path, folder_size(path), len(data["rewards"])
 
 
@@ -337,8 +392,11 @@ def fetch_all(env_ids) -> int:
     if len(failed) < len(dict.fromkeys(env_ids)):
         import o3f_iql as script
 
-        print(f"to use them on a machine with no network, copy {script.DATA_DIR} and {script.minari_store()} to the same paths there "
-              f"(or anywhere, and point O3F_DATA_DIR and MINARI_DATASETS_PATH at them)")
+        print(
+            f"to use them on a machine with no network, copy {script.DATA_DIR} and {script.minari_store()} "
+            "to the same paths there "
+            f"(or anywhere, and point O3F_DATA_DIR and MINARI_DATASETS_PATH at them)"
+        )
     return 2 if failed else 0
 
 
@@ -351,7 +409,7 @@ class TrainBehaviour:
     out: str = os.path.join("datasets", "halfcheetah-medium-behaviour.pt")
     """where to save the actor"""
     target_return: float = 4000.0
-    """stop at the first evaluation (5 episodes, deterministic) at or above this return: about a third of D4RL's expert 12135"""
+    """stop at the first evaluation (5 deterministic episodes) at or above this return (D4RL's expert: 12135)"""
     seed: int = 0
     """seed of SAC and the environment"""
 
@@ -360,7 +418,10 @@ if __name__ == "__main__":
     command = tyro.extras.subcommand_cli_from_dict({"make": Make, "fetch": Fetch, "train-behaviour": TrainBehaviour})
     if isinstance(command, Fetch):
         if not command.tasks and not command.paper:
-            print("error: name the tasks to fetch (e.g. kitchen-mixed-v0), or pass --paper for the paper's twelve", file=sys.stderr)
+            print(
+                "error: name the tasks to fetch (e.g. kitchen-mixed-v0), or pass --paper for the paper's twelve",
+                file=sys.stderr,
+            )
             sys.exit(2)
         sys.exit(fetch_all([*command.tasks, *(PAPER_TASKS if command.paper else ())]))
     elif isinstance(command, Make):

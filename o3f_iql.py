@@ -3,9 +3,11 @@
 Offline: IQL (Kostrikov et al., 2021, arXiv:2110.06169) with 5 Q-functions instead of 2.
 Online: the same IQL update, while acting with O3F's optimistic action selection
 ("Fine-tuning offline policies with optimistic action selection", Algorithm 1 and Eq. 2).
-Reads top to bottom: arguments, data, networks, losses, action selection, then the training loop,
-whose `ALGO LOGIC` blocks are Algorithm 1.
+Reads top to bottom: arguments, networks, the IQL update, the action selection, then `train`, whose
+`ALGO LOGIC` lines are Algorithm 1; the plumbing (tasks and data, buffer, bookkeeping)
+is one block at the end.
 """
+
 import contextlib
 import difflib
 import http.client
@@ -22,7 +24,6 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
 
 import gymnasium as gym
 import h5py
@@ -33,6 +34,11 @@ import tyro
 from torch.distributions import Normal
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+ALGORITHM, SCRIPTS = (
+    "iql",
+    ("o3f_iql.py", "iql_noise.py"),
+)  # checkpoints name their algorithm: these scripts load each other's
 
 
 @dataclass
@@ -49,7 +55,7 @@ class Args:
     """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
     wandb_project_name: str = "o3f"
     """the wandb project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: str | None = None
     """the entity (team) of the wandb project"""
     capture_video: bool = False
     """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
@@ -59,10 +65,10 @@ class Args:
     # Data and schedule
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
-    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2, kitchen-{complete,partial,mixed}-v0)
-    or a dataset made here with no network (embedded-halfcheetah-medium, its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random,
-    embedded-pointmaze-medium)"""
-    dataset_path: Optional[str] = None
+    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
+    kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (embedded-halfcheetah-medium,
+    its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    dataset_path: str | None = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
     """number of offline gradient steps (pretraining)"""
@@ -74,22 +80,22 @@ class Args:
     """number of episodes per evaluation"""
     log_freq: int = 1000
     """write losses to TensorBoard every this many steps"""
-    save_offline: Optional[str] = None
+    save_offline: str | None = None
     """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
-    load_offline: Optional[str] = None
+    load_offline: str | None = None
     """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
     checkpoint_every: int = 10_000
-    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the end of the episode then); 0: never"""
-    snapshot_steps: Tuple[int, ...] = ()
+    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the episode's end); 0: never"""
+    snapshot_steps: tuple[int, ...] = ()
     """also keep the model (as --load-offline reads it) at these steps, in `{run_dir}/snapshots/step{N}.pt`"""
     snapshot_every: int = 0
     """also keep the model every this many steps, in `{run_dir}/snapshots/`; 0: never"""
-    resume: Optional[str] = None
+    resume: str | None = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
     """if toggled, the update and the action selection run through torch.compile (compiles for ~10-60 s at the start)"""
     cudagraphs: bool = False
-    """if toggled, the update and the action selection replay as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
+    """if toggled, the update and the action selection replay as CUDA graphs (compile's reduce-overhead mode; CUDA)"""
 
     # IQL
     batch_size: int = 256
@@ -102,40 +108,281 @@ class Args:
     """the Polyak averaging rate of the target Q-functions"""
     num_critics: int = 5
     """the number of Q-functions in the ensemble (the paper uses 5 for IQL, the original 2)"""
-    expectile: Optional[float] = None
+    expectile: float | None = None
     """the expectile of the value regression (default: 0.9 on antmaze, 0.7 elsewhere)"""
-    beta: Optional[float] = None
+    beta: float | None = None
     """the inverse temperature of the advantage weights (default: 3 locomotion, 10 antmaze, 0.5 kitchen)"""
 
     # O3F
     n_candidates: int = 100
     """N, the number of candidate actions scored at every online step"""
-    sigma: Optional[float] = None
-    """the standard deviation of the candidates around the policy's action (default: 0.2 locomotion, 0.05 antmaze and kitchen)"""
+    sigma: float | None = None
+    """the standard deviation of the candidates around the policy's action (default 0.2; antmaze, kitchen 0.05)"""
     omega: float = 0.0
-    """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: the paper's uncertainty optimism)"""
+    """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: optimism)"""
 
 
+# Per-domain defaults: IQL's (expectile, beta) and O3F's sigma (paper, section 5.3).
+DOMAIN_DEFAULTS = {"locomotion": (0.7, 3.0, 0.2), "antmaze": (0.9, 10.0, 0.05), "kitchen": (0.7, 0.5, 0.05)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (IQL: two hidden layers of 256)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class EnsembleLinear(nn.Module):
+    """m independent linear layers as one batched matmul: [m, batch, in] -> [m, batch, out]."""
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = in_dim**-0.5  # nn.Linear's default initialisation, drawn independently for every member
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x):
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class QEnsemble(nn.Module):
+    """The critic ensemble {Q_j(s, a)}, j = 1..m, as one network with batched layers; returns a [m, batch] tensor.
+
+    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
+        super().__init__()
+        self.num_critics = num_critics
+        dims = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
+        self.layers = nn.ModuleList(
+            EnsembleLinear(num_critics, d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+
+    def forward(self, obs, act):
+        x = torch.cat([obs, act], -1).expand(self.num_critics, -1, -1)
+        for layer in self.layers[:-1]:
+            x = layer(x).relu_()
+        return self.layers[-1](x).squeeze(-1)
+
+
+class ValueNetwork(nn.Module):
+    def __init__(self, obs_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1)
+
+    def forward(self, obs):
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """IQL's Gaussian policy: tanh-bounded mean, state-independent log std."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs) -> Normal:
+        # No argument validation: a non-finite mean is the divergence guard's to report, not a traceback.
+        return Normal(torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0).exp(), validate_args=False)
+
+
+class Agent:
+    """IQL's networks and their optimisers (they travel together) and the action bounds (checkpoints name each part)."""
+
+    def __init__(self, env: gym.Env, args: Args, device: torch.device):
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        self.actor = Actor(obs_dim, act_dim).to(device)
+        self.qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
+        self.qf_target = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
+        self.qf_target.load_state_dict(self.qf.state_dict())
+        self.vf = ValueNetwork(obs_dim).to(device)
+        # Fused Adam: one kernel per step; compiled code fuses its own (capturable: state stays on the GPU for graphs).
+        adam = dict(lr=args.learning_rate, fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), **adam)
+        self.v_optimizer = torch.optim.Adam(self.vf.parameters(), **adam)
+        self.device = device
+        self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)  # kitchen: float64 bounds
+        self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# IQL: losses and one update
+# ---------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric squared loss |expectile - 1(diff < 0)| * diff^2, diff = Q(s, a) - V(s)."""
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return (weight * diff**2).mean()
+
+
+def awr_weight(advantage: torch.Tensor, beta: float) -> torch.Tensor:
+    """Advantage-weighted regression weight exp(beta * A), clipped at 100 as in IQL."""
+    return torch.exp(beta * advantage).clamp(max=100.0)
+
+
+def iql_update(agent: Agent, batch, args: Args) -> dict:
+    """One IQL gradient step on V, the actor and every Q; returns the losses (as tensors, no host sync)."""
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        target_q = agent.qf_target(obs, actions).min(0).values  # min over the whole ensemble (IQL's min of 2)
+    # V(s): expectile regression towards Q, an in-sample estimate of max_a Q(s, a).
+    vf_loss = expectile_loss(target_q - agent.vf(obs), args.expectile)
+    agent.v_optimizer.zero_grad(set_to_none=True)
+    vf_loss.backward()
+    agent.v_optimizer.step()
+    with torch.no_grad():  # the actor and the critics use the V just updated, as IQL does
+        v, next_v = agent.vf(torch.cat([obs, next_obs])).chunk(2)
+        weights = awr_weight(target_q - v, args.beta)
+        td_target = rewards + args.gamma * (1.0 - dones) * next_v
+    # Actor: advantage-weighted regression onto the buffer's actions.
+    actor_loss = -(weights * agent.actor(obs).log_prob(actions).sum(-1)).mean()
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    agent.actor_optimizer.step()
+    # Q: every critic regresses onto r + gamma * V(s'); no max over actions, so no out-of-data query.
+    qf_loss = ((agent.qf(obs, actions) - td_target) ** 2).mean(1).sum()
+    agent.q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    agent.q_optimizer.step()
+    with torch.no_grad():
+        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
+            target_param.lerp_(param, args.tau)
+    return {"qf_loss": qf_loss, "vf_loss": vf_loss, "actor_loss": actor_loss, "advantage_weight": weights.mean()}
+
+
+def reward_transform(env_id: str, episode_returns: np.ndarray):
+    """IQL's reward convention: locomotion r * 1000 / (max - min episode return); antmaze r - 1."""
+    if TASKS[env_id].domain == "antmaze":
+        return lambda r: r - 1.0
+    if TASKS[env_id].domain == "kitchen":
+        return lambda r: r
+    spread = float(episode_returns.max() - episode_returns.min())
+    scale = 1000.0 / spread if spread > 0 else 1.0
+    return lambda r: r * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting: O3F's optimistic action selection online, the deterministic policy for evaluation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def select_action(agent: Agent, obs: torch.Tensor, args: Args) -> torch.Tensor:
+    """O3F's optimistic action selection for one state `obs` of shape [1, obs_dim]."""
+    a = agent.actor(obs).sample()  # Algorithm 1, line 2: a ~ pi(s)
+    # Line 3: N candidates c_i ~ N(a, sigma^2), kept inside the action bounds.
+    noise = args.sigma * torch.randn(args.n_candidates, a.shape[-1], device=a.device)
+    candidates = (a + noise).clamp(agent.low, agent.high)
+    q = agent.qf(obs.expand(args.n_candidates, -1), candidates)  # [m, N]: every critic scores every candidate
+    score = q.mean(0) + args.omega * q.std(0, unbiased=False)  # Eq. 2: f(s, c) = Q_mean + omega * Q_std
+    return candidates[score.argmax()]  # line 4: execute the best-scoring candidate
+
+
+@torch.no_grad()
+def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
+    """The deterministic policy that evaluations score: the Gaussian's mean, for states `obs` [batch, obs_dim]."""
+    return agent.actor(obs).mean
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: pretraining offline, then Algorithm 1 online, in one loop
+# ---------------------------------------------------------------------------------------------
+def train(args: Args):
+    args, resumed = read_flags(args)
+    default_expectile, default_beta, default_sigma = DOMAIN_DEFAULTS[TASKS[args.env_id].domain]
+    args.expectile = default_expectile if args.expectile is None else args.expectile
+    args.beta = default_beta if args.beta is None else args.beta
+    args.sigma = default_sigma if args.sigma is None else args.sigma
+    check_flags(
+        args,
+        {
+            "--num-critics must be >= 1": args.num_critics >= 1,
+            "--expectile must be in (0, 1)": 0 < args.expectile < 1,
+            "--n-candidates must be >= 1": args.n_candidates >= 1,
+            "--sigma must be >= 0": args.sigma >= 0,
+        },
+    )
+    device, data, env = setup(args)  # seeding, the task's dataset and its environment
+    scale_reward = reward_transform(args.env_id, data["episode_returns"])
+    data["rewards"] = scale_reward(data["rewards"])
+    agent = Agent(env, args, device)
+    # Algorithm 1: the replay buffer starts as the whole offline dataset D.
+    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    update, act = compiled(iql_update, args), compiled(select_action, args)
+
+    obs = run.obs
+    for global_step in range(run.start_step, run.total_steps):
+        online = global_step >= args.offline_steps
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        if online:
+            if obs is None:  # the previous episode ended
+                obs, _ = env.reset()
+            # ALGO LOGIC: O3F, Algorithm 1 lines 2-4: act optimistically around the policy's action
+            action = act(agent, torch.as_tensor(obs, dtype=torch.float32, device=device)[None], args)
+            # Line 5: step the environment.
+            next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
+            rb.add(obs, action, scale_reward(reward), next_obs, terminated)
+            run.record_episode(global_step + 1, info)
+            obs = None if terminated or truncated else next_obs
+
+        # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online
+        losses = update(agent, rb.sample(args.batch_size), args)
+
+        # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
+        step = global_step + 1
+        run.log(step, losses)
+        run.evaluate(step)
+        run.save(step, between_episodes=not online or obs is None)
+    run.finish()
+
+
+# =============================================================================================
+# PLUMBING: tasks and data, the replay buffer, flags, the run's bookkeeping, checkpoints, guards.
+# The same in every script of this project, line for line (tests/test_alignment.py); skip it on a first read.
+# =============================================================================================
 def fail(message: str):
     """Bad input ends the run with one line and exit code 2, never a traceback."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-# ---------------------------------------------------------------------------------------------
-# Tasks and data
-# ---------------------------------------------------------------------------------------------
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
 D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
 R, G = "r", "g"
 # D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
 EVAL_MAZES = {
     "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
-    "medium": [[1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
-               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, G, 1], [1, 1, 1, 1, 1, 1, 1, 1]],
-    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1], [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
-              [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
-              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1],
+        [1, R, 0, 1, 1, 0, 0, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, G, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
 }
 KITCHEN_SUBTASKS = {
     "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
@@ -149,7 +396,7 @@ class Task:
     domain: str  # "locomotion", "antmaze" (sparse-reward navigation) or "kitchen": defaults and reward conventions
     env: str  # the Gymnasium environment
     env_kwargs: dict
-    obs_keys: Optional[tuple]  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
+    obs_keys: tuple | None  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
     source: str  # "d4rl" (D4RL's HDF5 file over HTTP), "minari" (a Minari dataset id) or "embedded" (made here)
     dataset: str
     ref_min: float  # D4RL's reference returns: score = 100 * (return - ref_min) / (ref_max - ref_min)
@@ -158,35 +405,70 @@ class Task:
 
 def d4rl_tasks() -> dict:
     tasks = {}
-    for robot, (env, ref_min, ref_max) in {"halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
-                                           "hopper": ("Hopper-v5", -20.272305, 3234.3),
-                                           "walker2d": ("Walker2d-v5", 1.629008, 4592.3)}.items():
+    for robot, (env, ref_min, ref_max) in {
+        "halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+        "hopper": ("Hopper-v5", -20.272305, 3234.3),
+        "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
+    }.items():
         for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
-            tasks[f"{robot}-{data}-v2"] = Task("locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max)
-    for data, env in {"umaze": "AntMaze_UMaze-v4", "umaze-diverse": "AntMaze_UMaze-v4", "medium-play": "AntMaze_Medium-v4",
-                      "medium-diverse": "AntMaze_Medium_Diverse_GR-v4", "large-play": "AntMaze_Large-v4",
-                      "large-diverse": "AntMaze_Large_Diverse_GR-v4"}.items():
+            tasks[f"{robot}-{data}-v2"] = Task(
+                "locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max
+            )
+    for data, env in {
+        "umaze": "AntMaze_UMaze-v4",
+        "umaze-diverse": "AntMaze_UMaze-v4",
+        "medium-play": "AntMaze_Medium-v4",
+        "medium-diverse": "AntMaze_Medium_Diverse_GR-v4",
+        "large-play": "AntMaze_Large-v4",
+        "large-diverse": "AntMaze_Large_Diverse_GR-v4",
+    }.items():
         maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
-        tasks[f"antmaze-{data}-v2"] = Task("antmaze", env, {"maze_map": maze, "continuing_task": False, "reset_target": False},
-                                           ("achieved_goal", "observation"), "minari", f"D4RL/antmaze/{data}-v1", 0.0, 1.0)
+        tasks[f"antmaze-{data}-v2"] = Task(
+            "antmaze",
+            env,
+            {"maze_map": maze, "continuing_task": False, "reset_target": False},
+            ("achieved_goal", "observation"),
+            "minari",
+            f"D4RL/antmaze/{data}-v1",
+            0.0,
+            1.0,
+        )
     for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
-        kwargs = {"tasks_to_complete": subtasks, "remove_task_when_completed": True, "terminate_on_tasks_completed": True, "max_episode_steps": 280}
-        tasks[f"kitchen-{data}-v0"] = Task("kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0)
+        kwargs = {
+            "tasks_to_complete": subtasks,
+            "remove_task_when_completed": True,
+            "terminate_on_tasks_completed": True,
+            "max_episode_steps": 280,
+        }
+        tasks[f"kitchen-{data}-v0"] = Task(
+            "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0
+        )
     return tasks
 
 
 TASKS = {
     **d4rl_tasks(),
     # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
-    "embedded-halfcheetah-medium": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0),
-    "embedded-halfcheetah-medium-1m": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m",
-                                           -280.178953, 12135.0),
-    "embedded-halfcheetah-random": Task("locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0),
-    "embedded-pointmaze-medium": Task("antmaze", "PointMaze_Medium-v3", {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
-                                      ("observation",), "embedded", "embedded-pointmaze-medium", 0.0, 1.0),
+    "embedded-halfcheetah-medium": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-medium-1m": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-random": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0
+    ),
+    "embedded-pointmaze-medium": Task(
+        "antmaze",
+        "PointMaze_Medium-v3",
+        {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
+        ("observation",),
+        "embedded",
+        "embedded-pointmaze-medium",
+        0.0,
+        1.0,
+    ),
 }
-# Per-domain defaults: IQL's (expectile, beta) and O3F's sigma (paper, section 5.3).
-DOMAIN_DEFAULTS = {"locomotion": (0.7, 3.0, 0.2), "antmaze": (0.9, 10.0, 0.05), "kitchen": (0.7, 0.5, 0.05)}
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -211,7 +493,9 @@ def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval
         env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
     if task.obs_keys is not None:
         size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
-        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,)))
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,))
+        )
     if capture_video:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
     return gym.wrappers.RecordEpisodeStatistics(env)
@@ -224,7 +508,13 @@ def download(url: str, path: str, env_id: str):
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             size = int(response.headers.get("Content-Length") or 0)
-            with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {os.path.basename(path)}", file=sys.stderr) as bar:
+            with tqdm(
+                total=size or None,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {os.path.basename(path)}",
+                file=sys.stderr,
+            ) as bar:
                 while chunk := response.read(1 << 20):
                     bar.update(f.write(chunk))
         if size and os.path.getsize(tmp) != size:
@@ -232,8 +522,10 @@ def download(url: str, path: str, env_id: str):
         h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
         os.replace(tmp, path)
     except (OSError, http.client.HTTPException) as e:
-        fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
-             f"with no network, put D4RL's file at {path} or pass --dataset-path FILE")
+        fail(
+            f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
+            f"with no network, put D4RL's file at {path} or pass --dataset-path FILE"
+        )
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -283,11 +575,16 @@ def read_minari_dir(env_id: str, path: str) -> dict:
         dataset = minari.MinariDataset(os.path.join(path, "data"))
         for episode in dataset.iterate_episodes():
             obs = flatten_obs(task, episode.observations)
-            for key, value in zip(parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])):
+            for key, value in zip(
+                parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])
+            ):
                 parts[key].append(value)
         steps = sum(len(a) for a in parts["actions"])
         if steps != dataset.total_steps or len(parts["actions"]) != dataset.total_episodes:
-            raise ValueError(f"{steps} steps in {len(parts['actions'])} episodes, the metadata says {dataset.total_steps} in {dataset.total_episodes}")
+            raise ValueError(
+                f"{steps} steps in {len(parts['actions'])} episodes, "
+                f"the metadata says {dataset.total_steps} in {dataset.total_episodes}"
+            )
     except Exception as e:  # h5py, Minari and NumPy each raise their own kinds
         raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     return {key: np.concatenate(value) for key, value in parts.items()}
@@ -303,14 +600,23 @@ def fetch_minari(env_id: str) -> str:
         import minari
         from huggingface_hub import constants
     except ImportError:
-        fail(f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' (requirements.txt has it)")
+        fail(
+            f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' "
+            "(requirements.txt has it)"
+        )
     remote = urllib.parse.urlparse(constants.ENDPOINT)
     host, port = remote.hostname, remote.port or (443 if remote.scheme == "https" else 80)
-    prepare = f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, or pass --dataset-path FILE"
+    prepare = (
+        f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, "
+        "or pass --dataset-path FILE"
+    )
     try:  # one quick look first: with no network, one clear line instead of the client's retries
         socket.create_connection((host, port), timeout=15).close()
     except OSError as e:
-        fail(f"no network: could not reach {host} ({e.strerror or type(e).__name__}) to download {task.dataset} for {env_id}; {prepare}")
+        fail(
+            f"no network: could not reach {host} ({e.strerror or type(e).__name__}) "
+            f"to download {task.dataset} for {env_id}; {prepare}"
+        )
     root, target, staging = minari_store(), minari_store(task.dataset), minari_store(f".o3f-staging-{os.getpid()}")
     saved = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = staging  # Minari downloads into whatever this names
@@ -325,18 +631,25 @@ def fetch_minari(env_id: str) -> str:
             if "namespace_metadata.json" in names and ".cache" not in folder:
                 there = os.path.join(root, os.path.relpath(folder, staging), "namespace_metadata.json")
                 os.makedirs(os.path.dirname(there), exist_ok=True)
-                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(there) else None
+                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(
+                    there
+                ) else None
     except Exception as e:
-        fail(f"could not download {task.dataset} for {env_id} from {host} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
-             f"nothing was kept; {prepare}")
+        fail(
+            f"could not download {task.dataset} for {env_id} from {host} "
+            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+            f"nothing was kept; {prepare}"
+        )
     finally:
-        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__("MINARI_DATASETS_PATH", saved)
+        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__(
+            "MINARI_DATASETS_PATH", saved
+        )
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def read_minari(env_id: str) -> dict:
-    """A Minari dataset as D4RL-format arrays (observations flattened as D4RL's, with next_observations); fetched if missing."""
+    """A Minari dataset as D4RL-format arrays, observations flattened as D4RL's; fetched if missing."""
     task = TASKS[env_id]
     try:
         import minari  # noqa: F401
@@ -348,10 +661,13 @@ def read_minari(env_id: str) -> dict:
     try:
         return read_minari_dir(env_id, path)
     except ValueError as e:
-        fail(f"{path}: an incomplete or corrupt Minari dataset ({e}); delete it and run `python make_datasets.py fetch {env_id}`")
+        fail(
+            f"{path}: an incomplete or corrupt Minari dataset ({e}); "
+            f"delete it and run `python make_datasets.py fetch {env_id}`"
+        )
 
 
-def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
+def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
     """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
 
     `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
@@ -368,9 +684,16 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
         data = read_hdf5(name)
     # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
     obs, actions = data["observations"].astype(np.float32, copy=False), data["actions"].astype(np.float32, copy=False)
-    rewards, terminals = data["rewards"].astype(np.float32, copy=False).reshape(-1), data["terminals"].astype(bool).reshape(-1)
+    rewards, terminals = (
+        data["rewards"].astype(np.float32, copy=False).reshape(-1),
+        data["terminals"].astype(bool).reshape(-1),
+    )
     timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
-    if not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts) or obs.ndim != 2 or actions.ndim != 2:
+    if (
+        not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts)
+        or obs.ndim != 2
+        or actions.ndim != 2
+    ):
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
     # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
     ends = np.flatnonzero(terminals | timeouts)
@@ -382,22 +705,22 @@ def load_dataset(env_id: str, dataset_path: Optional[str] = None) -> dict:
         keep = ~timeouts[:-1]
         obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
         next_obs = data["observations"][1:][keep].astype(np.float32)
-    for key, value in (("observations", obs), ("actions", actions), ("rewards", rewards), ("next_observations", next_obs)):
+    for key, value in (
+        ("observations", obs),
+        ("actions", actions),
+        ("rewards", rewards),
+        ("next_observations", next_obs),
+    ):
         if not np.isfinite(value).all():
             fail(f"{name}: {key} holds NaN or inf values")
-    return dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs,
-                terminals=terminals.astype(np.float32), episode_returns=episode_returns)
-
-
-def reward_transform(env_id: str, episode_returns: np.ndarray):
-    """IQL's reward convention: locomotion r * 1000 / (max - min episode return); antmaze r - 1."""
-    if TASKS[env_id].domain == "antmaze":
-        return lambda r: r - 1.0
-    if TASKS[env_id].domain == "kitchen":
-        return lambda r: r
-    spread = float(episode_returns.max() - episode_returns.min())
-    scale = 1000.0 / spread if spread > 0 else 1.0
-    return lambda r: r * scale
+    return dict(
+        observations=obs,
+        actions=actions,
+        rewards=rewards,
+        next_observations=next_obs,
+        terminals=terminals.astype(np.float32),
+        episode_returns=episode_returns,
+    )
 
 
 class ReplayBuffer:
@@ -409,11 +732,13 @@ class ReplayBuffer:
 
     def __init__(self, data: dict, capacity: int, device: torch.device):
         self.size = len(data["rewards"])
+
         def take(key):
             x = data.pop(key)
             buf = torch.empty((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
             buf[: self.size] = torch.as_tensor(x, device=device)
             return buf
+
         self.obs, self.actions, self.next_obs = take("observations"), take("actions"), take("next_observations")
         self.rewards, self.dones = take("rewards"), take("terminals")
 
@@ -425,7 +750,10 @@ class ReplayBuffer:
 
     def online_part(self, n_offline: int) -> dict:
         # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
-        return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in ("obs", "actions", "rewards", "next_obs", "dones")}
+        return {
+            key: getattr(self, key)[n_offline : self.size].clone().cpu()
+            for key in ("obs", "actions", "rewards", "next_obs", "dones")
+        }
 
     def restore_online_part(self, part: dict):
         n = len(part["rewards"])
@@ -438,153 +766,288 @@ class ReplayBuffer:
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks (IQL: two hidden layers of 256)
-# ---------------------------------------------------------------------------------------------
-def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim))
+def read_flags(args):
+    """The run's flags (with --resume, the stopped run's own) and the checkpoint it resumes, if any."""
+    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
+    if resumed:  # a resumed run is the same run: its own flags, its own directory
+        try:
+            args = type(args)(**{**resumed["args"], "resume": resumed["path"]})
+        except TypeError:
+            fail(f"--resume {resumed['path']}: written by another version of this script")
+    if args.env_id not in TASKS:
+        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
+        fail(
+            f"unknown --env-id {args.env_id}"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks")
+        )
+    return args, resumed
 
 
-class EnsembleLinear(nn.Module):
-    """m independent linear layers as one batched matmul: [m, batch, in] -> [m, batch, out]."""
-
-    def __init__(self, num_members: int, in_dim: int, out_dim: int):
-        super().__init__()
-        bound = in_dim**-0.5  # nn.Linear's default initialisation, drawn independently for every member
-        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
-
-    def forward(self, x):
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class QEnsemble(nn.Module):
-    """The critic ensemble {Q_j(s, a)}, j = 1..m, as one network with batched layers; returns a [m, batch] tensor.
-
-    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
-        super().__init__()
-        self.num_critics = num_critics
-        dims = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
-        self.layers = nn.ModuleList(EnsembleLinear(num_critics, d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
-
-    def forward(self, obs, act):
-        x = torch.cat([obs, act], -1).expand(self.num_critics, -1, -1)
-        for layer in self.layers[:-1]:
-            x = layer(x).relu_()
-        return self.layers[-1](x).squeeze(-1)
+def check_flags(args, method_checks: dict):
+    """The first flag out of range ends the run with one line: the shared flags, then the method's `method_checks`."""
+    checks = {
+        "--offline-steps must be >= 0": args.offline_steps >= 0,
+        "--online-steps must be >= 0": args.online_steps >= 0,
+        "--eval-freq must be >= 1": args.eval_freq >= 1,
+        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
+        "--log-freq must be >= 1": args.log_freq >= 1,
+        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
+        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
+        "--batch-size must be >= 1": args.batch_size >= 1,
+        **method_checks,
+        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs
+        or (torch.cuda.is_available() and args.cuda),
+    }
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
 
 
-class ValueNetwork(nn.Module):
-    def __init__(self, obs_dim: int):
-        super().__init__()
-        self.net = mlp(obs_dim, 1)
-
-    def forward(self, obs):
-        return self.net(obs).squeeze(-1)
-
-
-class Actor(nn.Module):
-    """IQL's Gaussian policy: tanh-bounded mean, state-independent log std."""
-
-    def __init__(self, obs_dim: int, act_dim: int):
-        super().__init__()
-        self.net = mlp(obs_dim, act_dim)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
-
-    def forward(self, obs) -> Normal:
-        # No argument validation: a non-finite mean is the divergence guard's to report, not a traceback.
-        return Normal(torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0).exp(), validate_args=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# IQL: losses and one update
-# ---------------------------------------------------------------------------------------------
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Asymmetric squared loss |expectile - 1(diff < 0)| * diff^2, diff = Q(s, a) - V(s)."""
-    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff**2).mean()
+def setup(args) -> tuple:
+    """Seeding, the device, the task's dataset and its environment (their sizes checked against each other)."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    data = load_dataset(args.env_id, args.dataset_path)
+    env = make_env(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        fail(
+            f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+            f"{args.env_id} needs {obs_dim} and {act_dim}"
+        )
+    if args.batch_size > len(data["rewards"]):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
+    env.action_space.seed(args.seed)
+    return device, data, env
 
 
-def awr_weight(advantage: torch.Tensor, beta: float) -> torch.Tensor:
-    """Advantage-weighted regression weight exp(beta * A), clipped at 100 as in IQL."""
-    return torch.exp(beta * advantage).clamp(max=100.0)
-
-
-def iql_update(batch, actor, qf, qf_target, vf, actor_optimizer, q_optimizer, v_optimizer, args) -> dict:
-    """One IQL gradient step on V, the actor and every Q; returns the losses (as tensors, no host sync)."""
-    obs, actions, rewards, next_obs, dones = batch
-    with torch.no_grad():
-        target_q = qf_target(obs, actions).min(0).values  # min over the whole ensemble (IQL's min of 2)
-    # V(s): expectile regression towards Q, an in-sample estimate of max_a Q(s, a).
-    vf_loss = expectile_loss(target_q - vf(obs), args.expectile)
-    v_optimizer.zero_grad(set_to_none=True)
-    vf_loss.backward()
-    v_optimizer.step()
-    with torch.no_grad():  # the actor and the critics use the V just updated, as IQL does
-        v, next_v = vf(torch.cat([obs, next_obs])).chunk(2)
-        weights = awr_weight(target_q - v, args.beta)
-        td_target = rewards + args.gamma * (1.0 - dones) * next_v
-    # Actor: advantage-weighted regression onto the buffer's actions.
-    actor_loss = -(weights * actor(obs).log_prob(actions).sum(-1)).mean()
-    actor_optimizer.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_optimizer.step()
-    # Q: every critic regresses onto r + gamma * V(s'); no max over actions, so no out-of-data query.
-    qf_loss = ((qf(obs, actions) - td_target) ** 2).mean(1).sum()
-    q_optimizer.zero_grad(set_to_none=True)
-    qf_loss.backward()
-    q_optimizer.step()
-    with torch.no_grad():
-        for param, target_param in zip(qf.parameters(), qf_target.parameters()):
-            target_param.lerp_(param, args.tau)
-    return {"qf_loss": qf_loss, "vf_loss": vf_loss, "actor_loss": actor_loss, "advantage_weight": weights.mean()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Acting online
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def select_action(actor, qf, obs, n_candidates: int, sigma: float, omega: float, low, high):
-    """O3F's optimistic action selection for one state `obs` of shape [1, obs_dim]."""
-    a = actor(obs).sample()  # Algorithm 1, line 2: a ~ pi(s)
-    # Line 3: N candidates c_i ~ N(a, sigma^2), kept inside the action bounds.
-    candidates = (a + sigma * torch.randn(n_candidates, a.shape[-1], device=a.device)).clamp(low, high)
-    q = qf(obs.expand(n_candidates, -1), candidates)  # [m, N]: every critic scores every candidate
-    score = q.mean(0) + omega * q.std(0, unbiased=False)  # Eq. 2: f(s, c) = Q_mean + omega * Q_std
-    return candidates[score.argmax()]  # line 4: execute the best-scoring candidate
+def compiled(fn, args):
+    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
+    recipe); without either flag, the eager function, which is the reference."""
+    if not (args.compile or args.cudagraphs):
+        return fn
+    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
 
 
 @torch.no_grad()
-def evaluate(actor, env, env_id: str, n_episodes: int, seed: int, device) -> tuple:
-    """Mean return and D4RL-normalised score of the deterministic policy (the Gaussian's mean)."""
+def evaluate(agent, env, env_id: str, n_episodes: int, seed: int) -> dict:
+    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`), from fixed start states."""
     returns = []
     for i in range(n_episodes):
         obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
         done, episode_return = False, 0.0
         while not done:
-            action = actor(torch.as_tensor(obs, dtype=torch.float32, device=device)[None]).mean[0]
+            action = policy_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None])[0]
             obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
             episode_return, done = episode_return + float(reward), terminated or truncated
         returns.append(episode_return)
     mean_return = float(np.mean(returns))
-    return mean_return, normalized_score(env_id, mean_return)
+    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return)}
 
 
-def save_checkpoint(path: str, step: int, args: Args, nets: dict, optimizers: dict, run: Optional[dict] = None):
-    """Write the model and optimiser states (and, for a resumable run, `run`) to a temporary name, then rename."""
+class Run:
+    """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
+    snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
+
+    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
+    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
+    """
+
+    def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
+        self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
+        self.name = (
+            resumed["summary"]["run_name"]
+            if resumed
+            else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        )
+        self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
+        self.checkpoint_path, self.summary_path = (
+            os.path.join(self.dir, "checkpoint.pt"),
+            os.path.join(self.dir, "summary.json"),
+        )
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:
+            fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
+        if args.track:
+            try:
+                import wandb
+            except ImportError:
+                fail("--track needs wandb: pip install wandb")
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=vars(args),
+                name=self.name,
+                save_code=True,
+            )
+        if args.capture_video:
+            try:
+                import moviepy  # noqa: F401, used by gymnasium's RecordVideo
+            except ImportError:
+                fail("--capture-video needs moviepy: pip install moviepy")
+        self.writer = SummaryWriter(
+            self.dir, purge_step=resumed["step"] + 1 if resumed else None
+        )  # drop events past the checkpoint
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        )
+        self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
+
+        self.start_step = 0
+        if resumed:
+            load_checkpoint(resumed, args, agent, "--resume")
+            self.start_step = resumed["step"]
+        elif args.load_offline:
+            pretrained = read_checkpoint(args.load_offline, "--load-offline")
+            load_checkpoint(pretrained, args, agent, "--load-offline")
+            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
+        self.summary = {
+            "args": vars(args),
+            "run_name": self.name,
+            "evaluations": [],
+            "train_episodes": [],
+            "final_normalized_score": None,
+            "complete": False,
+        }
+        if resumed:
+            self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
+            rb.restore_online_part(resumed["online_buffer"])
+
+        self.obs, _ = env.reset(seed=args.seed)
+        if resumed:  # last, after everything that draws random numbers while setting up
+            set_rng_state(resumed["rng"], env)
+            self.obs = None if resumed["episode_over"] else self.obs
+        self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
+            signal.signal(sig, lambda *_: self.interrupted.append(True))
+        self.start_time, self.score = time.time(), float("nan")
+        self.progress = tqdm(
+            total=self.total_steps,
+            initial=self.start_step,
+            desc="offline" if self.start_step < args.offline_steps else "online",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=1 if sys.stderr.isatty() else 30,
+        )
+        if (
+            self.start_step == args.offline_steps and args.load_offline and not resumed
+        ):  # score the loaded model once, at the switch
+            self.record_evaluation(self.start_step)
+
+    def record_episode(self, step: int, info: dict):
+        """A training episode that ended with the env step of `step`: its return (the quality of the behaviour) to
+        TensorBoard and summary.json."""
+        if "episode" in info:
+            episode_return, length = float(info["episode"]["r"]), int(info["episode"]["l"])
+            self.writer.add_scalar("charts/episodic_return", episode_return, step)
+            self.writer.add_scalar("charts/episodic_length", length, step)
+            self.summary["train_episodes"].append(
+                {
+                    "step": step,
+                    "return": episode_return,
+                    "length": length,
+                    "normalized_score": normalized_score(self.args.env_id, episode_return),
+                }
+            )
+
+    def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
+        """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
+        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        args = self.args
+        self.progress.update(1)
+        self.healthy &= all_finite(losses)
+        self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
+        if (
+            step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
+        ) and not self.healthy:
+            stop_diverged(step, losses, self.checkpoint_path)
+        if step % args.log_freq == 0 or now:
+            for name, value in {**(scalars or {}), **losses}.items():
+                self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
+            self.writer.add_scalar("charts/SPS", int((step - self.start_step) / (time.time() - self.start_time)), step)
+
+    def evaluate(self, step: int, **extra):
+        """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
+        if step % self.args.eval_freq == 0 or step in (self.args.offline_steps, self.total_steps):
+            self.record_evaluation(step, extra)
+
+    def record_evaluation(self, step: int, extra: dict | None = None):
+        result = self.evaluate_policy(
+            self.agent, self.eval_env, self.args.env_id, self.args.eval_episodes, self.args.seed + 10_000
+        )
+        extra = {name: value.item() if torch.is_tensor(value) else value for name, value in (extra or {}).items()}
+        phase = "online" if step > self.args.offline_steps else "offline"
+        self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
+        self.summary["final_normalized_score"] = self.score = result["normalized_score"]
+        write_json(self.summary_path, self.summary)
+        for name, value in result.items():
+            if value is not None:
+                self.writer.add_scalar(f"eval/{name}", value, step)
+        self.progress.set_postfix(score=f"{self.score:.1f}")
+
+    def save(self, step: int, between_episodes: bool):
+        """The pretrained model at the switch, snapshots, and every --checkpoint-every steps the whole run (online at
+        the end of the episode then, so that a resumed run replays exactly); after Ctrl-C or SIGTERM, save and exit."""
+        args = self.args
+        if step == args.offline_steps:
+            save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, args, self.agent)
+            self.progress.set_description("online")
+        if step in args.snapshot_steps or (
+            args.snapshot_every and step % args.snapshot_every == 0
+        ):  # for benchmarks/premise.py
+            save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
+        if (self.checkpoint_due and between_episodes) or self.interrupted:
+            run = {
+                "summary": self.summary,
+                "rng": rng_state(self.env),
+                "episode_over": step > args.offline_steps,
+                "online_buffer": self.rb.online_part(self.n_offline),
+            }
+            save_checkpoint(self.checkpoint_path, step, args, self.agent, run)
+            self.checkpoint_due = False
+        if self.interrupted:
+            self.progress.close()
+            print(
+                f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {self.checkpoint_path}",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+
+    def finish(self):
+        self.progress.close()
+        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
+        self.summary["complete"] = True
+        write_json(self.summary_path, self.summary)
+        print(f"{self.name}: final normalized score {self.score:.1f}; logs in {self.dir}")
+        self.env.close()
+        self.eval_env.close()
+        self.writer.close()
+
+
+def agent_state(agent) -> dict:
+    """The agent's networks and optimisers, by the names checkpoints keep them under (its attributes' names)."""
+    return {name: part for name, part in vars(agent).items() if isinstance(part, (nn.Module, torch.optim.Optimizer))}
+
+
+def save_checkpoint(path: str, step: int, args, agent, run: dict | None = None):
+    """Write the agent (and, for a resumable run, `run`) to a temporary name, then rename: never half a checkpoint."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    state = {"algorithm": "iql", "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
-    state.update({name: net.state_dict() for name, net in {**nets, **optimizers}.items()})
+    state = {"algorithm": ALGORITHM, "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
+    state.update({name: part.state_dict() for name, part in agent_state(agent).items()})
     torch.save(state, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)
 
 
 def read_checkpoint(path: str, flag: str) -> dict:
-    """A checkpoint written by o3f_iql.py or iql_noise.py; a run directory stands for its `checkpoint.pt`."""
+    """A checkpoint of this script's algorithm (see ALGORITHM); a run directory stands for its `checkpoint.pt`."""
     path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
     if not os.path.isfile(path):
         fail(f"{flag} {path}: no such file")
@@ -592,20 +1055,22 @@ def read_checkpoint(path: str, flag: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         fail(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__})")
-    if not isinstance(state, dict) or state.get("algorithm") != "iql":
-        fail(f"{flag} {path}: written by another script (needs o3f_iql.py or iql_noise.py)")
+    if not isinstance(state, dict) or state.get("algorithm") != ALGORITHM:
+        fail(f"{flag} {path}: written by another script (needs {' or '.join(SCRIPTS)})")
     if flag == "--resume" and "rng" not in state:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
     state["path"] = path
     return state
 
 
-def load_checkpoint(state: dict, args: Args, nets: dict, optimizers: dict, flag: str):
+def load_checkpoint(state: dict, args, agent, flag: str):
     if state["env_id"] != args.env_id:
-        fail(f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}")
+        fail(
+            f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}"
+        )
     try:
-        for name, net in {**nets, **optimizers}.items():
-            net.load_state_dict(state[name])
+        for name, part in agent_state(agent).items():
+            part.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
         fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
 
@@ -613,9 +1078,13 @@ def load_checkpoint(state: dict, args: Args, nets: dict, optimizers: dict, flag:
 def rng_state(env) -> dict:
     """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
     np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "env": env.unwrapped.np_random.bit_generator.state}
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "env": env.unwrapped.np_random.bit_generator.state,
+    }
 
 
 def set_rng_state(state: dict, env):
@@ -633,10 +1102,20 @@ def all_finite(losses: dict) -> torch.Tensor:
 
 
 def stop_diverged(step: int, losses: dict, checkpoint: str):
-    bad = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all()) or "an earlier update's loss"
-    kept = f"the last good checkpoint is {checkpoint}" if os.path.isfile(checkpoint) else "no checkpoint was written before it"
-    print(f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
-          f"(lower the learning rate or check the dataset)", file=sys.stderr)
+    bad = (
+        ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
+        or "an earlier update's loss"
+    )
+    kept = (
+        f"the last good checkpoint is {checkpoint}"
+        if os.path.isfile(checkpoint)
+        else "no checkpoint was written before it"
+    )
+    print(
+        f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
+        f"(lower the learning rate or check the dataset)",
+        file=sys.stderr,
+    )
     sys.exit(3)
 
 
@@ -647,197 +1126,4 @@ def write_json(path: str, content: dict):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
-    if resumed:  # a resumed run is the same run: its own flags, its own directory
-        try:
-            args = Args(**{**resumed["args"], "resume": resumed["path"]})
-        except TypeError:
-            fail(f"--resume {resumed['path']}: written by another version of this script")
-    if args.env_id not in TASKS:
-        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
-        fail(f"unknown --env-id {args.env_id}" + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"))
-    default_expectile, default_beta, default_sigma = DOMAIN_DEFAULTS[TASKS[args.env_id].domain]
-    args.expectile = default_expectile if args.expectile is None else args.expectile
-    args.beta = default_beta if args.beta is None else args.beta
-    args.sigma = default_sigma if args.sigma is None else args.sigma
-    checks = {
-        "--offline-steps must be >= 0": args.offline_steps >= 0,
-        "--online-steps must be >= 0": args.online_steps >= 0,
-        "--eval-freq must be >= 1": args.eval_freq >= 1,
-        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
-        "--log-freq must be >= 1": args.log_freq >= 1,
-        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
-        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
-        "--batch-size must be >= 1": args.batch_size >= 1,
-        "--num-critics must be >= 1": args.num_critics >= 1,
-        "--expectile must be in (0, 1)": 0 < args.expectile < 1,
-        "--n-candidates must be >= 1": args.n_candidates >= 1,
-        "--sigma must be >= 0": args.sigma >= 0,
-        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs or (torch.cuda.is_available() and args.cuda),
-    }
-    for message, ok in checks.items():
-        if not ok:
-            fail(message)
-
-    # TRY NOT TO MODIFY: seeding, data, logging
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    data = load_dataset(args.env_id, args.dataset_path)
-    env = make_env(args.env_id)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
-        fail(f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
-             f"{args.env_id} needs {obs_dim} and {act_dim}")
-    if args.batch_size > len(data["rewards"]):
-        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
-    scale_reward = reward_transform(args.env_id, data["episode_returns"])
-    data["rewards"] = scale_reward(data["rewards"])
-
-    run_name = resumed["summary"]["run_name"] if resumed else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, run_name)
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot write the run to {run_dir} ({e.strerror}); pass --output-dir DIR")
-    if args.track:
-        try:
-            import wandb
-        except ImportError:
-            fail("--track needs wandb: pip install wandb")
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401, used by gymnasium's RecordVideo
-        except ImportError:
-            fail("--capture-video needs moviepy: pip install moviepy")
-    writer = SummaryWriter(run_dir, purge_step=resumed["step"] + 1 if resumed else None)  # drop events past the checkpoint
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    env.action_space.seed(args.seed)
-    eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", run_name), args.eval_episodes)
-    low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)  # kitchen: float64 bounds
-    high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
-
-    actor = Actor(obs_dim, act_dim).to(device)
-    qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
-    qf_target = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
-    qf_target.load_state_dict(qf.state_dict())
-    vf = ValueNetwork(obs_dim).to(device)
-    # Fused Adam: one kernel per step; compiled code fuses its own (capturable: its state stays on the GPU for graphs).
-    adam = dict(lr=args.learning_rate, fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), **adam)
-    q_optimizer = torch.optim.Adam(qf.parameters(), **adam)
-    v_optimizer = torch.optim.Adam(vf.parameters(), **adam)
-    nets = {"actor": actor, "qf": qf, "qf_target": qf_target, "vf": vf}
-    optimizers = {"actor_optimizer": actor_optimizer, "q_optimizer": q_optimizer, "v_optimizer": v_optimizer}
-
-    start_step = 0
-    if resumed:
-        load_checkpoint(resumed, args, nets, optimizers, "--resume")
-        start_step = resumed["step"]
-    elif args.load_offline:
-        pretrained = read_checkpoint(args.load_offline, "--load-offline")
-        load_checkpoint(pretrained, args, nets, optimizers, "--load-offline")
-        start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
-    total_steps = args.offline_steps + args.online_steps
-    # Algorithm 1: the replay buffer starts as the whole offline dataset D.
-    n_offline = len(data["rewards"])
-    rb = ReplayBuffer(data, n_offline + args.online_steps, device)
-    if args.compile or args.cudagraphs:  # same functions, traced and fused (LeanRL's recipe); the eager path is the reference
-        iql_update = torch.compile(iql_update, mode="reduce-overhead" if args.cudagraphs else None)
-        select_action = torch.compile(select_action, mode="reduce-overhead" if args.cudagraphs else None)
-    summary = {"args": vars(args), "run_name": run_name, "evaluations": [], "train_episodes": [], "final_normalized_score": None, "complete": False}
-    if resumed:
-        summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
-        rb.restore_online_part(resumed["online_buffer"])
-    summary_path = os.path.join(run_dir, "summary.json")
-
-    obs, _ = env.reset(seed=args.seed)
-    if resumed:  # last, after everything that draws random numbers while setting up
-        set_rng_state(resumed["rng"], env)
-        obs = None if resumed["episode_over"] else obs
-    healthy, checkpoint_due, interrupted = torch.tensor(True, device=device), False, []
-    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
-        signal.signal(sig, lambda *_: interrupted.append(True))
-    start_time, score = time.time(), float("nan")
-    progress = tqdm(total=total_steps, initial=start_step, desc="offline" if start_step < args.offline_steps else "online",
-                    unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30)
-    if start_step == args.offline_steps and args.load_offline and not resumed:  # score the loaded model once, at the switch
-        episode_return, score = evaluate(actor, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
-        summary["evaluations"].append({"step": start_step, "phase": "offline", "normalized_score": score, "return": episode_return})
-        writer.add_scalar("eval/normalized_score", score, start_step)
-        writer.add_scalar("eval/return", episode_return, start_step)
-
-    for global_step in range(start_step, total_steps):
-        online = global_step >= args.offline_steps
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
-        if online:
-            if obs is None:  # the previous episode ended
-                obs, _ = env.reset()
-            # ALGO LOGIC: O3F, Algorithm 1 lines 2-4: act optimistically around the policy's action
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            action = select_action(actor, qf, obs_t, args.n_candidates, args.sigma, args.omega, low, high)
-            # Line 5: step the environment.
-            next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
-            # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
-            rb.add(obs, action, scale_reward(reward), next_obs, terminated)
-            if "episode" in info:
-                writer.add_scalar("charts/episodic_return", info["episode"]["r"], global_step)
-                writer.add_scalar("charts/episodic_length", info["episode"]["l"], global_step)
-                summary["train_episodes"].append({"step": global_step + 1, "return": float(info["episode"]["r"]), "length": int(info["episode"]["l"]),
-                                                  "normalized_score": normalized_score(args.env_id, float(info["episode"]["r"]))})
-            obs = None if terminated or truncated else next_obs
-
-        # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online
-        losses = iql_update(rb.sample(args.batch_size), actor, qf, qf_target, vf, actor_optimizer, q_optimizer, v_optimizer, args)
-
-        # TRY NOT TO MODIFY: divergence guard, logging, evaluation, checkpoints
-        step = global_step + 1
-        progress.update(1)
-        healthy &= all_finite(losses)
-        checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
-        if (step % args.log_freq == 0 or step % args.eval_freq == 0 or checkpoint_due or interrupted) and not healthy:
-            stop_diverged(step, losses, checkpoint_path)
-        if step % args.log_freq == 0:
-            for name, value in losses.items():
-                writer.add_scalar(f"losses/{name}", value.item(), step)  # the only host syncs, every log_freq steps
-            writer.add_scalar("charts/SPS", int((step - start_step) / (time.time() - start_time)), step)
-        if step % args.eval_freq == 0 or step in (args.offline_steps, total_steps):
-            episode_return, score = evaluate(actor, eval_env, args.env_id, args.eval_episodes, args.seed + 10_000, device)
-            phase = "online" if online else "offline"
-            summary["evaluations"].append({"step": step, "phase": phase, "normalized_score": score, "return": episode_return})
-            summary["final_normalized_score"] = score
-            write_json(summary_path, summary)
-            writer.add_scalar("eval/normalized_score", score, step)
-            writer.add_scalar("eval/return", episode_return, step)
-            progress.set_postfix(score=f"{score:.1f}")
-        if step == args.offline_steps:
-            save_checkpoint(args.save_offline or os.path.join(run_dir, "offline.pt"), step, args, nets, optimizers)
-            progress.set_description("online")
-        if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for benchmarks/premise.py
-            save_checkpoint(os.path.join(run_dir, "snapshots", f"step{step:07d}.pt"), step, args, nets, optimizers)
-        # A whole-run checkpoint, online only between episodes, so that a resumed run replays exactly.
-        if (checkpoint_due and (not online or obs is None)) or interrupted:
-            run = {"summary": summary, "rng": rng_state(env), "episode_over": online, "online_buffer": rb.online_part(n_offline)}
-            save_checkpoint(checkpoint_path, step, args, nets, optimizers, run)
-            checkpoint_due = False
-        if interrupted:
-            progress.close()
-            print(f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {checkpoint_path}", file=sys.stderr)
-            sys.exit(130)
-
-    progress.close()
-    save_checkpoint(os.path.join(run_dir, "final.pt"), total_steps, args, nets, optimizers)
-    summary["complete"] = True
-    write_json(summary_path, summary)
-    print(f"{run_name}: final normalized score {score:.1f}; logs in {run_dir}")
-    env.close()
-    eval_env.close()
-    writer.close()
+    train(tyro.cli(Args))

@@ -3,17 +3,22 @@
     python benchmarks/plot.py --results-dir results
 
 Figure 5: O3F vs the noise baseline; Figure 6: omega 0 vs 1; Figure 2: CQL -> SAC across the switch
-(score, Q bias, critic loss); Figure 3: CQL's online objectives. Each panel shows the mean over seeds
-with a band of one standard deviation, against online environment steps (0 is the switch). A figure
-is drawn when its runs exist; the table lists every variant's score at the switch and at the end.
+(score, Q bias, critic loss); Figure 3: CQL's online objectives; and an aggregate panel. The statistics
+are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"), through the
+`rliable` package: the interquartile mean (IQM) over seeds (and tasks), with 95% stratified-bootstrap
+confidence intervals, and the probability that a run of one variant beats a run of the other. Curves
+show the IQM with its CI band against online environment steps (0 is the switch). A figure is drawn
+when its runs exist; the tables list every variant's score at the switch and at the end, and each
+comparison's probability of improvement.
 """
+
 import glob
 import json
 import os
 import sys
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Optional
 
 import matplotlib
 
@@ -21,15 +26,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
+from rliable import library as rly  # noqa: E402
+from rliable import metrics  # noqa: E402
 
-LABELS = {"o3f_iql": "IQL + O3F", "iql_noise": "IQL + noise", "o3f_iql_omega1": "IQL + O3F (omega = 1)",
-          "o3f_lapo": "LAPO + O3F", "lapo_noise": "LAPO + noise", "o3f_lapo_omega1": "LAPO + O3F (omega = 1)",
-          "cql_to_sac": "CQL -> SAC (objective switch)", "cql_same_objective": "CQL -> CQL (same objective)",
-          "cql_linear": "CQL, threshold 5 -> 0.5 linearly", "cql_abrupt": "CQL, threshold 5 -> 0.5 at the switch"}
+REPS = 2000  # bootstrap resamples
+# rliable hands arch a seeded RandomState (what makes the CIs repeatable); arch warns that it prefers a Generator.
+warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+
+LABELS = {
+    "o3f_iql": "IQL + O3F",
+    "iql_noise": "IQL + noise",
+    "o3f_iql_omega1": "IQL + O3F (omega = 1)",
+    "o3f_lapo": "LAPO + O3F",
+    "lapo_noise": "LAPO + noise",
+    "o3f_lapo_omega1": "LAPO + O3F (omega = 1)",
+    "cql_to_sac": "CQL -> SAC (objective switch)",
+    "cql_same_objective": "CQL -> CQL (same objective)",
+    "cql_linear": "CQL, threshold 5 -> 0.5 linearly",
+    "cql_abrupt": "CQL, threshold 5 -> 0.5 at the switch",
+}
 FIGURES = {  # file -> (title, groups of variants compared in one panel per task)
-    "figure5_o3f_vs_noise.png": ("O3F vs the noise baseline (Figure 5)", [("o3f_iql", "iql_noise"), ("o3f_lapo", "lapo_noise")]),
-    "figure6_omega.png": ("Uncertainty optimism: omega = 0 vs 1 (Figure 6)", [("o3f_iql", "o3f_iql_omega1"), ("o3f_lapo", "o3f_lapo_omega1")]),
-    "figure3_cql_objectives.png": ("CQL's online objective (Figure 3)", [("cql_to_sac", "cql_same_objective", "cql_linear", "cql_abrupt")]),
+    "figure5_o3f_vs_noise.png": (
+        "O3F vs the noise baseline (Figure 5)",
+        [("o3f_iql", "iql_noise"), ("o3f_lapo", "lapo_noise")],
+    ),
+    "figure6_omega.png": (
+        "Uncertainty optimism: omega = 0 vs 1 (Figure 6)",
+        [("o3f_iql", "o3f_iql_omega1"), ("o3f_lapo", "o3f_lapo_omega1")],
+    ),
+    "figure3_cql_objectives.png": (
+        "CQL's online objective (Figure 3)",
+        [("cql_to_sac", "cql_same_objective", "cql_linear", "cql_abrupt")],
+    ),
 }
 
 
@@ -37,7 +65,7 @@ FIGURES = {  # file -> (title, groups of variants compared in one panel per task
 class Args:
     results_dir: str = "results"
     """the output directory of benchmarks/run.py"""
-    out_dir: Optional[str] = None
+    out_dir: str | None = None
     """where to write the PNGs (default: {results_dir}/figures)"""
 
 
@@ -54,7 +82,11 @@ def load(results_dir: str) -> dict:
         summary = json.load(open(path))
         variant, env_id = path.split(os.sep)[-5], path.split(os.sep)[-4]
         if summary.get("complete") and variant != "pretrain-runs":
-            before = [e for e in pretraining.get(summary["args"].get("load_offline"), []) if e["step"] < summary["args"]["offline_steps"]]
+            before = [
+                e
+                for e in pretraining.get(summary["args"].get("load_offline"), [])
+                if e["step"] < summary["args"]["offline_steps"]
+            ]
             runs[variant][env_id].append({**summary, "evaluations": before + summary["evaluations"]})
     return runs
 
@@ -66,12 +98,55 @@ def curve(summary: dict, key: str = "normalized_score"):
     return np.array([p[0] for p in points]), np.array([p[1] for p in points], dtype=float)
 
 
-def mean_band(summaries: list, key: str = "normalized_score"):
-    """Mean and standard deviation over seeds at the steps every seed evaluated."""
+def iqm(scores: np.ndarray) -> np.ndarray:
+    """The interquartile mean of a (runs, tasks) matrix (rliable's aggregate_iqm), as rliable's functions return it."""
+    return np.array([metrics.aggregate_iqm(scores)])
+
+
+def iqm_ci(scores: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple:
+    """IQM and 95% stratified-bootstrap CI (runs resampled within each task) of a (runs, tasks) matrix."""
+    point, interval = rly.get_interval_estimates(
+        {"x": scores}, iqm, reps=reps, random_state=np.random.RandomState(seed)
+    )
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple:
+    """P(X > Y): the probability that a run of X scores above a run of Y on the same task (ties count one half),
+    averaged over tasks, with its 95% stratified-bootstrap CI; x and y are (runs, tasks) matrices."""
+    point, interval = rly.get_interval_estimates(
+        {"x,y": [x, y]},
+        lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
+        reps=reps,
+        random_state=np.random.RandomState(seed),
+    )
+    return float(point["x,y"][0]), float(interval["x,y"][0, 0]), float(interval["x,y"][1, 0])
+
+
+def iqm_curve(summaries: list, key: str = "normalized_score", reps: int = REPS):
+    """Per evaluation step (those every seed has): the IQM over seeds and its 95% bootstrap CI."""
     curves = [curve(s, key) for s in summaries]
     common = sorted(set.intersection(*(set(x.tolist()) for x, _ in curves)))
-    values = np.array([[dict(zip(x.tolist(), y))[step] for step in common] for x, y in curves])
-    return np.array(common), values.mean(0), values.std(0)
+    values = np.array([[dict(zip(x.tolist(), y))[step] for step in common] for x, y in curves])  # (seeds, steps)
+    per_step = lambda v: np.array([metrics.aggregate_iqm(v[:, :, t]) for t in range(v.shape[2])])  # noqa: E731
+    point, interval = rly.get_interval_estimates(
+        {"x": values[:, None, :]}, per_step, reps=reps, random_state=np.random.RandomState(0)
+    )
+    return np.array(common), point["x"], interval["x"][0], interval["x"][1]
+
+
+def score_matrix(runs: dict, variant: str, env_ids: list, at: str) -> np.ndarray:
+    """(seeds, tasks): each run's score at the switch (`at="switch"`) or at the end of fine-tuning (`"end"`),
+    over the seeds that every task has."""
+    columns = []
+    for env_id in env_ids:
+        by_seed = {}
+        for summary in runs[variant][env_id]:
+            x, y = curve(summary)
+            by_seed[summary["args"]["seed"]] = y[int(np.argmin(np.abs(x)))] if at == "switch" else y[-1]
+        columns.append(by_seed)
+    seeds = sorted(set.intersection(*(set(c) for c in columns)))
+    return np.array([[c[seed] for c in columns] for seed in seeds])
 
 
 def behaviour_curve(summaries: list, grid: np.ndarray):
@@ -92,13 +167,19 @@ def panel(ax, runs, variants, env_id, key="normalized_score", online_only=True, 
         summaries = runs.get(variant, {}).get(env_id)
         if not summaries:
             continue
-        x, mean, std = mean_band(summaries, key)
+        x, mid, low, high = iqm_curve(summaries, key)
         keep = x >= 0 if online_only else np.ones_like(x, bool)
-        line, = ax.plot(x[keep], mean[keep], label=f"{LABELS.get(variant, variant)} ({len(summaries)} seeds)")
-        ax.fill_between(x[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2)
+        (line,) = ax.plot(x[keep], mid[keep], label=f"{LABELS.get(variant, variant)} ({len(summaries)} seeds, IQM)")
+        ax.fill_between(x[keep], low[keep], high[keep], alpha=0.2)  # 95% bootstrap CI
         collected = behaviour_curve(summaries, x[keep].astype(float)) if behaviour else None
         if collected is not None:  # what the agent's own acting scored while it trained, beside its evaluations
-            ax.plot(x[keep], collected, ls="--", color=line.get_color(), label=f"{LABELS.get(variant, variant)}: training episodes")
+            ax.plot(
+                x[keep],
+                collected,
+                ls="--",
+                color=line.get_color(),
+                label=f"{LABELS.get(variant, variant)}: training episodes",
+            )
     ax.set_title(env_id, fontsize=9)
     ax.grid(alpha=0.3)
 
@@ -106,8 +187,12 @@ def panel(ax, runs, variants, env_id, key="normalized_score", online_only=True, 
 def draw_comparisons(runs: dict, out_dir: str) -> list:
     written = []
     for filename, (title, groups) in FIGURES.items():
-        cells = [(group, env_id) for group in groups for env_id in sorted({e for v in group for e in runs.get(v, {})})
-                 if sum(bool(runs.get(v, {}).get(env_id)) for v in group) >= 2]
+        cells = [
+            (group, env_id)
+            for group in groups
+            for env_id in sorted({e for v in group for e in runs.get(v, {})})
+            if sum(bool(runs.get(v, {}).get(env_id)) for v in group) >= 2
+        ]
         if not cells:
             continue
         fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.6), squeeze=False)
@@ -128,10 +213,16 @@ def draw_comparisons(runs: dict, out_dir: str) -> list:
 def draw_switch(runs: dict, out_dir: str) -> list:
     """Figure 2: score, Q bias and critic loss of CQL -> SAC on both sides of the switch."""
     written = []
-    for env_id, summaries in sorted(runs.get("cql_to_sac", {}).items()):
+    for env_id in sorted(runs.get("cql_to_sac", {})):
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-        for ax, (key, label) in zip(axes, (("normalized_score", "D4RL-normalised score"),
-                                           ("q_bias", "Q bias: Q(s, a) - discounted return"), ("critic_loss", "critic TD loss"))):
+        for ax, (key, label) in zip(
+            axes,
+            (
+                ("normalized_score", "D4RL-normalised score"),
+                ("q_bias", "Q bias: Q(s, a) - discounted return"),
+                ("critic_loss", "critic TD loss"),
+            ),
+        ):
             panel(ax, runs, ["cql_to_sac"], env_id, key, online_only=False)
             ax.axvline(0, color="k", lw=0.8, ls="--")
             ax.set_xlabel("environment steps from the switch (left: offline updates)")
@@ -147,24 +238,91 @@ def draw_switch(runs: dict, out_dir: str) -> list:
 
 
 def table(runs: dict) -> str:
-    lines = ["| variant | task | seeds | at the switch | end of fine-tuning | change |", "|---|---|---|---|---|---|"]
+    """Every variant and task: IQM over seeds [95% CI] at the switch and at the end of fine-tuning."""
+    lines = [
+        "| variant | task | seeds | eval. episodes | at the switch: IQM [95% CI] "
+        "| end of fine-tuning: IQM [95% CI] | change |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for variant in runs:
         for env_id, summaries in sorted(runs[variant].items()):
-            x, mean, std = mean_band(summaries)
-            start, end = int(np.argmin(np.abs(x))), len(x) - 1
-            lines.append(f"| {LABELS.get(variant, variant)} | {env_id} | {len(summaries)} | {mean[start]:.1f} ± {std[start]:.1f} "
-                         f"| {mean[end]:.1f} ± {std[end]:.1f} | {mean[end] - mean[start]:+.1f} |")
+            switch = iqm_ci(score_matrix(runs, variant, [env_id], "switch"))
+            end = iqm_ci(score_matrix(runs, variant, [env_id], "end"))
+            episodes = sorted({s["args"].get("eval_episodes", "?") for s in summaries}, key=str)
+            lines.append(
+                f"| {LABELS.get(variant, variant)} | {env_id} | {len(summaries)} | {', '.join(map(str, episodes))} "
+                f"| {switch[0]:.1f} [{switch[1]:.1f}, {switch[2]:.1f}] | {end[0]:.1f} [{end[1]:.1f}, {end[2]:.1f}] "
+                f"| {end[0] - switch[0]:+.1f} |"
+            )
     return "\n".join(lines)
+
+
+def comparisons(runs: dict) -> list:
+    """(first, second, tasks) of every pair a figure compares (a variant against its baseline), where both ran."""
+    pairs = []
+    for _, groups in FIGURES.values():
+        for group in groups:
+            for other in group[1:]:
+                tasks = sorted(set(runs.get(group[0], {})) & set(runs.get(other, {})))
+                if tasks:
+                    pairs.append((group[0], other, tasks))
+    return pairs
+
+
+def improvement_table(runs: dict) -> str:
+    """Each comparison, per task and over all its tasks: P(first > second) at the end of fine-tuning [95% CI]."""
+    lines = [
+        "| comparison | tasks | seeds | end of fine-tuning: IQM [95% CI] of each | P(first > second) [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for first, second, tasks in comparisons(runs):
+        x, y = score_matrix(runs, first, tasks, "end"), score_matrix(runs, second, tasks, "end")
+        p, (a, b) = improvement_ci(x, y), (iqm_ci(x), iqm_ci(y))
+        lines.append(
+            f"| {LABELS.get(first, first)} vs {LABELS.get(second, second)} | {', '.join(tasks)} | {len(x)}, {len(y)} "
+            f"| {a[0]:.1f} [{a[1]:.1f}, {a[2]:.1f}] vs {b[0]:.1f} [{b[1]:.1f}, {b[2]:.1f}] "
+            f"| {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] |"
+        )
+    return "\n".join(lines)
+
+
+def draw_aggregate(runs: dict, out_dir: str) -> list:
+    """One panel per comparison: each variant's IQM at the end of fine-tuning over seeds and tasks, with its 95% CI,
+    and the probability of improvement."""
+    pairs = comparisons(runs)
+    if not pairs:
+        return []
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 2.4), squeeze=False)
+    for ax, (first, second, tasks) in zip(axes[0], pairs):
+        for row, variant in enumerate((first, second)):
+            mid, low, high = iqm_ci(score_matrix(runs, variant, tasks, "end"))
+            ax.errorbar(mid, row, xerr=[[mid - low], [high - mid]], fmt="o", capsize=4, color=f"C{row}")
+        p = improvement_ci(score_matrix(runs, first, tasks, "end"), score_matrix(runs, second, tasks, "end"))
+        ax.set_yticks([0, 1], [LABELS.get(first, first), LABELS.get(second, second)], fontsize=8)
+        ax.set_ylim(-0.6, 1.6)
+        ax.set_xlabel("IQM of the D4RL-normalised score at the end, 95% CI", fontsize=8)
+        ax.set_title(f"{len(tasks)} task(s); P(first > second) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "aggregate.png"), dpi=120)
+    plt.close(fig)
+    return ["aggregate.png"]
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
     runs = load(args.results_dir)
     if not runs:
-        print(f"error: no complete runs under {args.results_dir} (expected {{variant}}/{{env_id}}/seed{{n}}/*/summary.json)", file=sys.stderr)
+        print(
+            f"error: no complete runs under {args.results_dir} "
+            "(expected {variant}/{env_id}/seed{n}/*/summary.json)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     out_dir = args.out_dir or os.path.join(args.results_dir, "figures")
     os.makedirs(out_dir, exist_ok=True)
-    for filename in draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir):
+    for filename in draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir):
         print(os.path.join(out_dir, filename))
     print(table(runs))
+    print()
+    print(improvement_table(runs))

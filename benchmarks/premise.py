@@ -27,12 +27,14 @@ Every figure comes with its standard error; seeds are fixed, so two runs on the 
 JSON line per model goes to --out (models already there are skipped, so a study resumes), and a table
 to the terminal.
 """
+
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -51,15 +53,15 @@ def fail(message: str):
 class Measure:
     """Measure every selection rule on each saved model."""
 
-    models: tyro.conf.Positional[Tuple[str, ...]]
+    models: tyro.conf.Positional[tuple[str, ...]]
     """saved models (snapshots, offline.pt, final.pt or checkpoint.pt of o3f_iql.py, iql_noise.py or o3f_lapo.py)"""
-    out: Optional[str] = None
+    out: str | None = None
     """append one JSON line per model here; models already in the file are skipped"""
-    sigmas: Tuple[float, ...] = (0.05, 0.1, 0.2)
+    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
     """the candidates' (and the noise baseline's) standard deviations"""
-    n_candidates: Tuple[int, ...] = (10, 100)
+    n_candidates: tuple[int, ...] = (10, 100)
     """O3F's N"""
-    omegas: Tuple[float, ...] = (0.0,)
+    omegas: tuple[float, ...] = (0.0,)
     """O3F's optimism weights"""
     episodes: int = 5
     """full episodes per rule"""
@@ -81,7 +83,7 @@ class Plot:
 
     results: str = "results/premise/diagnostic.jsonl"
     """the JSON lines of `measure`"""
-    out: Optional[str] = None
+    out: str | None = None
     """the PNG to write (default: next to the results, premise.png)"""
 
 
@@ -91,7 +93,7 @@ class Plot:
 REPLICATE = 1e-3  # the nudge of the rank correlation's control
 
 
-def mean_se(x) -> Tuple[float, float]:
+def mean_se(x) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     x = np.asarray(x, dtype=np.float64)
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
@@ -118,8 +120,16 @@ def restore_state(env, state: tuple):
         env.unwrapped.data.qacc_warmstart[:] = state[2]
 
 
-def true_returns(policy: Callable, envs: list, states: list, first_actions: np.ndarray, horizon: int, gamma: float,
-                 scale_reward: Callable, partial: Tuple[int, ...] = ()) -> np.ndarray:
+def true_returns(
+    policy: Callable,
+    envs: list,
+    states: list,
+    first_actions: np.ndarray,
+    horizon: int,
+    gamma: float,
+    scale_reward: Callable,
+    partial: tuple[int, ...] = (),
+) -> np.ndarray:
     """sum_{t=0..H} gamma^t r_t of executing first_actions[i] in states[i], then the deterministic `policy`
     (batched over the rollouts) for H steps; rewards in the critic's units, nothing after a termination.
     With `partial` horizons h <= H, returns [len(partial), n]: the same sums cut after step h."""
@@ -155,7 +165,8 @@ class Rule:
     @property
     def name(self) -> str:
         return {"policy": "policy mean", "sample": "a ~ pi", "noise": f"noise s{self.sigma:g}"}.get(
-            self.kind, f"O3F N{self.n} s{self.sigma:g}" + (f" w{self.omega:g}" if self.omega else ""))
+            self.kind, f"O3F N{self.n} s{self.sigma:g}" + (f" w{self.omega:g}" if self.omega else "")
+        )
 
 
 class Agent:
@@ -168,7 +179,10 @@ class Agent:
             fail(f"{path}: not a model of this project ({type(e).__name__})")
         self.algorithm = state.get("algorithm") if isinstance(state, dict) else None
         if self.algorithm not in ("iql", "lapo"):
-            fail(f"{path}: the diagnostic reads IQL and LAPO models (o3f_iql.py, iql_noise.py, o3f_lapo.py), not {self.algorithm}")
+            fail(
+                f"{path}: the diagnostic reads IQL and LAPO models (o3f_iql.py, iql_noise.py, o3f_lapo.py), "
+                f"not {self.algorithm}"
+            )
         import iql_noise
         import o3f_iql
         import o3f_lapo
@@ -177,82 +191,87 @@ class Agent:
         self.noise_script = iql_noise if self.algorithm == "iql" else o3f_lapo
         self.path, self.env_id, self.step, args = path, state["env_id"], state["step"], state["args"]
         if self.script.TASKS[self.env_id].domain != "locomotion":
-            fail(f"{path}: trained on {self.env_id}; the diagnostic restores MuJoCo states of the locomotion tasks only")
+            fail(
+                f"{path}: trained on {self.env_id}; the diagnostic restores MuJoCo states of the locomotion tasks only"
+            )
         self.offline_steps, self.gamma = args["offline_steps"], args["gamma"]
-        env = self.script.make_env(self.env_id)
-        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-        self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)
-        self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
-        env.close()
-        data = self.script.load_dataset(self.env_id, args.get("dataset_path"))  # the critic's reward units come from the data
+        s, run_args = (
+            self.script,
+            self.script.Args(**{k: v for k, v in args.items() if k in self.script.Args.__dataclass_fields__}),
+        )
+        env = s.make_env(self.env_id)
+        data = s.load_dataset(self.env_id, args.get("dataset_path"))  # the critic's reward units come from the data
         self.dataset_size = len(data["rewards"])
-        s = self.script
         if self.algorithm == "iql":
             self.scale_reward = s.reward_transform(self.env_id, data["episode_returns"])
-            self.nets = {"actor": s.Actor(obs_dim, act_dim), "qf": s.QEnsemble(obs_dim, act_dim, args["num_critics"])}
+            self.model = s.Agent(env, run_args, torch.device(device))
         else:
-            self.scale_reward = s.reward_transform(self.env_id, data["rewards"], self.gamma)[0]
-            latent_dim = 2 * act_dim
-            self.nets = {"normalizer": s.Normalizer(data["observations"][:2], data["actions"][:2]),
-                         "cvae_target": s.CVAE(obs_dim, act_dim, latent_dim),
-                         "latent_policy": s.LatentPolicy(obs_dim, latent_dim, args["max_latent_action"]),
-                         "qf": s.QEnsemble(obs_dim, act_dim, args["num_critics"])}
+            self.scale_reward, v_min, v_max = s.reward_transform(self.env_id, data["rewards"], self.gamma)
+            self.model = s.Agent(
+                env, data, v_min, v_max, run_args, torch.device(device)
+            )  # the checkpoint holds the normaliser
+        env.close()
         del data
         try:
-            for name, net in self.nets.items():
-                net.load_state_dict(state[name])
-                net.to(device).eval()
-        except (KeyError, RuntimeError) as e:
+            for name, part in s.agent_state(self.model).items():
+                part.load_state_dict(state[name])
+        except (KeyError, RuntimeError, ValueError) as e:
             fail(f"{path}: does not fit the networks of {self.script.__name__}.py ({str(e).splitlines()[0]})")
-        self.device = device
+        self.low, self.high, self.device = self.model.low, self.model.high, device
 
     @torch.no_grad()
     def policy(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic policy (IQL: the Gaussian's mean; LAPO: D_target(s, pi(s))) for a batch of states."""
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        if self.algorithm == "iql":
-            return self.nets["actor"](obs).mean.cpu().numpy()
-        n = self.nets
-        return self.script.policy_action(n["latent_policy"], n["cvae_target"], n["normalizer"], obs).cpu().numpy()
+        return (
+            self.script.policy_action(self.model, torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+            .cpu()
+            .numpy()
+        )
 
     @torch.no_grad()
     def q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Every critic's value of (s, a): [m, batch]."""
         if self.algorithm == "iql":
-            return self.nets["qf"](obs, actions)
-        normalizer = self.nets["normalizer"]
-        return self.nets["qf"](normalizer.obs(obs), normalizer.action(actions))
+            return self.model.qf(obs, actions)
+        normalizer = self.model.normalizer
+        return self.model.qf(normalizer.obs(obs), normalizer.action(actions))
 
     @torch.no_grad()
     def base_action(self, obs: torch.Tensor) -> torch.Tensor:
         """Algorithm 1, line 2: the action the candidates are drawn around (IQL: a ~ pi; LAPO: a = pi(s))."""
         if self.algorithm == "iql":
-            return self.nets["actor"](obs).sample()
-        return torch.as_tensor(self.policy(obs.cpu().numpy()), device=self.device)
+            return self.model.actor(obs).sample()
+        return self.script.policy_action(self.model, obs)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, rule: Rule) -> np.ndarray:
         """The action `rule` executes in one state, through the scripts' own selection functions."""
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
-        n, low, high = self.nets, self.low, self.high
         if rule.kind == "policy":
             return self.policy(o.cpu().numpy())[0]
         if rule.kind == "sample":
             return self.base_action(o)[0].cpu().numpy()
-        if self.algorithm == "iql":
-            if rule.kind == "noise":
-                return self.noise_script.select_action(n["actor"], o, rule.sigma, low, high).cpu().numpy()
-            return self.script.select_action(n["actor"], n["qf"], o, rule.n, rule.sigma, rule.omega, low, high).cpu().numpy()
-        lapo = (n["latent_policy"], n["cvae_target"], n["normalizer"], n["qf"], o)
+        if rule.kind == "noise" and self.algorithm == "iql":
+            return self.noise_script.select_action(self.model, o, SimpleNamespace(sigma=rule.sigma)).cpu().numpy()
         if rule.kind == "noise":  # LAPO's baseline is its O3F with one candidate
-            return self.script.select_action(*lapo, 1, rule.sigma, 0.0, low, high).cpu().numpy()
-        return self.script.select_action(*lapo, rule.n, rule.sigma, rule.omega, low, high).cpu().numpy()
+            return (
+                self.script.select_action(self.model, o, SimpleNamespace(n_candidates=1, sigma=rule.sigma, omega=0.0))
+                .cpu()
+                .numpy()
+            )
+        return (
+            self.script.select_action(
+                self.model, o, SimpleNamespace(n_candidates=rule.n, sigma=rule.sigma, omega=rule.omega)
+            )
+            .cpu()
+            .numpy()
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # The measurements
 # ---------------------------------------------------------------------------------------------
-def episode_scores(agent: Agent, rule: Rule, episodes: int, seed: int) -> List[float]:
+def episode_scores(agent: Agent, rule: Rule, episodes: int, seed: int) -> list[float]:
     """D4RL-normalised returns of full episodes acting with `rule`, from the same start states for every rule."""
     env = agent.script.make_env(agent.env_id)
     torch.manual_seed(seed)  # the rule's own random draws
@@ -268,8 +287,8 @@ def episode_scores(agent: Agent, rule: Rule, episodes: int, seed: int) -> List[f
     return scores
 
 
-def visited_states(agent: Agent, k: int, seed: int) -> Tuple[np.ndarray, list]:
-    """K (observation, MuJoCo state) pairs drawn uniformly from episodes of the deterministic policy, one episode per 20."""
+def visited_states(agent: Agent, k: int, seed: int) -> tuple[np.ndarray, list]:
+    """K (observation, MuJoCo state) pairs drawn uniformly from the deterministic policy's episodes, one per 20."""
     env = agent.script.make_env(agent.env_id)
     observations, states = [], []
     for i in range(max(1, -(-k // 20))):
@@ -294,7 +313,9 @@ def rollout_envs(agent: Agent, count: int) -> list:
 
 def progress(start: float, done: int, total: int, what: str):
     eta = (time.time() - start) / max(done, 1) * (total - done)
-    print(f"  [{done}/{total}] {what} ({time.time() - start:.0f} s, about {eta:.0f} s left)", file=sys.stderr, flush=True)
+    print(
+        f"  [{done}/{total}] {what} ({time.time() - start:.0f} s, about {eta:.0f} s left)", file=sys.stderr, flush=True
+    )
 
 
 def measure_model(agent: Agent, args: Measure) -> dict:
@@ -312,19 +333,39 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         per_episode[rule.name] = episode_scores(agent, rule, args.episodes, args.seed)
         actions = []
         for k in range(args.states):
-            torch.manual_seed(args.seed * 1_000_003 + k)  # every rule starts from the same draw at this state: a paired comparison
+            torch.manual_seed(
+                args.seed * 1_000_003 + k
+            )  # every rule starts from the same draw at this state: a paired comparison
             actions.append(agent.act(obs[k], rule))
         actions = np.stack(actions)
-        predicted = agent.q(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32)).mean(0).numpy()
+        predicted = (
+            agent.q(torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(actions, dtype=torch.float32))
+            .mean(0)
+            .numpy()
+        )
         true = true_returns(agent.policy, envs, states, actions, args.horizon, agent.gamma, agent.scale_reward)
         per_state[rule.name] = (predicted, true)
         score, score_se = mean_se(per_episode[rule.name])
         p, p_se = mean_se(predicted)
         t, t_se = mean_se(true)
         d, d_se = mean_se(np.linalg.norm(actions - agent.policy(obs), axis=1))  # how far from the policy's mean it acts
-        rows.append({"rule": rule.name, "kind": rule.kind, "sigma": rule.sigma, "n": rule.n, "omega": rule.omega,
-                     "episode_score": score, "episode_score_se": score_se, "predicted": p, "predicted_se": p_se, "true": t, "true_se": t_se,
-                     "distance": d, "distance_se": d_se})
+        rows.append(
+            {
+                "rule": rule.name,
+                "kind": rule.kind,
+                "sigma": rule.sigma,
+                "n": rule.n,
+                "omega": rule.omega,
+                "episode_score": score,
+                "episode_score_se": score_se,
+                "predicted": p,
+                "predicted_se": p_se,
+                "true": t,
+                "true_se": t_se,
+                "distance": d,
+                "distance_se": d_se,
+            }
+        )
     for row in rows:  # O3F against the noise baseline at the same sigma: the same start states, the same visited states
         if row["kind"] != "o3f":
             continue
@@ -334,7 +375,12 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         row["predicted_gain"], row["predicted_gain_se"] = mean_se(per_state[row["rule"]][0] - per_state[noise][0])
     rank = []
     for j, sigma in enumerate(args.sigmas):  # can the critic rank R candidates of one state as their true values do?
-        progress(start, len(rules) + j, steps, f"rank correlation at sigma {sigma:g}: {args.rank_candidates} candidates x {args.states} states")
+        progress(
+            start,
+            len(rules) + j,
+            steps,
+            f"rank correlation at sigma {sigma:g}: {args.rank_candidates} candidates x {args.states} states",
+        )
         horizons = tuple(sorted({h for h in (10, 30, 100) if h < args.horizon} | {args.horizon}))
         correlations, replicates, spreads = [], [], []
         for k in range(args.states):
@@ -343,59 +389,124 @@ def measure_model(agent: Agent, args: Measure) -> dict:
             a = agent.base_action(o)
             candidates = (a + sigma * torch.randn(args.rank_candidates, a.shape[-1])).clamp(agent.low, agent.high)
             predicted = agent.q(o.expand(args.rank_candidates, -1), candidates).mean(0).numpy()
-            true = true_returns(agent.policy, envs, [states[k]] * args.rank_candidates, candidates.numpy(), args.horizon,
-                                agent.gamma, agent.scale_reward, horizons)
+            true = true_returns(
+                agent.policy,
+                envs,
+                [states[k]] * args.rank_candidates,
+                candidates.numpy(),
+                args.horizon,
+                agent.gamma,
+                agent.scale_reward,
+                horizons,
+            )
             # The control: the same candidates moved by 1e-3. How far their true values keep their order bounds what any
             # critic could reach; near 0, the true values' differences are the dynamics' chaos, not the actions'.
             nudged = (candidates + REPLICATE * torch.randn_like(candidates)).clamp(agent.low, agent.high)
-            again = true_returns(agent.policy, envs, [states[k]] * args.rank_candidates, nudged.numpy(), args.horizon,
-                                 agent.gamma, agent.scale_reward, horizons)
+            again = true_returns(
+                agent.policy,
+                envs,
+                [states[k]] * args.rank_candidates,
+                nudged.numpy(),
+                args.horizon,
+                agent.gamma,
+                agent.scale_reward,
+                horizons,
+            )
             correlations.append([spearman(predicted, x) for x in true])
             replicates.append([spearman(x, y) for x, y in zip(true, again)])
             spreads.append(float(np.std(true[-1])))
         correlations, replicates = np.array(correlations), np.array(replicates)
-        by_horizon = [{"horizon": h, **dict(zip(("spearman", "spearman_se"), mean_se(correlations[:, i]))),
-                       **dict(zip(("replicate_spearman", "replicate_spearman_se"), mean_se(replicates[:, i])))} for i, h in enumerate(horizons)]
+        by_horizon = [
+            {
+                "horizon": h,
+                **dict(zip(("spearman", "spearman_se"), mean_se(correlations[:, i]))),
+                **dict(zip(("replicate_spearman", "replicate_spearman_se"), mean_se(replicates[:, i]))),
+            }
+            for i, h in enumerate(horizons)
+        ]
         s, s_se = mean_se(spreads)
-        rank.append({"sigma": sigma, **{k: v for k, v in by_horizon[-1].items() if k != "horizon"}, "true_spread": s, "true_spread_se": s_se,
-                     "by_horizon": by_horizon})
+        rank.append(
+            {
+                "sigma": sigma,
+                **{k: v for k, v in by_horizon[-1].items() if k != "horizon"},
+                "true_spread": s,
+                "true_spread_se": s_se,
+                "by_horizon": by_horizon,
+            }
+        )
     for env in envs:
         env.close()
-    return {"model": os.path.relpath(os.path.abspath(agent.path), ROOT), "algorithm": agent.algorithm, "env_id": agent.env_id,
-            "step": agent.step, "phase": "offline" if agent.step <= agent.offline_steps else "online",
-            "online_steps": max(0, agent.step - agent.offline_steps), "dataset_size": agent.dataset_size, "seed": args.seed,
-            "episodes": args.episodes, "states": args.states, "horizon": args.horizon, "tail_weight": agent.gamma ** (args.horizon + 1),
-            "rank_candidates": args.rank_candidates, "rules": rows, "rank": rank, "wall_s": round(time.time() - start, 1)}
+    return {
+        "model": os.path.relpath(os.path.abspath(agent.path), ROOT),
+        "algorithm": agent.algorithm,
+        "env_id": agent.env_id,
+        "step": agent.step,
+        "phase": "offline" if agent.step <= agent.offline_steps else "online",
+        "online_steps": max(0, agent.step - agent.offline_steps),
+        "dataset_size": agent.dataset_size,
+        "seed": args.seed,
+        "episodes": args.episodes,
+        "states": args.states,
+        "horizon": args.horizon,
+        "tail_weight": agent.gamma ** (args.horizon + 1),
+        "rank_candidates": args.rank_candidates,
+        "rules": rows,
+        "rank": rank,
+        "wall_s": round(time.time() - start, 1),
+    }
 
 
 def table(result: dict) -> str:
-    lines = [f"{result['model']}: {result['algorithm']} on {result['env_id']} ({result['dataset_size']:,} transitions), step {result['step']:,} "
-             f"({result['phase']}); {result['episodes']} episodes, K={result['states']} states, H={result['horizon']}, seed {result['seed']}",
-             "| rule | episode score | distance to the mean | predicted Q | true return (H) | true gain vs noise | predicted gain vs noise "
-             "| episode gain vs noise |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{result['model']}: {result['algorithm']} on {result['env_id']} ({result['dataset_size']:,} transitions), "
+        f"step {result['step']:,} ({result['phase']}); {result['episodes']} episodes, K={result['states']} states, "
+        f"H={result['horizon']}, seed {result['seed']}",
+        "| rule | episode score | distance to the mean | predicted Q | true return (H) | true gain vs noise "
+        "| predicted gain vs noise | episode gain vs noise |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in result["rules"]:
-        gains = [f"{row[g]:+.2f} ± {row[g + '_se']:.2f}" if g in row else "" for g in ("true_gain", "predicted_gain", "episode_gain")]
-        lines.append(f"| {row['rule']} | {row['episode_score']:.1f} ± {row['episode_score_se']:.1f} | {row['distance']:.3f} ± {row['distance_se']:.3f} "
-                     f"| {row['predicted']:.2f} ± {row['predicted_se']:.2f} "
-                     f"| {row['true']:.2f} ± {row['true_se']:.2f} | {' | '.join(gains)} |")
-    lines.append("rank correlation across candidates of a state, predicted vs true return cut at h steps (control: true vs true of the "
-                 "candidates nudged by 1e-3):")
+        gains = [
+            f"{row[g]:+.2f} ± {row[g + '_se']:.2f}" if g in row else ""
+            for g in ("true_gain", "predicted_gain", "episode_gain")
+        ]
+        lines.append(
+            f"| {row['rule']} | {row['episode_score']:.1f} ± {row['episode_score_se']:.1f} "
+            f"| {row['distance']:.3f} ± {row['distance_se']:.3f} "
+            f"| {row['predicted']:.2f} ± {row['predicted_se']:.2f} "
+            f"| {row['true']:.2f} ± {row['true_se']:.2f} | {' | '.join(gains)} |"
+        )
+    lines.append(
+        "rank correlation across candidates of a state, predicted vs true return cut at h steps "
+        "(control: true vs true of the candidates nudged by 1e-3):"
+    )
     for r in result["rank"]:
-        lines.append(f"  sigma {r['sigma']:g}: " + ", ".join(f"h {x['horizon']}: {x['spearman']:+.2f} ± {x['spearman_se']:.2f} "
-                                                           f"({x['replicate_spearman']:+.2f} ± {x['replicate_spearman_se']:.2f})" for x in r["by_horizon"]))
+        lines.append(
+            f"  sigma {r['sigma']:g}: "
+            + ", ".join(
+                f"h {x['horizon']}: {x['spearman']:+.2f} ± {x['spearman_se']:.2f} "
+                f"({x['replicate_spearman']:+.2f} ± {x['replicate_spearman_se']:.2f})"
+                for x in r["by_horizon"]
+            )
+        )
     return "\n".join(lines)
 
 
-def done_models(path: Optional[str]) -> set:
+def done_models(path: str | None) -> set:
     if not path or not os.path.isfile(path):
         return set()
     return {json.loads(line)["model"] for line in open(path) if line.strip()}
 
 
 def measure(args: Measure):
-    checks = {"--episodes must be >= 1": args.episodes >= 1, "--states must be >= 2": args.states >= 2,
-              "--horizon must be >= 0": args.horizon >= 0, "--rank-candidates must be >= 2": args.rank_candidates >= 2,
-              "--n-candidates must be >= 1": all(n >= 1 for n in args.n_candidates), "--sigmas must be >= 0": all(s >= 0 for s in args.sigmas)}
+    checks = {
+        "--episodes must be >= 1": args.episodes >= 1,
+        "--states must be >= 2": args.states >= 2,
+        "--horizon must be >= 0": args.horizon >= 0,
+        "--rank-candidates must be >= 2": args.rank_candidates >= 2,
+        "--n-candidates must be >= 1": all(n >= 1 for n in args.n_candidates),
+        "--sigmas must be >= 0": all(s >= 0 for s in args.sigmas),
+    }
     for message, ok in checks.items():
         if not ok:
             fail(message)
@@ -424,9 +535,11 @@ def measure(args: Measure):
 # ---------------------------------------------------------------------------------------------
 def summary_table(results: list) -> str:
     """One row per model and sigma: the frozen rules' episode scores, O3F's gains over noise, the rank correlation."""
-    lines = ["| algorithm | data | updates | sigma | policy mean | noise | O3F N10 | O3F N100 | episode gain N100 | true gain N100 "
-             "| predicted gain N100 | rank corr. | control | distance to the mean: noise, O3F N100 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| algorithm | data | updates | sigma | policy mean | noise | O3F N10 | O3F N100 | episode gain N100 "
+        "| true gain N100 | predicted gain N100 | rank corr. | control | distance to the mean: noise, O3F N100 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     pm = lambda row, key, d=1: f"{row[key]:+.{d}f} ± {row[key + '_se']:.{d}f}" if row and key in row else ""  # noqa: E731
     score = lambda row: f"{row['episode_score']:.1f} ± {row['episode_score_se']:.1f}" if row else ""  # noqa: E731
     distance = lambda row: f"{row['distance']:.2f}" if row and "distance" in row else ""  # noqa: E731
@@ -435,12 +548,20 @@ def summary_table(results: list) -> str:
         for rank in r["rank"]:
             s = rank["sigma"]
             o3f = rows.get(("o3f", 100, s, 0.0))
-            updates = f"{r['step']:,}" if r["phase"] == "offline" else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online"
-            lines.append(f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {updates} | {s:g} | {score(rows.get(('policy', 1, 0.0, 0.0)))} "
-                         f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
-                         f"| {pm(o3f, 'episode_gain')} | {pm(o3f, 'true_gain', 2)} | {pm(o3f, 'predicted_gain', 2)} "
-                         f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} | {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} "
-                         f"| {distance(rows.get(('noise', 1, s, 0.0)))}, {distance(o3f)} |")
+            updates = (
+                f"{r['step']:,}"
+                if r["phase"] == "offline"
+                else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online"
+            )
+            lines.append(
+                f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {updates} | {s:g} "
+                f"| {score(rows.get(('policy', 1, 0.0, 0.0)))} "
+                f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
+                f"| {pm(o3f, 'episode_gain')} | {pm(o3f, 'true_gain', 2)} | {pm(o3f, 'predicted_gain', 2)} "
+                f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} "
+                f"| {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} "
+                f"| {distance(rows.get(('noise', 1, s, 0.0)))}, {distance(o3f)} |"
+            )
     return "\n".join(lines)
 
 
@@ -457,32 +578,72 @@ def plot(args: Plot):
     if not offline:
         fail(f"{args.results}: no offline models to draw")
     series = sorted({(r["algorithm"], r["dataset_size"]) for r in offline})
-    panels = [("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
-              ("true_gain", "true return gain of the executed action,\nO3F - noise (critic units, H steps)"),
-              ("spearman", "rank corr. across candidates (sigma 0.2), predicted vs\ntrue return cut at h (faint: the control)")]
+    panels = [
+        ("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
+        ("true_gain", "true return gain of the executed action,\nO3F - noise (critic units, H steps)"),
+        (
+            "spearman",
+            "rank corr. across candidates (sigma 0.2), predicted vs\ntrue return cut at h (faint: the control)",
+        ),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (key, title) in zip(axes, panels):
         for s, (algorithm, size) in enumerate(series):
             style = dict(marker="os^D"[s % 4], ls=["-", "--", ":", "-."][s % 4], capsize=3)
-            runs = sorted((r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)), key=lambda r: r["step"])
+            runs = sorted(
+                (r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)),
+                key=lambda r: r["step"],
+            )
             if key == "spearman":  # sigma 0.2, the paper's for locomotion; one colour per horizon h
                 for c, h in enumerate(sorted({y["horizon"] for r in runs for x in r["rank"] for y in x["by_horizon"]})):
-                    pts = [(r["step"], y) for r in runs for x in r["rank"] if x["sigma"] == 0.2 for y in x["by_horizon"] if y["horizon"] == h]
+                    pts = [
+                        (r["step"], y)
+                        for r in runs
+                        for x in r["rank"]
+                        if x["sigma"] == 0.2
+                        for y in x["by_horizon"]
+                        if y["horizon"] == h
+                    ]
                     if not pts:
                         continue
                     x = np.array([p[0] for p in pts]) * 1.06 ** (c - 1)
-                    ax.errorbar(x, [p[1]["spearman"] for p in pts], [p[1]["spearman_se"] for p in pts], color=f"C{c}",
-                                label=f"{algorithm.upper()}, {size // 1000}k data, h {h}", **style)
-                    ax.errorbar(x, [p[1]["replicate_spearman"] for p in pts], [p[1]["replicate_spearman_se"] for p in pts], color=f"C{c}",
-                                alpha=0.4, mfc="none", **{**style, "ls": ":"})
+                    ax.errorbar(
+                        x,
+                        [p[1]["spearman"] for p in pts],
+                        [p[1]["spearman_se"] for p in pts],
+                        color=f"C{c}",
+                        label=f"{algorithm.upper()}, {size // 1000}k data, h {h}",
+                        **style,
+                    )
+                    ax.errorbar(
+                        x,
+                        [p[1]["replicate_spearman"] for p in pts],
+                        [p[1]["replicate_spearman_se"] for p in pts],
+                        color=f"C{c}",
+                        alpha=0.4,
+                        mfc="none",
+                        **{**style, "ls": ":"},
+                    )
                 continue
-            for c, sigma in enumerate(sorted({x["sigma"] for r in runs for x in r["rules"] if x["kind"] == "o3f"})):  # N = 100: the paper's
-                pts = [(r["step"], x[key], x[key + "_se"]) for r in runs for x in r["rules"]
-                       if x["kind"] == "o3f" and (x["n"], x["sigma"], x["omega"]) == (100, sigma, 0)]
+            for c, sigma in enumerate(
+                sorted({x["sigma"] for r in runs for x in r["rules"] if x["kind"] == "o3f"})
+            ):  # N = 100: the paper's
+                pts = [
+                    (r["step"], x[key], x[key + "_se"])
+                    for r in runs
+                    for x in r["rules"]
+                    if x["kind"] == "o3f" and (x["n"], x["sigma"], x["omega"]) == (100, sigma, 0)
+                ]
                 if pts:
                     x, y, e = map(np.array, zip(*pts))
-                    ax.errorbar(x * 1.06 ** (c - 1), y, e, color=f"C{c}", label=f"{algorithm.upper()}, {size // 1000}k data, N 100, sigma {sigma:g}",
-                                **style)
+                    ax.errorbar(
+                        x * 1.06 ** (c - 1),
+                        y,
+                        e,
+                        color=f"C{c}",
+                        label=f"{algorithm.upper()}, {size // 1000}k data, N 100, sigma {sigma:g}",
+                        **style,
+                    )
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("offline updates")

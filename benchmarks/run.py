@@ -7,9 +7,11 @@
 Every base algorithm is pretrained once per task and seed (`--save-offline`), and each of its variants
 fine-tunes that one model (`--load-offline`), as in the paper's Figures 5 and 6. Results go to
 `{output_dir}/{variant}/{env_id}/seed{seed}/`; a run whose summary.json says complete is skipped and
-one that was stopped is resumed from its checkpoint, so a second invocation finishes what the first left. On a Ray cluster, `output_dir` must be on a file
+one that was stopped is resumed from its checkpoint, so a second invocation finishes what the first left.
+On a Ray cluster, `output_dir` must be on a file
 system every node sees.
 """
+
 import glob
 import json
 import os
@@ -18,7 +20,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 import tyro
 
@@ -33,7 +34,11 @@ VARIANTS = {
     "o3f_lapo_omega1": ("o3f_lapo.py", "lapo", ["--omega", "1"]),
     "cql_to_sac": ("cql_to_sac.py", "cql", []),
     "cql_same_objective": ("cql_to_sac.py", "cql", ["--online-objective", "cql"]),
-    "cql_linear": ("cql_to_sac.py", "cql", ["--online-objective", "cql", "--online-target-gap", "0.5", "--schedule", "linear"]),
+    "cql_linear": (
+        "cql_to_sac.py",
+        "cql",
+        ["--online-objective", "cql", "--online-target-gap", "0.5", "--schedule", "linear"],
+    ),
     "cql_abrupt": ("cql_to_sac.py", "cql", ["--online-objective", "cql", "--online-target-gap", "0.5"]),
 }
 PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sac.py"}
@@ -41,11 +46,12 @@ PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sa
 
 @dataclass
 class Args:
-    variants: List[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
-    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_lapo, lapo_noise, o3f_lapo_omega1, cql_to_sac, cql_same_objective, cql_linear, cql_abrupt)"""
-    env_ids: List[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
+    variants: list[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
+    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_lapo, lapo_noise, o3f_lapo_omega1,
+    cql_to_sac, cql_same_objective, cql_linear, cql_abrupt)"""
+    env_ids: list[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
     """tasks, as the scripts' --env-id"""
-    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds; each seed has its own pretrained model"""
     offline_steps: int = 20_000
     """pretraining updates (once per base algorithm, task and seed)"""
@@ -59,7 +65,7 @@ class Args:
     """runs at once on this machine (each gets --threads torch threads)"""
     threads: int = 1
     """torch threads per run: more runs than cores, each with several threads, slow everything to a crawl"""
-    ray_address: Optional[str] = None
+    ray_address: str | None = None
     """submit the runs to Ray instead of local processes: `auto`, a cluster address, or `local` for a fresh local Ray"""
     extra: str = ""
     """flags passed to every run, in one string, e.g. --extra "--eval-freq 2000 --utd 5" """
@@ -69,7 +75,7 @@ class Args:
     """flags passed to the fine-tuning runs only, e.g. --finetune-extra "--snapshot-every 5000" """
 
 
-def run_command(command: List[str], threads: int) -> int:
+def run_command(command: list[str], threads: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = command[command.index("--output-dir") + 1] + ".log"
     os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -77,7 +83,7 @@ def run_command(command: List[str], threads: int) -> int:
         return subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def run_after(command: List[str], threads: int, pretraining_code: int) -> int:
+def run_after(command: list[str], threads: int, pretraining_code: int) -> int:
     """A fine-tuning run, once its pretraining has ended (it is skipped if that failed)."""
     return pretraining_code or run_command(command, threads)
 
@@ -90,7 +96,7 @@ def complete(run_dir: str) -> bool:
 
 
 def plan(args: Args):
-    """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], skipping what is done."""
+    """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done."""
     out = os.path.abspath(args.output_dir)
     pretrain, finetune = {}, []
     for variant in args.variants:
@@ -101,42 +107,114 @@ def plan(args: Args):
                 run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
                 pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
                 stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
-                if not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir):  # a pretraining that was stopped: continue it
-                    pretrain[model] = (f"pretrain {base} {env_id} seed {seed} (resumed)", [
-                        sys.executable, os.path.join(ROOT, PRETRAIN_SCRIPT[base]), "--resume", stopped[-1], "--output-dir", pretrain_dir])
+                if (
+                    not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir)
+                ):  # a pretraining that was stopped: continue it
+                    pretrain[model] = (
+                        f"pretrain {base} {env_id} seed {seed} (resumed)",
+                        [
+                            sys.executable,
+                            os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
+                            "--resume",
+                            stopped[-1],
+                            "--output-dir",
+                            pretrain_dir,
+                        ],
+                    )
                 elif not os.path.isfile(model) and model not in pretrain:
-                    pretrain[model] = (f"pretrain {base} {env_id} seed {seed}", [
-                        sys.executable, os.path.join(ROOT, PRETRAIN_SCRIPT[base]), "--env-id", env_id, "--seed", str(seed),
-                        "--offline-steps", str(args.offline_steps), "--online-steps", "0", "--save-offline", model,
-                        "--output-dir", pretrain_dir, *shlex.split(args.extra), *shlex.split(args.pretrain_extra)])
+                    pretrain[model] = (
+                        f"pretrain {base} {env_id} seed {seed}",
+                        [
+                            sys.executable,
+                            os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
+                            "--env-id",
+                            env_id,
+                            "--seed",
+                            str(seed),
+                            "--offline-steps",
+                            str(args.offline_steps),
+                            "--online-steps",
+                            "0",
+                            "--save-offline",
+                            model,
+                            "--output-dir",
+                            pretrain_dir,
+                            *shlex.split(args.extra),
+                            *shlex.split(args.pretrain_extra),
+                        ],
+                    )
                 interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
                 if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
-                    finetune.append((f"{variant} {env_id} seed {seed} (resumed)", [
-                        sys.executable, os.path.join(ROOT, script), "--resume", interrupted[-1], "--output-dir", run_dir], model))
+                    finetune.append(
+                        (
+                            f"{variant} {env_id} seed {seed} (resumed)",
+                            [
+                                sys.executable,
+                                os.path.join(ROOT, script),
+                                "--resume",
+                                interrupted[-1],
+                                "--output-dir",
+                                run_dir,
+                            ],
+                            model,
+                        )
+                    )
                 elif not complete(run_dir):
-                    finetune.append((f"{variant} {env_id} seed {seed}", [
-                        sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--load-offline", model,
-                        "--online-steps", str(args.online_steps), "--exp-name", variant, "--output-dir", run_dir, *flags, *shlex.split(args.extra),
-                        *shlex.split(args.finetune_extra)],
-                        model))
+                    finetune.append(
+                        (
+                            f"{variant} {env_id} seed {seed}",
+                            [
+                                sys.executable,
+                                os.path.join(ROOT, script),
+                                "--env-id",
+                                env_id,
+                                "--seed",
+                                str(seed),
+                                "--load-offline",
+                                model,
+                                "--online-steps",
+                                str(args.online_steps),
+                                "--exp-name",
+                                variant,
+                                "--output-dir",
+                                run_dir,
+                                *flags,
+                                *shlex.split(args.extra),
+                                *shlex.split(args.finetune_extra),
+                            ],
+                            model,
+                        )
+                    )
     return pretrain, [] if args.pretrain_only else finetune
 
 
 def execute(pretrain: dict, finetune: list, args: Args):
-    """Exit codes of the pretraining and the fine-tuning jobs; a fine-tuning job starts as soon as its own model exists."""
+    """Exit codes of the pretraining and the fine-tuning jobs; a fine-tuning job starts once its own model exists."""
     if args.ray_address:
         import ray
 
-        ray.init(address=None if args.ray_address == "local" else args.ray_address, ignore_reinit_error=True,
-                 include_dashboard=False, logging_level="ERROR")
+        ray.init(
+            address=None if args.ray_address == "local" else args.ray_address,
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            logging_level="ERROR",
+        )
         first, then = ray.remote(num_cpus=args.threads)(run_command), ray.remote(num_cpus=args.threads)(run_after)
         models = {model: first.remote(command, args.threads) for model, (_, command) in pretrain.items()}
-        tunes = [then.remote(command, args.threads, models.get(model, 0)) for _, command, model in finetune]  # Ray waits for the model
+        tunes = [
+            then.remote(command, args.threads, models.get(model, 0)) for _, command, model in finetune
+        ]  # Ray waits for the model
         return ray.get(list(models.values())), ray.get(tunes)
-    with ThreadPoolExecutor(args.workers) as pool:  # first in, first out: every pretraining job starts before any fine-tuning
+    with ThreadPoolExecutor(
+        args.workers
+    ) as pool:  # first in, first out: every pretraining job starts before any fine-tuning
         models = {model: pool.submit(run_command, command, args.threads) for model, (_, command) in pretrain.items()}
-        tunes = [pool.submit(lambda c, m: run_after(c, args.threads, models[m].result() if m in models else 0), command, model)
-                 for _, command, model in finetune]
+        tunes = [
+            pool.submit(
+                lambda c, m: run_after(c, args.threads, models[m].result() if m in models else 0), command, model
+            )
+            for _, command, model in finetune
+        ]
         return [f.result() for f in models.values()], [f.result() for f in tunes]
 
 
@@ -147,14 +225,22 @@ if __name__ == "__main__":
         print(f"error: unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
         sys.exit(2)
     pretrain, finetune = plan(args)
-    print(f"{len(pretrain)} pretraining and {len(finetune)} fine-tuning runs to do; logs next to each run's directory", flush=True)
+    print(
+        f"{len(pretrain)} pretraining and {len(finetune)} fine-tuning runs to do; logs next to each run's directory",
+        flush=True,
+    )
     pretrain_codes, finetune_codes = execute(pretrain, finetune, args) if pretrain or finetune else ([], [])
     failed = []
-    for stage, names, codes in (("pretraining", [name for name, _ in pretrain.values()], pretrain_codes),
-                                ("fine-tuning", [name for name, _, _ in finetune], finetune_codes)):
+    for stage, names, codes in (
+        ("pretraining", [name for name, _ in pretrain.values()], pretrain_codes),
+        ("fine-tuning", [name for name, _, _ in finetune], finetune_codes),
+    ):
         for name, code in zip(names, codes):
             print(f"{stage}: {name}: {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
             failed += [name] if code != 0 else []
     if failed:
-        print(f"error: {len(failed)} runs failed (a fine-tuning run fails with its pretraining): {'; '.join(failed)}", file=sys.stderr)
+        print(
+            f"error: {len(failed)} runs failed (a fine-tuning run fails with its pretraining): {'; '.join(failed)}",
+            file=sys.stderr,
+        )
         sys.exit(1)

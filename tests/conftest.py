@@ -2,10 +2,24 @@ import os
 import subprocess
 import sys
 
+import h5py
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more):
+    """A small dataset in D4RL's HDF5 layout: the arrays given; zero rewards and no terminals unless given."""
+    n = len(observations)
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.asarray(observations, np.float32), np.asarray(actions, np.float32)
+        f["rewards"] = np.zeros(n, np.float32) if rewards is None else np.asarray(rewards, np.float32)
+        f["terminals"] = np.zeros(n, bool) if terminals is None else np.asarray(terminals, bool)
+        for key, value in more.items():
+            f[key] = value
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +43,13 @@ def run_script(data_dir):
 
     def run(script, *flags, timeout=300):
         env = {**os.environ, "O3F_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1"}
-        return subprocess.run([sys.executable, os.path.join(ROOT, script), "--no-cuda", *map(str, flags)],
-                              capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, script), "--no-cuda", *map(str, flags)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            cwd=ROOT,
+        )
 
     return run

@@ -1,10 +1,11 @@
 """The scripts are aligned line by line: a diff shows only what differs in the method."""
+
 import difflib
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 def read(name):
@@ -25,25 +26,63 @@ def test_iql_noise_differs_from_o3f_iql_only_in_the_action_selection():
     o3f, noise = read("o3f_iql.py"), read("iql_noise.py")
     only_o3f, only_noise = changed_lines(o3f, noise)
     assert len(only_o3f) + len(only_noise) <= 40
-    allowed = ("n_candidates", "omega", "sigma", "candidates", "select_action", "score", "exp_name", "O3F", "noise",
-               "Algorithm 1", "Fine-tuning offline", "Online:", "baseline", '"""', "Line 3", "line 4")
+    allowed = (
+        "n_candidates",
+        "omega",
+        "sigma",
+        "candidates",
+        "select_action",
+        "score",
+        "exp_name",
+        "O3F",
+        "noise",
+        "Algorithm 1",
+        "Fine-tuning offline",
+        "Online:",
+        "baseline",
+        '"""',
+        "Line 3",
+        "line 4",
+    )
     for line in only_o3f + only_noise:
         assert any(word in line for word in allowed), f"diff outside the action selection: {line!r}"
 
 
-SHARED = (("DATA_DIR = ", "# Per-domain defaults"), ("def normalized_score", "def reward_transform"),
-          ("class ReplayBuffer", "# ----"), ("def write_json", 'if __name__ == "__main__":'))
+SCRIPTS = ("o3f_iql.py", "iql_noise.py", "o3f_lapo.py", "cql_to_sac.py")
+PLUMBING = "# PLUMBING:"
 
 
-def section(lines, start, end):
-    i = next(k for k, line in enumerate(lines) if line.startswith(start))
-    j = next(k for k, line in enumerate(lines) if k > i and line.startswith(end))
-    return lines[i:j]
+def plumbing(lines):
+    """The marked block at the end of a script: tasks and data, buffer, flags, bookkeeping, checkpoints, guards."""
+    start = next(k for k, line in enumerate(lines) if line.startswith(PLUMBING))
+    return lines[start - 1 :]
 
 
-@pytest.mark.parametrize("other", ["o3f_lapo.py", "cql_to_sac.py"])
-def test_the_scripts_share_their_data_buffer_and_output_code_verbatim(other):
-    iql, lines = read("o3f_iql.py"), read(other)
-    for start, end in SHARED:
-        assert section(iql, start, end) == section(lines, start, end), start
+@pytest.mark.parametrize("other", SCRIPTS[1:])
+def test_the_scripts_share_their_plumbing_block_verbatim(other):
+    iql, lines = plumbing(read("o3f_iql.py")), plumbing(read(other))
+    assert len(iql) > 400  # the whole block, to the end of the file
+    assert iql == lines
 
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_method_comes_first_and_the_plumbing_last(script):
+    """A reader reaches the first network within about 150 lines; nothing but the plumbing follows its marker."""
+    lines = read(script)
+    first_network = next(k for k, line in enumerate(lines) if line.startswith("def mlp("))
+    start = next(k for k, line in enumerate(lines) if line.startswith(PLUMBING))
+    train = next(k for k, line in enumerate(lines) if line.startswith("def train("))
+    assert first_network < 150
+    assert first_network < train < start
+    assert lines[-2:] == ['if __name__ == "__main__":', "    train(tyro.cli(Args))"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_training_loop_records_each_evaluation_in_one_place(script):
+    """Evaluation, logging and checkpoints are one call each in the loop (the plumbing's Run), not inline blocks."""
+    lines = read(script)
+    loop = lines[next(k for k, line in enumerate(lines) if line.startswith("def train(")) :]
+    loop = loop[: next(k for k, line in enumerate(loop) if line.startswith(PLUMBING)) - 1]
+    text = "\n".join(loop)
+    assert text.count("run.evaluate(step") == 1 and text.count("run.log(step") == 1 and text.count("run.save(step") == 1
+    assert 'summary["evaluations"]' not in text and 'writer.add_scalar("eval/' not in text

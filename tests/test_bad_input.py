@@ -1,7 +1,10 @@
 """Bad input gets one line on stderr and exit code 2, never a traceback."""
+
 import h5py
 import numpy as np
 import pytest
+
+from conftest import write_d4rl
 
 
 def assert_one_line_error(result, *words):
@@ -18,12 +21,15 @@ def test_unknown_env_id_suggests_close_names(run_script, script):
     assert_one_line_error(run_script(script, "--env-id", "halfcheetah-medium-v9"), "halfcheetah-medium-v2")
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--n-candidates", 0], ["--n-candidates"]),
-    (["--sigma", -0.1], ["--sigma"]),
-    (["--offline-steps", -5], ["--offline-steps"]),
-    (["--batch-size", 100_000], ["--batch-size", "3000 transitions"]),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--n-candidates", 0], ["--n-candidates"]),
+        (["--sigma", -0.1], ["--sigma"]),
+        (["--offline-steps", -5], ["--offline-steps"]),
+        (["--batch-size", 100_000], ["--batch-size", "3000 transitions"]),
+    ],
+)
 def test_impossible_values(run_script, small_dataset, flags, words):
     assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", small_dataset, *flags), *words)
 
@@ -33,14 +39,14 @@ def test_missing_dataset_file(run_script, tmp_path):
 
 
 def test_missing_d4rl_dataset_says_how_to_get_it(run_script):
-    assert_one_line_error(run_script("iql_noise.py", "--env-id", "hopper-medium-v2"), "hopper-medium-v2", "--dataset-path")
+    assert_one_line_error(
+        run_script("iql_noise.py", "--env-id", "hopper-medium-v2"), "hopper-medium-v2", "--dataset-path"
+    )
 
 
 def test_dataset_of_another_environment(run_script, tmp_path):
     path = tmp_path / "hopper-like.hdf5"
-    with h5py.File(path, "w") as f:
-        f["observations"], f["actions"] = np.zeros((300, 11), np.float32), np.zeros((300, 3), np.float32)
-        f["rewards"], f["terminals"] = np.zeros(300, np.float32), np.zeros(300, bool)
+    write_d4rl(path, np.zeros((300, 11)), np.zeros((300, 3)))
     assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", path), "11-d observations", "17")
 
 
@@ -62,15 +68,22 @@ def test_not_an_hdf5_file(run_script, tmp_path):
 def test_checkpoint_of_another_task_or_file(run_script, small_dataset, tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"junk")
-    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", small_dataset, "--load-offline", path), "--load-offline")
-    assert_one_line_error(run_script("o3f_iql.py", "--dataset-path", small_dataset, "--load-offline", tmp_path / "no.pt"), "no such file")
+    assert_one_line_error(
+        run_script("o3f_iql.py", "--dataset-path", small_dataset, "--load-offline", path), "--load-offline"
+    )
+    assert_one_line_error(
+        run_script("o3f_iql.py", "--dataset-path", small_dataset, "--load-offline", tmp_path / "no.pt"), "no such file"
+    )
 
 
-@pytest.mark.parametrize("state, words", [
-    ({"algorithm": "iql", "env_id": "hopper-medium-v2", "step": 10}, ["trained on hopper-medium-v2", "--env-id"]),
-    ({"algorithm": "lapo", "env_id": "embedded-halfcheetah-medium", "step": 10}, ["another script"]),
-    ({"algorithm": "iql", "env_id": "embedded-halfcheetah-medium", "step": 10, "actor": {}}, ["does not fit"]),
-])
+@pytest.mark.parametrize(
+    "state, words",
+    [
+        ({"algorithm": "iql", "env_id": "hopper-medium-v2", "step": 10}, ["trained on hopper-medium-v2", "--env-id"]),
+        ({"algorithm": "lapo", "env_id": "embedded-halfcheetah-medium", "step": 10}, ["another script"]),
+        ({"algorithm": "iql", "env_id": "embedded-halfcheetah-medium", "step": 10, "actor": {}}, ["does not fit"]),
+    ],
+)
 def test_checkpoint_of_another_task_or_script(run_script, small_dataset, tmp_path, state, words):
     import torch
 
@@ -81,9 +94,7 @@ def test_checkpoint_of_another_task_or_script(run_script, small_dataset, tmp_pat
 
 def test_dataset_arrays_of_different_lengths(run_script, tmp_path):
     path = tmp_path / "ragged.hdf5"
-    with h5py.File(path, "w") as f:
-        f["observations"], f["actions"] = np.zeros((300, 17), np.float32), np.zeros((299, 6), np.float32)
-        f["rewards"], f["terminals"] = np.zeros(300, np.float32), np.zeros(300, bool)
+    write_d4rl(path, np.zeros((300, 17)), np.zeros((299, 6)))
     assert_one_line_error(run_script("o3f_lapo.py", "--dataset-path", path), "differ in length")
 
 

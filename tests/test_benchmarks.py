@@ -1,4 +1,5 @@
 """benchmarks/run.py (the experiment grid) and benchmarks/plot.py (the paper's figures)."""
+
 import glob
 import json
 import os
@@ -15,9 +16,21 @@ TINY = "--eval-freq 25 --eval-episodes 1 --batch-size 32 --log-freq 25"
 
 
 def grid(out, data_dir, small_dataset, *flags):
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--variants", "o3f_iql", "iql_noise",
-               "--offline-steps", "50", "--online-steps", "50", "--output-dir", str(out), f"--extra={TINY} --dataset-path {small_dataset} --no-cuda",
-               *flags]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "run.py"),
+        "--variants",
+        "o3f_iql",
+        "iql_noise",
+        "--offline-steps",
+        "50",
+        "--online-steps",
+        "50",
+        "--output-dir",
+        str(out),
+        f"--extra={TINY} --dataset-path {small_dataset} --no-cuda",
+        *flags,
+    ]
     env = {**os.environ, "O3F_DATA_DIR": data_dir}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
@@ -68,10 +81,23 @@ def test_the_same_runs_go_through_a_local_ray_instance(tmp_path, data_dir, small
 
 
 def fake_summary(variant, seed, scores, q_bias=None, switch=100):
-    evaluations = [{"step": switch + 50 * (i - 1), "phase": "offline" if i <= 1 else "online", "normalized_score": s,
-                    "return": 10.0 * s, "q_bias": None if q_bias is None else q_bias[i], "critic_loss": 1.0 + i}
-                   for i, s in enumerate(scores)]
-    return {"args": {"offline_steps": switch, "seed": seed}, "run_name": f"{variant}-{seed}", "evaluations": evaluations, "complete": True}
+    evaluations = [
+        {
+            "step": switch + 50 * (i - 1),
+            "phase": "offline" if i <= 1 else "online",
+            "normalized_score": s,
+            "return": 10.0 * s,
+            "q_bias": None if q_bias is None else q_bias[i],
+            "critic_loss": 1.0 + i,
+        }
+        for i, s in enumerate(scores)
+    ]
+    return {
+        "args": {"offline_steps": switch, "seed": seed, "eval_episodes": 5},
+        "run_name": f"{variant}-{seed}",
+        "evaluations": evaluations,
+        "complete": True,
+    }
 
 
 def write_fake(results, variant, seed, summary, env_id="embedded-halfcheetah-medium"):
@@ -89,34 +115,105 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
     results = tmp_path / "results"
     for seed, offset in ((1, 0.0), (2, 2.0)):
         write_fake(results, "o3f_iql", seed, fake_summary("o3f_iql", seed, [10, 20 + offset, 30 + offset, 40 + offset]))
-        write_fake(results, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20 + offset, 22 + offset, 24 + offset]))
+        write_fake(
+            results, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20 + offset, 22 + offset, 24 + offset])
+        )
         write_fake(results, "o3f_lapo", seed, fake_summary("o3f_lapo", seed, [5, 6, 7, 8]))
         write_fake(results, "lapo_noise", seed, fake_summary("lapo_noise", seed, [5, 5, 5, 5]))
     write_fake(results, "cql_to_sac", 1, fake_summary("cql_to_sac", 1, [30, 40, 20, 35], q_bias=[1, 2, 40, 5]))
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     figures = results / "figures"
-    assert sorted(os.listdir(figures)) == ["figure2_cql_to_sac_embedded-halfcheetah-medium.png", "figure5_o3f_vs_noise.png"]
+    assert sorted(os.listdir(figures)) == [
+        "aggregate.png",
+        "figure2_cql_to_sac_embedded-halfcheetah-medium.png",
+        "figure5_o3f_vs_noise.png",
+    ]
     assert png_size(figures / "figure5_o3f_vs_noise.png") == (1200, 432)  # two panels: IQL and LAPO
-    assert png_size(figures / "figure2_cql_to_sac_embedded-halfcheetah-medium.png") == (1800, 432)  # score, Q bias, loss
-    # The table: mean over the two seeds at the switch (step 100) and at the end (step 200).
-    assert "| IQL + O3F | embedded-halfcheetah-medium | 2 | 21.0 ± 1.0 | 41.0 ± 1.0 | +20.0 |" in result.stdout
-    assert "| IQL + noise | embedded-halfcheetah-medium | 2 | 21.0 ± 1.0 | 25.0 ± 1.0 | +4.0 |" in result.stdout
+    assert png_size(figures / "figure2_cql_to_sac_embedded-halfcheetah-medium.png") == (
+        1800,
+        432,
+    )  # score, Q bias, loss
+    # The table: IQM over the two seeds (of two, their mean) at the switch (step 100) and at the end (step 200), with
+    # the bootstrap's 95% CI: resampling two seeds gives means from the lower score to the higher one.
+    row = "| IQL + O3F | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 41.0 [40.0, 42.0] | +20.0 |"
+    assert row in result.stdout
+    assert (
+        "| IQL + noise | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 25.0 [24.0, 26.0] | +4.0 |"
+        in result.stdout
+    )
+    # O3F's two end scores (40, 42) both beat noise's (24, 26): probability of improvement 1, in every resample.
+    assert "| IQL + O3F vs IQL + noise | embedded-halfcheetah-medium | 2, 2 |" in result.stdout
+    assert "| 41.0 [40.0, 42.0] vs 25.0 [24.0, 26.0] | 1.00 [1.00, 1.00] |" in result.stdout
+
+
+def plot_module():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import plot
+
+    return plot
+
+
+def test_iqm_is_the_mean_of_the_middle_half_and_its_interval_contains_it():
+    plot = plot_module()
+    scores = np.array([100.0, 1, 2, 3, 4, 5, 6, 7])[:, None]  # 8 runs of one task; the top and bottom quarter drop out
+    point, low, high = plot.iqm_ci(scores)
+    assert point == pytest.approx((3 + 4 + 5 + 6) / 4)
+    assert low < point < high and 1 <= low and high < 100
+
+
+def test_iqm_pools_tasks_and_the_bootstrap_resamples_runs_within_each_task():
+    plot = plot_module()
+    scores = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])  # 4 runs x 2 tasks: 8 scores
+    point, low, high = plot.iqm_ci(scores)
+    assert point == pytest.approx(np.mean([3.0, 4.0, 10.0, 20.0]))  # the middle half of all 8
+    same_runs = np.array([[5.0, 50.0]] * 4)  # no spread within a task: every stratified resample is the same
+    assert plot.iqm_ci(same_runs) == pytest.approx((27.5, 27.5, 27.5))
+
+
+def test_probability_of_improvement_counts_the_pairs_of_runs_one_beats_the_other():
+    plot = plot_module()
+    x, y = np.array([[3.0], [4.0], [6.0]]), np.array([[1.0], [5.0]])
+    point, low, high = plot.improvement_ci(x, y)
+    assert point == pytest.approx(4 / 6)  # 3 > 1, 4 > 1, 6 > 1, 6 > 5 of the 6 pairs
+    assert low <= point <= high and 0 <= low and high <= 1
+    assert plot.improvement_ci(np.ones((3, 1)), np.ones((3, 1)))[0] == pytest.approx(0.5)  # ties count one half
+
+
+def test_the_score_matrix_holds_each_seeds_score_at_the_switch_and_at_the_end():
+    plot = plot_module()
+    runs = {"v": {"a": [fake_summary("v", 1, [10, 20, 30]), fake_summary("v", 2, [10, 22, 33])]}}
+    assert plot.score_matrix(runs, "v", ["a"], "switch").tolist() == [[20.0], [22.0]]  # the evaluation at step 100
+    assert plot.score_matrix(runs, "v", ["a"], "end").tolist() == [[30.0], [33.0]]
 
 
 def test_the_plotter_says_so_when_there_is_nothing_to_draw(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "no complete runs" in result.stderr
 
 
 def test_the_plotter_draws_the_training_episodes_beside_the_evaluations():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import plot
-
-    runs = [{"args": {"offline_steps": 100}, "train_episodes": [{"step": 200, "normalized_score": 10.0}, {"step": 300, "normalized_score": 30.0}]},
-            {"args": {"offline_steps": 100}, "train_episodes": [{"step": 200, "normalized_score": 20.0}, {"step": 300, "normalized_score": 20.0}]}]
+    plot = plot_module()
+    runs = [
+        {
+            "args": {"offline_steps": 100},
+            "train_episodes": [{"step": 200, "normalized_score": 10.0}, {"step": 300, "normalized_score": 30.0}],
+        },
+        {
+            "args": {"offline_steps": 100},
+            "train_episodes": [{"step": 200, "normalized_score": 20.0}, {"step": 300, "normalized_score": 20.0}],
+        },
+    ]
     curve = plot.behaviour_curve(runs, np.array([0.0, 100.0, 150.0, 200.0]))
     assert np.isnan(curve[0])  # before the first training episode ended
     assert curve[1:].tolist() == [15.0, 20.0, 25.0]  # each seed interpolated, then the mean over seeds
@@ -131,12 +228,24 @@ def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tm
     stopped.mkdir(parents=True)
     (stopped / "checkpoint.pt").write_bytes(b"")
     (stopped / "summary.json").write_text(json.dumps({"complete": False}))
-    args = run.Args(variants=["o3f_iql"], seeds=[1, 2], output_dir=str(tmp_path), pretrain_extra="--snapshot-steps 10", finetune_extra="--snapshot-every 5")
+    args = run.Args(
+        variants=["o3f_iql"],
+        seeds=[1, 2],
+        output_dir=str(tmp_path),
+        pretrain_extra="--snapshot-steps 10",
+        finetune_extra="--snapshot-every 5",
+    )
     pretrain, finetune = run.plan(args)
     commands = {name: command for name, command in pretrain.values()}
-    assert commands["pretrain iql embedded-halfcheetah-medium seed 1 (resumed)"][2:4] == ["--resume", str(stopped / "checkpoint.pt")]
+    assert commands["pretrain iql embedded-halfcheetah-medium seed 1 (resumed)"][2:4] == [
+        "--resume",
+        str(stopped / "checkpoint.pt"),
+    ]
     fresh = commands["pretrain iql embedded-halfcheetah-medium seed 2"]
     assert "--snapshot-steps" in fresh and "--snapshot-every" not in fresh
-    assert all("--snapshot-every" in command and "--snapshot-steps" not in command for _, command, _ in finetune) and len(finetune) == 2
+    assert (
+        all("--snapshot-every" in command and "--snapshot-steps" not in command for _, command, _ in finetune)
+        and len(finetune) == 2
+    )
     args.pretrain_only = True
     assert run.plan(args)[1] == []

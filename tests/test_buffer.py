@@ -1,4 +1,5 @@
 """The replay buffer: the offline data D, then the online transitions, sampled on the device."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,11 +10,16 @@ import o3f_lapo
 
 
 def numbered_dataset(n):
-    """Row i holds i everywhere (next observation i + 100), so a sampled row shows whether its fields belong together."""
+    """Row i holds i everywhere (next observation i + 100): a sampled row shows whether its fields belong together."""
     rows = np.arange(n, dtype=np.float32)
-    return {"observations": rows[:, None].repeat(3, 1), "actions": rows[:, None].repeat(2, 1), "rewards": rows.copy(),
-            "next_observations": rows[:, None].repeat(3, 1) + 100, "terminals": (rows % 2).astype(np.float32),
-            "episode_returns": np.array([1.0])}
+    return {
+        "observations": rows[:, None].repeat(3, 1),
+        "actions": rows[:, None].repeat(2, 1),
+        "rewards": rows.copy(),
+        "next_observations": rows[:, None].repeat(3, 1) + 100,
+        "terminals": (rows % 2).astype(np.float32),
+        "episode_returns": np.array([1.0]),
+    }
 
 
 @pytest.mark.parametrize("module", [o3f_iql, o3f_lapo, cql_to_sac])

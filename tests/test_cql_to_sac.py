@@ -1,9 +1,12 @@
 """cql_to_sac.py: CQL's conservative term, the switch to SAC, its schedules and Figure 2's Q bias."""
+
+import copy
 import glob
 import json
 import os
 from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -12,8 +15,16 @@ import torch.nn as nn
 import cql_to_sac
 import make_datasets
 
-ARGS = SimpleNamespace(gamma=0.99, tau=0.005, cql_weight=5.0, cql_n_actions=10, cql_target_gap=5.0,
-                       online_target_gap=0.5, online_steps=100, schedule="linear")
+ARGS = SimpleNamespace(
+    gamma=0.99,
+    tau=0.005,
+    cql_weight=5.0,
+    cql_n_actions=10,
+    cql_target_gap=5.0,
+    online_target_gap=0.5,
+    online_steps=100,
+    schedule="linear",
+)
 
 
 class PeakedCritic(nn.Module):
@@ -36,7 +47,9 @@ def test_conservative_term_is_larger_when_the_critic_overrates_out_of_data_actio
     gaps = {}
     for sign in (-1, 1):
         torch.manual_seed(1)
-        gaps[sign] = cql_to_sac.conservative_gap(PeakedCritic(data_action, sign), actor, obs, next_obs, actions, 10).item()
+        gaps[sign] = cql_to_sac.conservative_gap(
+            PeakedCritic(data_action, sign), actor, obs, next_obs, actions, 10
+        ).item()
     assert gaps[1] > gaps[-1] + 10  # pushing down Q off the data costs more where Q is high off the data
 
 
@@ -50,49 +63,114 @@ def test_conservative_gap_is_logsumexp_minus_data_q_for_a_constant_critic():
         def forward(self, obs):
             return torch.zeros(len(obs), 2), torch.zeros(len(obs))
 
-    gap = cql_to_sac.conservative_gap(Constant(), FixedDensity(), torch.zeros(8, 4), torch.zeros(8, 4), torch.zeros(8, 2), 10)
+    gap = cql_to_sac.conservative_gap(
+        Constant(), FixedDensity(), torch.zeros(8, 4), torch.zeros(8, 4), torch.zeros(8, 2), 10
+    )
     # 10 uniform draws with density 0.25 and 20 policy draws with density 1: log(10 * 4 + 20) + 3 - 3
     assert gap.item() == pytest.approx(np.log(10 * 4 + 20), rel=1e-5)
 
 
-def make_learner(seed=0):
+def make_learner(seed=0, optimizer=None):
+    """A whole CQL/SAC agent on hand-made spaces (Adam with lr 1e-2, or `optimizer`), and a batch."""
     torch.manual_seed(seed)
-    actor, qf = cql_to_sac.Actor(4, 2), cql_to_sac.QEnsemble(4, 2, 2)
-    qf_target = cql_to_sac.QEnsemble(4, 2, 2)
-    qf_target.load_state_dict(qf.state_dict())
-    alpha, alpha_prime = cql_to_sac.LogMultiplier(), cql_to_sac.LogMultiplier()
-    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (actor, qf, alpha, alpha_prime)]
-    batch = (torch.randn(32, 4), torch.rand(32, 2) * 2 - 1, torch.randn(32), torch.randn(32, 4), torch.zeros(32))
-    return actor, qf, qf_target, alpha, alpha_prime, optimizers, batch
+    env = SimpleNamespace(observation_space=gym.spaces.Box(-1, 1, (4,)), action_space=gym.spaces.Box(-1, 1, (2,)))
+    args = SimpleNamespace(**vars(ARGS), policy_lr=1e-2, q_lr=1e-2, compile=False, cudagraphs=False)
+    agent = cql_to_sac.Agent(env, args, torch.device("cpu"))
+    if optimizer is not None:  # SGD: Adam's first steps are +-lr wherever a gradient is ~0, so rounding would flip them
+        for name in ("actor", "q", "alpha", "alpha_prime"):
+            net = getattr(agent, {"q": "qf"}.get(name, name))
+            setattr(agent, f"{name}_optimizer", optimizer(net.parameters(), lr=1e-2))
+    batch = (
+        torch.randn(32, 4),
+        torch.rand(32, 2) * 2 - 1,
+        torch.randn(32),
+        torch.randn(32, 4),
+        (torch.rand(32) < 0.3).float(),
+    )
+    return agent, batch
+
+
+def test_cql_update_matches_hand_computed_losses_and_polyak_targets():
+    agent, batch = make_learner()
+    obs, actions, rewards, next_obs, dones = batch
+    before = copy.deepcopy(agent)
+    torch.manual_seed(9)
+    losses = cql_to_sac.cql_update(agent, batch, True, 5.0, ARGS)
+
+    with torch.no_grad():
+        torch.manual_seed(9)  # the same draws, in the update's order
+        next_actions, next_log_prob = before.actor(next_obs)
+        next_v = before.qf_target(next_obs, next_actions).min(0).values - 1.0 * next_log_prob  # alpha = exp(0)
+        td_target = rewards + 0.99 * (1 - dones) * next_v
+        q = before.qf(obs, actions)
+        expected_td = ((q[0] - td_target) ** 2).mean() + ((q[1] - td_target) ** 2).mean()
+        gap = 5.0 * cql_to_sac.conservative_gap(before.qf, before.actor, obs, next_obs, actions, 10)
+        expected_qf = expected_td + (1.0 * (gap - 5.0)).sum()  # alpha' = exp(0) before its step
+        pi_actions, log_prob = before.actor(obs)  # the actor's step sees the critics after theirs
+        expected_actor = (1.0 * log_prob - agent.qf(obs, pi_actions).min(0).values).mean()
+    assert losses["td_loss"].item() == pytest.approx(expected_td.item(), rel=1e-5)
+    assert losses["cql_gap"].item() == pytest.approx(gap.mean().item(), rel=1e-5)
+    assert losses["qf_loss"].item() == pytest.approx(expected_qf.item(), rel=1e-5)
+    assert losses["actor_loss"].item() == pytest.approx(expected_actor.item(), rel=1e-5)
+    for p, t_new, t_old in zip(agent.qf.parameters(), agent.qf_target.parameters(), before.qf_target.parameters()):
+        assert torch.allclose(t_new, t_old + 0.005 * (p - t_old), atol=1e-7)
 
 
 @pytest.mark.parametrize("target_gap, grows", [(-1000.0, True), (1000.0, False)])
 def test_the_lagrange_multiplier_grows_while_the_gap_exceeds_the_threshold(target_gap, grows):
-    actor, qf, qf_target, alpha, alpha_prime, optimizers, batch = make_learner()
-    before = alpha_prime.log_value.item()
-    losses = cql_to_sac.cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, *optimizers, True, target_gap, -2.0, ARGS)
-    assert (alpha_prime.log_value.item() > before) == grows
+    agent, batch = make_learner()
+    before = agent.alpha_prime.log_value.item()
+    losses = cql_to_sac.cql_update(agent, batch, True, target_gap, ARGS)
+    assert (agent.alpha_prime.log_value.item() > before) == grows
     assert (losses["cql_gap"].item() > target_gap) == grows
 
 
-def test_the_switch_removes_the_conservative_term():
-    actor, qf, qf_target, alpha, alpha_prime, optimizers, batch = make_learner()
-    before = alpha_prime.log_value.item()
-    losses = cql_to_sac.cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, *optimizers, False, 5.0, -2.0, ARGS)
+def test_online_sac_has_no_conservative_term():
+    agent, batch = make_learner()
+    before = agent.alpha_prime.log_value.item()
+    losses = cql_to_sac.cql_update(agent, batch, False, 5.0, ARGS)
     assert "cql_gap" not in losses and losses["qf_loss"].item() == losses["td_loss"].item()
-    assert alpha_prime.log_value.item() == before  # untouched online under SAC
-    actor, qf, qf_target, alpha, alpha_prime, optimizers, batch = make_learner()
-    conservative = cql_to_sac.cql_update(batch, actor, qf, qf_target, alpha, alpha_prime, *optimizers, True, 5.0, -2.0, ARGS)
-    assert conservative["qf_loss"].item() != conservative["td_loss"].item()
+    assert agent.alpha_prime.log_value.item() == before  # untouched online under SAC
 
 
-def test_threshold_schedules():
-    linear = ARGS
-    assert cql_to_sac.target_gap_at(0, linear) == 5.0
-    assert cql_to_sac.target_gap_at(50, linear) == pytest.approx(2.75)
-    assert cql_to_sac.target_gap_at(100, linear) == pytest.approx(0.5)  # the end value at the last online step
+def test_offline_cql_adds_the_conservative_term_to_the_td_loss():
+    agent, batch = make_learner()
+    losses = cql_to_sac.cql_update(agent, batch, True, 5.0, ARGS)
+    assert losses["qf_loss"].item() != losses["td_loss"].item()
+
+
+def test_compiled_update_equals_the_eager_update(monkeypatch):
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # compiled code draws eager's random numbers
+    eager, _ = make_learner(optimizer=torch.optim.SGD)
+    compiled = copy.deepcopy(eager)
+    update = torch.compile(cql_to_sac.cql_update)
+    for i, conservative in enumerate((True, True, False)):  # both phases, as at the switch
+        _, batch = make_learner(seed=10 + i)
+        torch.manual_seed(i)
+        expected = cql_to_sac.cql_update(eager, batch, conservative, 5.0, ARGS)
+        torch.manual_seed(i)
+        got = update(compiled, batch, conservative, 5.0, ARGS)
+        for name in expected:
+            assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6), name
+    for name in ("actor", "qf", "qf_target", "alpha", "alpha_prime"):
+        for p_e, p_c in zip(getattr(eager, name).parameters(), getattr(compiled, name).parameters()):
+            assert torch.allclose(p_e, p_c, atol=1e-5), name
+
+
+def test_the_linear_schedule_moves_from_the_offline_to_the_online_threshold():
+    assert cql_to_sac.target_gap_at(0, ARGS) == 5.0
+    assert cql_to_sac.target_gap_at(50, ARGS) == pytest.approx(2.75)
+    assert cql_to_sac.target_gap_at(100, ARGS) == pytest.approx(0.5)  # the end value at the last online step
+
+
+def test_the_abrupt_schedule_is_at_its_end_value_from_the_first_online_step():
     abrupt = SimpleNamespace(**{**vars(ARGS), "schedule": "abrupt"})
     assert cql_to_sac.target_gap_at(1, abrupt) == 0.5
+
+
+def test_without_an_online_threshold_the_offline_one_stays():
     same = SimpleNamespace(**{**vars(ARGS), "online_target_gap": None})
     assert cql_to_sac.target_gap_at(100, same) == 5.0
 
@@ -117,9 +195,32 @@ def maze_dataset(tmp_path_factory):
 
 
 def run_cql(run_script, maze_dataset, out, *flags):
-    result = run_script("cql_to_sac.py", "--env-id", "embedded-pointmaze-medium", "--dataset-path", maze_dataset,
-                        "--output-dir", out, "--offline-steps", 40, "--online-steps", 620, "--eval-freq", 40,
-                        "--eval-episodes", 1, "--batch-size", 32, "--cql-n-actions", 2, "--switch-window", 20, "--log-freq", 100, *flags)
+    result = run_script(
+        "cql_to_sac.py",
+        "--env-id",
+        "embedded-pointmaze-medium",
+        "--dataset-path",
+        maze_dataset,
+        "--output-dir",
+        out,
+        "--offline-steps",
+        40,
+        "--online-steps",
+        620,
+        "--eval-freq",
+        40,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        32,
+        "--cql-n-actions",
+        2,
+        "--switch-window",
+        20,
+        "--log-freq",
+        100,
+        *flags,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = glob.glob(str(out / "*"))
     return run_dir
@@ -148,7 +249,17 @@ def test_a_run_shows_performance_critic_loss_and_q_bias_across_the_switch(run_sc
 def test_same_objective_online_keeps_the_conservative_term_on_its_schedule(run_script, maze_dataset, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = run_cql(run_script, maze_dataset, tmp_path, "--online-objective", "cql", "--online-target-gap", 0.5, "--schedule", "linear")
+    run_dir = run_cql(
+        run_script,
+        maze_dataset,
+        tmp_path,
+        "--online-objective",
+        "cql",
+        "--online-target-gap",
+        0.5,
+        "--schedule",
+        "linear",
+    )
     events = EventAccumulator(run_dir)
     events.Reload()
     assert max(e.step for e in events.Scalars("losses/cql_gap")) == 600  # still there online (last log step)
@@ -157,5 +268,13 @@ def test_same_objective_online_keeps_the_conservative_term_on_its_schedule(run_s
 
 
 def test_a_target_gap_without_the_cql_objective_is_refused(run_script, maze_dataset):
-    result = run_script("cql_to_sac.py", "--env-id", "embedded-pointmaze-medium", "--dataset-path", maze_dataset, "--online-target-gap", 0.5)
+    result = run_script(
+        "cql_to_sac.py",
+        "--env-id",
+        "embedded-pointmaze-medium",
+        "--dataset-path",
+        maze_dataset,
+        "--online-target-gap",
+        0.5,
+    )
     assert result.returncode == 2 and "--online-objective cql" in result.stderr and "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
 """Tasks, data sources and embedded datasets (no network: downloads come from a loopback server)."""
+
 import http.server
 import os
 import threading
@@ -11,14 +12,21 @@ import pytest
 
 import make_datasets
 import o3f_iql
+from conftest import write_d4rl
 
 PAPER_TASKS = {  # the paper's twelve: (observation size, action size, D4RL reference returns)
-    "halfcheetah-random-v2": (17, 6, -280.178953, 12135.0), "halfcheetah-medium-v2": (17, 6, -280.178953, 12135.0),
-    "hopper-random-v2": (11, 3, -20.272305, 3234.3), "hopper-medium-v2": (11, 3, -20.272305, 3234.3),
-    "walker2d-random-v2": (17, 6, 1.629008, 4592.3), "walker2d-medium-v2": (17, 6, 1.629008, 4592.3),
-    "antmaze-umaze-diverse-v2": (29, 8, 0.0, 1.0), "antmaze-medium-diverse-v2": (29, 8, 0.0, 1.0),
-    "antmaze-large-diverse-v2": (29, 8, 0.0, 1.0), "kitchen-complete-v0": (59, 9, 0.0, 4.0),
-    "kitchen-mixed-v0": (59, 9, 0.0, 4.0), "kitchen-partial-v0": (59, 9, 0.0, 4.0),
+    "halfcheetah-random-v2": (17, 6, -280.178953, 12135.0),
+    "halfcheetah-medium-v2": (17, 6, -280.178953, 12135.0),
+    "hopper-random-v2": (11, 3, -20.272305, 3234.3),
+    "hopper-medium-v2": (11, 3, -20.272305, 3234.3),
+    "walker2d-random-v2": (17, 6, 1.629008, 4592.3),
+    "walker2d-medium-v2": (17, 6, 1.629008, 4592.3),
+    "antmaze-umaze-diverse-v2": (29, 8, 0.0, 1.0),
+    "antmaze-medium-diverse-v2": (29, 8, 0.0, 1.0),
+    "antmaze-large-diverse-v2": (29, 8, 0.0, 1.0),
+    "kitchen-complete-v0": (59, 9, 0.0, 4.0),
+    "kitchen-mixed-v0": (59, 9, 0.0, 4.0),
+    "kitchen-partial-v0": (59, 9, 0.0, 4.0),
 }
 
 
@@ -41,14 +49,18 @@ def test_antmaze_observation_is_d4rls_position_then_body():
     env = o3f_iql.make_env("antmaze-large-diverse-v2")
     obs, _ = env.reset(seed=0)
     qpos = env.unwrapped.ant_env.data.qpos
-    assert np.allclose(obs[:2], qpos[:2]) and np.allclose(obs[2:15], qpos[2:])  # x, y, then the body, as D4RL's 29-d vector
+    assert np.allclose(obs[:2], qpos[:2]) and np.allclose(
+        obs[2:15], qpos[2:]
+    )  # x, y, then the body, as D4RL's 29-d vector
     assert np.allclose(obs[:2], [-18, 12], atol=1.0)  # D4RL's fixed start cell (1, 1) of the large maze
     assert env.spec.max_episode_steps == 1000
 
 
 def test_antmaze_evaluation_uses_d4rls_fixed_start_and_goal():
-    for env_id, (start, goal) in {"antmaze-umaze-diverse-v2": ((1, 3), (3, 3)),
-                                  "antmaze-large-diverse-v2": ((1, 1), (7, 9))}.items():
+    for env_id, (start, goal) in {
+        "antmaze-umaze-diverse-v2": ((1, 3), (3, 3)),
+        "antmaze-large-diverse-v2": ((1, 1), (7, 9)),
+    }.items():
         maze = o3f_iql.TASKS[env_id].env_kwargs["maze_map"]
         assert maze[start[0]][start[1]] == "r" and maze[goal[0]][goal[1]] == "g"
         assert sum(row.count("g") for row in maze) == 1 and sum(row.count("r") for row in maze) == 1
@@ -63,8 +75,15 @@ def test_kitchen_scores_completed_subtasks_out_of_four():
 
 
 def test_every_listed_task_resolves():
-    locomotion = [f"{r}-{d}-v2" for r in ("halfcheetah", "hopper", "walker2d") for d in ("random", "medium", "medium-replay", "medium-expert", "expert")]
-    antmaze = [f"antmaze-{d}-v2" for d in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")]
+    locomotion = [
+        f"{r}-{d}-v2"
+        for r in ("halfcheetah", "hopper", "walker2d")
+        for d in ("random", "medium", "medium-replay", "medium-expert", "expert")
+    ]
+    antmaze = [
+        f"antmaze-{d}-v2"
+        for d in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
+    ]
     assert set(locomotion + antmaze) <= set(o3f_iql.TASKS)
     assert o3f_iql.TASKS["halfcheetah-medium-replay-v2"].dataset == "halfcheetah_medium_replay-v2"  # D4RL's file name
     assert o3f_iql.TASKS["antmaze-medium-play-v2"].dataset == "D4RL/antmaze/medium-play-v1"
@@ -91,8 +110,17 @@ def make_minari_antmaze(root, monkeypatch, episodes=3, steps=40):
             actions.append(env.action_space.sample())
             observations.append(env.step(actions[-1])[0])
         stacked = {key: np.stack([o[key] for o in observations]) for key in obs}
-        buffers.append(EpisodeBuffer(id=ep, observations=stacked, actions=np.stack(actions), rewards=[float(ep == 1)] * steps,
-                                     terminations=[False] * steps, truncations=[False] * (steps - 1) + [True], infos={}))
+        buffers.append(
+            EpisodeBuffer(
+                id=ep,
+                observations=stacked,
+                actions=np.stack(actions),
+                rewards=[float(ep == 1)] * steps,
+                terminations=[False] * steps,
+                truncations=[False] * (steps - 1) + [True],
+                infos={},
+            )
+        )
     minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", buffers, env=env, ref_min_score=0.0, ref_max_score=1.0)
     return buffers
 
@@ -102,16 +130,35 @@ def test_minari_loader_flattens_observations_like_d4rl(tmp_path, monkeypatch):
     data = o3f_iql.load_dataset("antmaze-umaze-v2")
     first = buffers[0].observations
     assert data["observations"].shape == (120, 29) and data["actions"].shape == (120, 8)
-    assert np.allclose(data["observations"][:40], np.concatenate([first["achieved_goal"], first["observation"]], -1)[:-1])
-    assert np.allclose(data["next_observations"][:40], np.concatenate([first["achieved_goal"], first["observation"]], -1)[1:])
+    assert np.allclose(
+        data["observations"][:40], np.concatenate([first["achieved_goal"], first["observation"]], -1)[:-1]
+    )
+    assert np.allclose(
+        data["next_observations"][:40], np.concatenate([first["achieved_goal"], first["observation"]], -1)[1:]
+    )
     assert data["terminals"].sum() == 0  # truncations are not terminal
     assert sorted(data["episode_returns"].tolist()) == [0.0, 0.0, 40.0]
 
 
 def test_a_run_on_a_minari_antmaze_dataset(run_script, tmp_path, monkeypatch):
     make_minari_antmaze(tmp_path / "minari", monkeypatch)
-    result = run_script("o3f_iql.py", "--env-id", "antmaze-umaze-v2", "--output-dir", tmp_path / "runs", "--offline-steps", 20,
-                        "--online-steps", 20, "--eval-freq", 20, "--eval-episodes", 1, "--batch-size", 32)
+    result = run_script(
+        "o3f_iql.py",
+        "--env-id",
+        "antmaze-umaze-v2",
+        "--output-dir",
+        tmp_path / "runs",
+        "--offline-steps",
+        20,
+        "--online-steps",
+        20,
+        "--eval-freq",
+        20,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        32,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     import glob
     import json
@@ -153,9 +200,7 @@ def d4rl_server(tmp_path, monkeypatch):
 
 def hdf5_bytes(tmp_path, n=50):
     path = tmp_path / "src.hdf5"
-    with h5py.File(path, "w") as f:
-        f["observations"], f["actions"] = np.random.randn(n, 11).astype(np.float32), np.random.uniform(-1, 1, (n, 3)).astype(np.float32)
-        f["rewards"], f["terminals"], f["timeouts"] = np.ones(n, np.float32), np.zeros(n, bool), np.zeros(n, bool)
+    write_d4rl(path, np.random.randn(n, 11), np.random.uniform(-1, 1, (n, 3)), np.ones(n), timeouts=np.zeros(n, bool))
     return path.read_bytes()
 
 
@@ -194,7 +239,11 @@ def test_no_network_says_what_was_tried_and_how_to_get_the_data(run_script, tmp_
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.strip() and "downloading" not in line]
-    assert "walker2d-medium-v2" in line and f"127.0.0.1:{port}/walker2d_medium-v2.hdf5" in line and "--dataset-path" in line
+    assert (
+        "walker2d-medium-v2" in line
+        and f"127.0.0.1:{port}/walker2d_medium-v2.hdf5" in line
+        and "--dataset-path" in line
+    )
 
 
 # --- Embedded datasets ---------------------------------------------------------------------------
@@ -233,7 +282,8 @@ def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
 
 
 def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):
-    """embedded-halfcheetah-medium-1m: the same policy and seed, so the 100k dataset is its beginning (data size is the only change)."""
+    """embedded-halfcheetah-medium-1m: the same policy and seed, so the 100k dataset is its beginning (only the size
+    changes)."""
     small = make_datasets.generate("embedded-halfcheetah-medium", str(tmp_path / "s.hdf5"), seed=0, transitions=1200)
     large = make_datasets.generate("embedded-halfcheetah-medium-1m", str(tmp_path / "l.hdf5"), seed=0, transitions=2500)
     with h5py.File(small) as fs, h5py.File(large) as fl:
@@ -241,4 +291,6 @@ def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):
             assert np.array_equal(fs[key][:], fl[key][:1200]), key
         assert fs["timeouts"][999] and fl["timeouts"][999] and fl["timeouts"][1999]  # 1000-step episodes
     assert make_datasets.EMBEDDED["embedded-halfcheetah-medium-1m"][2] == 1_000_000
-    assert o3f_iql.TASKS["embedded-halfcheetah-medium-1m"].ref_max == o3f_iql.TASKS["embedded-halfcheetah-medium"].ref_max
+    assert (
+        o3f_iql.TASKS["embedded-halfcheetah-medium-1m"].ref_max == o3f_iql.TASKS["embedded-halfcheetah-medium"].ref_max
+    )

@@ -1,4 +1,5 @@
 """Both IQL scripts as a user runs them: tiny budgets on CPU, outputs, and a shared pretrained model."""
+
 import glob
 import json
 import os
@@ -7,8 +8,20 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-TINY = ["--offline-steps", 200, "--online-steps", 200, "--eval-freq", 100, "--eval-episodes", 1,
-        "--log-freq", 50, "--batch-size", 64]
+TINY = [
+    "--offline-steps",
+    200,
+    "--online-steps",
+    200,
+    "--eval-freq",
+    100,
+    "--eval-episodes",
+    1,
+    "--log-freq",
+    50,
+    "--batch-size",
+    64,
+]
 
 
 def run_dir_of(output_dir):
@@ -21,8 +34,9 @@ def pretrained(run_script, small_dataset, tmp_path_factory):
     """One tiny o3f_iql.py run that also saves its offline model with --save-offline."""
     out = tmp_path_factory.mktemp("o3f_run")
     checkpoint = str(out / "pretrained.pt")
-    result = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", out / "runs",
-                        "--save-offline", checkpoint, *TINY)
+    result = run_script(
+        "o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", out / "runs", "--save-offline", checkpoint, *TINY
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir_of(str(out / "runs")), checkpoint
 
@@ -43,8 +57,14 @@ def test_a_run_writes_tensorboard_events_in_cleanrl_naming(pretrained):
     events = EventAccumulator(run_dir)
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"eval/normalized_score", "eval/return", "charts/SPS", "losses/qf_loss", "losses/vf_loss",
-            "losses/actor_loss"} <= tags
+    assert {
+        "eval/normalized_score",
+        "eval/return",
+        "charts/SPS",
+        "losses/qf_loss",
+        "losses/vf_loss",
+        "losses/actor_loss",
+    } <= tags
     assert [e.step for e in events.Scalars("eval/normalized_score")] == [100, 200, 300, 400]
     assert len(events.Scalars("losses/qf_loss")) == 8  # every --log-freq 50 steps over 400
 
@@ -62,7 +82,9 @@ def test_the_offline_checkpoint_holds_the_pretrained_model(pretrained):
 
 def test_the_noise_baseline_fine_tunes_the_same_pretrained_model(run_script, small_dataset, pretrained, tmp_path):
     run_dir, checkpoint = pretrained
-    result = run_script("iql_noise.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, "--load-offline", checkpoint, *TINY)
+    result = run_script(
+        "iql_noise.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, "--load-offline", checkpoint, *TINY
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     o3f = json.load(open(os.path.join(run_dir, "summary.json")))["evaluations"]
     noise = json.load(open(os.path.join(run_dir_of(str(tmp_path)), "summary.json")))["evaluations"]
@@ -73,11 +95,30 @@ def test_the_noise_baseline_fine_tunes_the_same_pretrained_model(run_script, sma
 
 def test_o3f_fine_tunes_a_model_pretrained_by_the_noise_baseline(run_script, small_dataset, tmp_path):
     checkpoint = str(tmp_path / "noise.pt")
-    first = run_script("iql_noise.py", "--dataset-path", small_dataset, "--output-dir", tmp_path / "a",
-                       "--save-offline", checkpoint, *TINY[:2], "--online-steps", 0, *TINY[4:])
+    first = run_script(
+        "iql_noise.py",
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        tmp_path / "a",
+        "--save-offline",
+        checkpoint,
+        *TINY[:2],
+        "--online-steps",
+        0,
+        *TINY[4:],
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", tmp_path / "b",
-                        "--load-offline", checkpoint, *TINY)
+    second = run_script(
+        "o3f_iql.py",
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        tmp_path / "b",
+        "--load-offline",
+        checkpoint,
+        *TINY,
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     a = json.load(open(os.path.join(run_dir_of(str(tmp_path / "a")), "summary.json")))["evaluations"]
     b = json.load(open(os.path.join(run_dir_of(str(tmp_path / "b")), "summary.json")))["evaluations"]
@@ -94,7 +135,18 @@ def test_same_seed_gives_the_same_evaluation_history(run_script, small_dataset, 
 
 
 def test_default_task_makes_the_embedded_dataset_once_and_reuses_it(run_script, data_dir, tmp_path):
-    flags = ["--output-dir", tmp_path, "--offline-steps", 20, "--online-steps", 20, "--eval-freq", 20, "--eval-episodes", 1]
+    flags = [
+        "--output-dir",
+        tmp_path,
+        "--offline-steps",
+        20,
+        "--online-steps",
+        20,
+        "--eval-freq",
+        20,
+        "--eval-episodes",
+        1,
+    ]
     result = run_script("o3f_iql.py", *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     path = os.path.join(data_dir, "embedded", "embedded-halfcheetah-medium.hdf5")
@@ -106,9 +158,29 @@ def test_default_task_makes_the_embedded_dataset_once_and_reuses_it(run_script, 
 
 
 def test_compile_runs_the_whole_loop(run_script, small_dataset, tmp_path):
-    """Smoke test of --compile through offline, the switch and online (test_iql checks the compiled update's numbers)."""
-    result = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, "--compile",
-                        "--offline-steps", 30, "--online-steps", 30, "--eval-freq", 30, "--eval-episodes", 1, "--batch-size", 64)
+    """Smoke test of --compile through offline, the switch and online (test_iql checks the compiled numbers)."""
+    result = run_script(
+        "o3f_iql.py",
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        tmp_path,
+        "--compile",
+        "--offline-steps",
+        30,
+        "--online-steps",
+        30,
+        "--eval-freq",
+        30,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        64,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.load(open(os.path.join(run_dir_of(str(tmp_path)), "summary.json")))
-    assert summary["complete"] and summary["args"]["compile"] and [e["phase"] for e in summary["evaluations"]] == ["offline", "online"]
+    assert (
+        summary["complete"]
+        and summary["args"]["compile"]
+        and [e["phase"] for e in summary["evaluations"]] == ["offline", "online"]
+    )

@@ -1,12 +1,16 @@
 """IQL's losses against hand-computed values, and the data conventions they rely on."""
-import math
 
-import h5py
+import copy
+import math
+from types import SimpleNamespace
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 import o3f_iql
+from conftest import write_d4rl
 
 
 def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
@@ -36,14 +40,16 @@ def test_ensemble_has_independent_critics():
 def write_d4rl_file(path, with_next_observations):
     # Two episodes: a 3-step one cut by a time limit, then a 2-step one that terminates.
     obs = np.arange(5, dtype=np.float32)[:, None].repeat(2, 1)
-    with h5py.File(path, "w") as f:
-        f["observations"] = obs
-        f["actions"] = np.zeros((5, 1), np.float32)
-        f["rewards"] = np.array([1, 2, 3, 10, 20], np.float32)
-        f["terminals"] = np.array([0, 0, 0, 0, 1], bool)
-        f["timeouts"] = np.array([0, 0, 1, 0, 0], bool)
-        if with_next_observations:
-            f["next_observations"] = obs + 100
+    more = {"next_observations": obs + 100} if with_next_observations else {}
+    write_d4rl(
+        path,
+        obs,
+        np.zeros((5, 1)),
+        [1, 2, 3, 10, 20],
+        [0, 0, 0, 0, 1],
+        timeouts=np.array([0, 0, 1, 0, 0], bool),
+        **more,
+    )
 
 
 def test_loader_keeps_timeouts_bootstrapped_and_terminals_terminal(tmp_path):
@@ -76,36 +82,59 @@ def test_normalized_score_uses_d4rl_reference_returns():
     assert o3f_iql.normalized_score("embedded-halfcheetah-random", 12135.0) == pytest.approx(100.0)
 
 
-def test_iql_update_matches_hand_computed_losses_and_polyak_targets():
-    import copy
-    from types import SimpleNamespace
-
+def iql_agent(obs_dim=4, act_dim=2, optimizer=None):
+    """A whole IQL agent on hand-made spaces (Adam, or `optimizer` with lr 1e-2)."""
     torch.manual_seed(0)
-    obs_dim, act_dim, batch = 4, 2, 32
-    actor, vf = o3f_iql.Actor(obs_dim, act_dim), o3f_iql.ValueNetwork(obs_dim)
-    qf, qf_target = o3f_iql.QEnsemble(obs_dim, act_dim, 5), o3f_iql.QEnsemble(obs_dim, act_dim, 5)
-    optimizers = [torch.optim.Adam(net.parameters(), lr=1e-3) for net in (actor, qf, vf)]
-    args = SimpleNamespace(expectile=0.7, beta=3.0, gamma=0.99, tau=0.005)
-    obs, next_obs = torch.randn(batch, obs_dim), torch.randn(batch, obs_dim)
-    actions, rewards = torch.rand(batch, act_dim) * 2 - 1, torch.randn(batch)
-    dones = (torch.rand(batch) < 0.3).float()
-    before = {name: copy.deepcopy(net) for name, net in (("actor", actor), ("qf", qf), ("qf_target", qf_target), ("vf", vf))}
+    env = SimpleNamespace(
+        observation_space=gym.spaces.Box(-1, 1, (obs_dim,)), action_space=gym.spaces.Box(-1, 1, (act_dim,))
+    )
+    args = SimpleNamespace(
+        num_critics=5,
+        learning_rate=1e-3,
+        compile=False,
+        cudagraphs=False,
+        expectile=0.7,
+        beta=3.0,
+        gamma=0.99,
+        tau=0.005,
+    )
+    agent = o3f_iql.Agent(env, args, torch.device("cpu"))
+    if optimizer is not None:  # SGD: Adam's first steps are +-lr wherever a gradient is ~0, so rounding would flip them
+        for name, net in (("actor", agent.actor), ("q", agent.qf), ("v", agent.vf)):
+            setattr(agent, f"{name}_optimizer", optimizer(net.parameters(), lr=1e-2))
+    return agent, args
 
-    losses = o3f_iql.iql_update((obs, actions, rewards, next_obs, dones), actor, qf, qf_target, vf, *optimizers, args)
+
+def batch_of(obs_dim=4, act_dim=2, n=32):
+    return (
+        torch.randn(n, obs_dim),
+        torch.rand(n, act_dim) * 2 - 1,
+        torch.randn(n),
+        torch.randn(n, obs_dim),
+        (torch.rand(n) < 0.3).float(),
+    )
+
+
+def test_iql_update_matches_hand_computed_losses_and_polyak_targets():
+    agent, args = iql_agent()
+    batch = obs, actions, rewards, next_obs, dones = batch_of()
+    before = copy.deepcopy(agent)
+
+    losses = o3f_iql.iql_update(agent, batch, args)
 
     with torch.no_grad():
-        min_q = before["qf_target"](obs, actions).min(0).values
-        diff = min_q - before["vf"](obs)
+        min_q = before.qf_target(obs, actions).min(0).values
+        diff = min_q - before.vf(obs)
         expected_vf = (torch.where(diff > 0, 0.7, 0.3) * diff**2).mean()
-        # The actor and the critics use V after its step (vf now holds it; nothing changes it afterwards).
-        weights = torch.exp(3.0 * (min_q - vf(obs))).clamp(max=100)
-        expected_actor = -(weights * before["actor"](obs).log_prob(actions).sum(-1)).mean()
-        td_target = rewards + 0.99 * (1 - dones) * vf(next_obs)
-        expected_qf = sum(((before["qf"](obs, actions)[j] - td_target) ** 2).mean() for j in range(5))
+        # The actor and the critics use V after its step (agent.vf now holds it; nothing changes it afterwards).
+        weights = torch.exp(3.0 * (min_q - agent.vf(obs))).clamp(max=100)
+        expected_actor = -(weights * before.actor(obs).log_prob(actions).sum(-1)).mean()
+        td_target = rewards + 0.99 * (1 - dones) * agent.vf(next_obs)
+        expected_qf = sum(((before.qf(obs, actions)[j] - td_target) ** 2).mean() for j in range(5))
     assert losses["vf_loss"].item() == pytest.approx(expected_vf.item(), rel=1e-5)
     assert losses["actor_loss"].item() == pytest.approx(expected_actor.item(), rel=1e-5)
     assert losses["qf_loss"].item() == pytest.approx(expected_qf.item(), rel=1e-5)
-    for p, t_new, t_old in zip(qf.parameters(), qf_target.parameters(), before["qf_target"].parameters()):
+    for p, t_new, t_old in zip(agent.qf.parameters(), agent.qf_target.parameters(), before.qf_target.parameters()):
         assert torch.allclose(t_new, t_old + 0.005 * (p - t_old), atol=1e-7)
 
 
@@ -127,25 +156,15 @@ def test_batched_ensemble_is_m_independent_mlps():
 
 
 def test_compiled_update_equals_the_eager_update():
-    import copy
-    from types import SimpleNamespace
-
-    torch.manual_seed(0)
-    actor, vf, qf = o3f_iql.Actor(4, 2), o3f_iql.ValueNetwork(4), o3f_iql.QEnsemble(4, 2, 5)
-    qf_target = copy.deepcopy(qf)
-    eager = [actor, qf, qf_target, vf]
+    eager, args = iql_agent(optimizer=torch.optim.SGD)
     compiled = copy.deepcopy(eager)
-    args = SimpleNamespace(expectile=0.7, beta=3.0, gamma=0.99, tau=0.005)
-    # SGD: Adam's first steps are +-lr wherever a gradient is ~0, so rounding-level differences would flip them.
-    eager_opts = [torch.optim.SGD(net.parameters(), lr=1e-2) for net in (eager[0], eager[1], eager[3])]
-    compiled_opts = [torch.optim.SGD(net.parameters(), lr=1e-2) for net in (compiled[0], compiled[1], compiled[3])]
     update = torch.compile(o3f_iql.iql_update)
     for _ in range(3):
-        batch = (torch.randn(32, 4), torch.rand(32, 2) * 2 - 1, torch.randn(32), torch.randn(32, 4), (torch.rand(32) < 0.3).float())
-        expected = o3f_iql.iql_update(batch, *eager, *eager_opts, args)
-        got = update(batch, *compiled, *compiled_opts, args)
+        batch = batch_of()
+        expected = o3f_iql.iql_update(eager, batch, args)
+        got = update(compiled, batch, args)
         for name in expected:
             assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6)
-    for net_e, net_c in zip(eager, compiled):
-        for p_e, p_c in zip(net_e.parameters(), net_c.parameters()):
+    for name in ("actor", "qf", "qf_target", "vf"):
+        for p_e, p_c in zip(getattr(eager, name).parameters(), getattr(compiled, name).parameters()):
             assert torch.allclose(p_e, p_c, atol=1e-6)

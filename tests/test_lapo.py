@@ -1,8 +1,13 @@
 """o3f_lapo.py: LAPO with a REDQ critic ensemble, UTD online, and O3F selection."""
+
+import copy
 import glob
 import json
 import os
+from types import SimpleNamespace
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -63,45 +68,210 @@ def test_latent_action_never_leaves_its_bounds():
     assert z.abs().max() <= 2.0 and z.abs().max() > 1.9  # saturates at the bound, never beyond
 
 
-def make_agent(act_dim=2, obs_dim=3):
+def make_agent(act_dim=2, obs_dim=3, qf=None, low=-1.0, high=1.0):
+    """What the selection reads of an agent: latent policy, target decoder, normaliser, critics and bounds."""
     torch.manual_seed(0)
     normalizer = o3f_lapo.Normalizer(torch.randn(100, obs_dim).numpy(), (torch.rand(100, act_dim) * 2 - 1).numpy())
-    return (o3f_lapo.LatentPolicy(obs_dim, 2 * act_dim, 2.0), o3f_lapo.CVAE(obs_dim, act_dim, 2 * act_dim), normalizer)
+    return SimpleNamespace(
+        latent_policy=o3f_lapo.LatentPolicy(obs_dim, 2 * act_dim, 2.0),
+        cvae_target=o3f_lapo.CVAE(obs_dim, act_dim, 2 * act_dim),
+        normalizer=normalizer,
+        qf=qf,
+        low=low * torch.ones(act_dim),
+        high=high * torch.ones(act_dim),
+    )
+
+
+def selection(n, sigma=0.2, omega=0.0):
+    return SimpleNamespace(n_candidates=n, sigma=sigma, omega=omega)
 
 
 def test_selection_executes_the_candidate_with_the_best_score():
-    latent_policy, cvae, normalizer = make_agent()
-
     class Recording(nn.Module):  # Q_j(s, c) = -|c_norm - 0.3|^2 + j: the best candidate is the one nearest 0.3
         def forward(self, obs, actions, members=None):
             self.scored = actions
             return torch.stack([-((actions - 0.3) ** 2).sum(-1) + j for j in range(5)])
 
-    qf = Recording()
-    low, high = -torch.ones(2), torch.ones(2)
-    action = o3f_lapo.select_action(latent_policy, cvae, normalizer, qf, torch.zeros(1, 3), 100, 0.5, 0.0, low, high)
-    best = (-((qf.scored - 0.3) ** 2).sum(-1)).argmax()
-    assert torch.allclose(normalizer.action(action), qf.scored[best])  # scored in LAPO's normalised units
-    assert (action >= low).all() and (action <= high).all()
+    agent = make_agent(qf=Recording())
+    action = o3f_lapo.select_action(agent, torch.zeros(1, 3), selection(100, sigma=0.5))
+    best = (-((agent.qf.scored - 0.3) ** 2).sum(-1)).argmax()
+    assert torch.allclose(agent.normalizer.action(action), agent.qf.scored[best])  # scored in LAPO's normalised units
+    assert (action >= agent.low).all() and (action <= agent.high).all()
 
 
-def test_one_candidate_is_the_lapo_plus_noise_baseline():
-    latent_policy, cvae, normalizer = make_agent()
-    obs, low, high = torch.zeros(1, 3), -5 * torch.ones(2), 5 * torch.ones(2)
-    a = o3f_lapo.policy_action(latent_policy, cvae, normalizer, obs)
+def test_one_candidate_is_one_gaussian_draw_around_the_policy_action():
+    agent = make_agent(
+        qf=lambda o, c, members=None: torch.zeros(5, len(c)), low=-5.0, high=5.0
+    )  # with one candidate no critic matters
+    obs = torch.zeros(1, 3)
+    a = o3f_lapo.policy_action(agent, obs)
     torch.manual_seed(3)
     expected = (a + 0.2 * torch.randn(1, 2))[0]
-    qf = lambda o, c, members=None: torch.zeros(5, len(c))  # noqa: E731, any critic: with one candidate it cannot matter
     torch.manual_seed(3)
-    action = o3f_lapo.select_action(latent_policy, cvae, normalizer, qf, obs, 1, 0.2, 0.0, low, high)
-    assert torch.equal(action, expected)  # exactly one N(a, sigma^2) draw
+    assert torch.equal(o3f_lapo.select_action(agent, obs, selection(1)), expected)
+
+
+def test_the_lapo_plus_noise_baseline_draws_n_a_sigma_squared():
+    agent = make_agent(qf=lambda o, c, members=None: torch.zeros(5, len(c)), low=-5.0, high=5.0)
+    obs = torch.zeros(1, 3)
+    a = o3f_lapo.policy_action(agent, obs)
     torch.manual_seed(4)
-    draws = torch.stack([o3f_lapo.select_action(latent_policy, cvae, normalizer, qf, obs, 1, 0.2, 0.0, low, high) for _ in range(4000)])
-    assert torch.allclose(draws.mean(0), a[0], atol=0.02) and torch.allclose(draws.std(0), torch.full((2,), 0.2), atol=0.01)
+    draws = torch.stack([o3f_lapo.select_action(agent, obs, selection(1)) for _ in range(4000)])
+    assert torch.allclose(draws.mean(0), a[0], atol=0.02) and torch.allclose(
+        draws.std(0), torch.full((2,), 0.2), atol=0.01
+    )
 
 
-TINY = ["--offline-steps", 30, "--online-steps", 10, "--utd", 3, "--eval-freq", 20, "--eval-episodes", 1,
-        "--batch-size", 64, "--log-freq", 10]
+def full_agent(obs_dim=3, act_dim=2, v_min=-10.0, v_max=10.0, optimizer=torch.optim.Adam):
+    """A whole LAPO agent on hand-made spaces and data statistics."""
+    torch.manual_seed(0)
+    env = SimpleNamespace(
+        observation_space=gym.spaces.Box(-1, 1, (obs_dim,)), action_space=gym.spaces.Box(-1, 1, (act_dim,))
+    )
+    data = {
+        "observations": np.random.default_rng(0).normal(size=(100, obs_dim)).astype(np.float32),
+        "actions": np.random.default_rng(1).uniform(-1, 1, size=(100, act_dim)).astype(np.float32),
+    }
+    args = SimpleNamespace(
+        max_latent_action=2.0,
+        num_critics=5,
+        learning_rate=1e-3,
+        compile=False,
+        cudagraphs=False,
+        gamma=0.99,
+        tau=0.005,
+        num_min_q=2,
+        doubleq_min=0.75,
+        expectile=0.9,
+        kl_beta=0.5,
+    )
+    agent = o3f_lapo.Agent(env, data, v_min, v_max, args, torch.device("cpu"))
+    if (
+        optimizer is not torch.optim.Adam
+    ):  # SGD: Adam's first steps are +-lr wherever a gradient is ~0, so rounding would flip them
+        agent.cvae_optimizer = optimizer(agent.cvae.parameters(), lr=1e-2)
+        agent.policy_optimizer = optimizer(agent.latent_policy.parameters(), lr=1e-2)
+        agent.critic_optimizer = optimizer([*agent.qf.parameters(), *agent.vf.parameters()], lr=1e-2)
+    return agent, args
+
+
+def batch_of(obs_dim=3, act_dim=2, n=32):
+    return (
+        torch.randn(n, obs_dim),
+        torch.rand(n, act_dim) * 2 - 1,
+        torch.randn(n),
+        torch.randn(n, obs_dim),
+        (torch.rand(n) < 0.3).float(),
+    )
+
+
+def test_critic_update_matches_hand_computed_losses_and_polyak_targets():
+    agent, args = full_agent(v_min=-0.02, v_max=0.02)  # clamps tight enough to bind
+    batch = batch_of()
+    before = copy.deepcopy(agent)
+    torch.manual_seed(7)
+    losses = o3f_lapo.critic_update(agent, batch, args)
+
+    obs, actions, rewards, next_obs, dones = batch
+    n = before.normalizer
+    obs, actions, next_obs = n.obs(obs), n.action(actions), n.obs(next_obs)
+    with torch.no_grad():
+        torch.manual_seed(7)  # the same draws: the smoothing noise, then the REDQ subset
+        target_q = rewards + 0.99 * (1 - dones) * before.vf(next_obs)
+        z = before.latent_policy_target(obs)
+        z = z + (0.1 * torch.randn_like(z)).clamp(-0.2, 0.2)
+        members = torch.randperm(5)[:2]
+        q = before.qf_target(obs, before.cvae_target.decode(obs, z))[members]
+        target_v = (0.75 * q.min(0).values + 0.25 * q.max(0).values).clamp(-0.02, 0.02)
+        expected_qf = sum(((before.qf(obs, actions)[j] - target_q) ** 2).mean() for j in range(5))
+        expected_vf = ((before.vf(obs) - target_v) ** 2).mean()
+    assert (target_v.abs() == 0.02).any() and (target_v.abs() < 0.02).any()  # the clamp acted on some rows, not all
+    assert losses["qf_loss"].item() == pytest.approx(expected_qf.item(), rel=1e-5)
+    assert losses["vf_loss"].item() == pytest.approx(expected_vf.item(), rel=1e-5)
+    for p, t_new, t_old in zip(agent.qf.parameters(), agent.qf_target.parameters(), before.qf_target.parameters()):
+        assert torch.allclose(t_new, t_old + 0.005 * (p - t_old), atol=1e-7)
+    for p_new, p_old in zip(agent.latent_policy.parameters(), before.latent_policy.parameters()):
+        assert torch.equal(p_new, p_old)  # the critic step leaves the policy alone
+
+
+def test_actor_update_matches_hand_computed_losses_and_polyak_targets():
+    agent, args = full_agent()
+    batch = batch_of()
+    before = copy.deepcopy(agent)
+    torch.manual_seed(8)
+    losses = o3f_lapo.actor_update(agent, batch, args)
+
+    obs, actions, rewards, next_obs, dones = batch
+    n = before.normalizer
+    obs, actions, next_obs = n.obs(obs), n.action(actions), n.obs(next_obs)
+    with torch.no_grad():
+        torch.manual_seed(8)  # the same draws: the REDQ subset, then the CVAE's reparameterisation noise
+        members = torch.randperm(5)[:2]
+        q = before.qf_target(next_obs, before.cvae_target.decode(next_obs, before.latent_policy_target(next_obs)))[
+            members
+        ]
+        advantage = rewards + 0.99 * (1 - dones) * (0.75 * q.min(0).values + 0.25 * q.max(0).values) - before.vf(obs)
+        weights = torch.where(advantage > 0, 0.9, 0.1)
+        mu, log_var = before.cvae.encoder(torch.cat([obs, actions], -1)).chunk(2, -1)
+        z = mu + torch.exp(log_var / 2) * torch.randn_like(mu)
+        reconstruction = before.cvae.decoder(torch.cat([obs, z], -1))
+        kl = -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(-1)
+        expected_cvae = (weights * (((reconstruction - actions) ** 2).sum(-1) + 0.5 * kl)).mean()
+        # The policy step sees the critics as they are (the actor update does not touch them) and the target decoder.
+        expected_policy = -before.qf(obs, before.cvae_target.decode(obs, before.latent_policy(obs))).mean()
+    assert losses["cvae_loss"].item() == pytest.approx(expected_cvae.item(), rel=1e-5)
+    assert losses["policy_loss"].item() == pytest.approx(expected_policy.item(), rel=1e-5)
+    assert losses["advantage_weight"].item() == pytest.approx(weights.mean().item(), rel=1e-6)
+    for net, target, old_target in (
+        ("cvae", "cvae_target", "cvae_target"),
+        ("latent_policy", "latent_policy_target", "latent_policy_target"),
+    ):
+        for p, t_new, t_old in zip(
+            getattr(agent, net).parameters(),
+            getattr(agent, target).parameters(),
+            getattr(before, old_target).parameters(),
+        ):
+            assert torch.allclose(t_new, t_old + 0.005 * (p - t_old), atol=1e-7)
+    for p_new, p_old in zip(agent.qf.parameters(), before.qf.parameters()):
+        assert torch.equal(p_new, p_old)  # the actor step leaves the critics alone
+
+
+def test_compiled_updates_equal_the_eager_updates(monkeypatch):
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # compiled code draws eager's random numbers
+    eager, args = full_agent(optimizer=torch.optim.SGD)
+    compiled = copy.deepcopy(eager)
+    critic, actor = torch.compile(o3f_lapo.critic_update), torch.compile(o3f_lapo.actor_update)
+    for i in range(3):
+        batch = batch_of()
+        torch.manual_seed(i)
+        expected = o3f_lapo.critic_update(eager, batch, args) | o3f_lapo.actor_update(eager, batch, args)
+        torch.manual_seed(i)
+        got = critic(compiled, batch, args) | actor(compiled, batch, args)
+        for name in expected:
+            assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6), name
+    for name in ("qf", "vf", "cvae", "latent_policy", "qf_target", "cvae_target", "latent_policy_target"):
+        for p_e, p_c in zip(getattr(eager, name).parameters(), getattr(compiled, name).parameters()):
+            assert torch.allclose(p_e, p_c, atol=1e-5), name
+
+
+TINY = [
+    "--offline-steps",
+    30,
+    "--online-steps",
+    10,
+    "--utd",
+    3,
+    "--eval-freq",
+    20,
+    "--eval-episodes",
+    1,
+    "--batch-size",
+    64,
+    "--log-freq",
+    10,
+]
 
 
 @pytest.fixture(scope="module")
@@ -124,18 +294,40 @@ def test_a_lapo_run_writes_events_summary_and_checkpoints(lapo_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     summary = json.load(open(os.path.join(lapo_run, "summary.json")))
-    assert [(e["step"], e["phase"]) for e in summary["evaluations"]] == [(20, "offline"), (30, "offline"), (40, "online")]
+    assert [(e["step"], e["phase"]) for e in summary["evaluations"]] == [
+        (20, "offline"),
+        (30, "offline"),
+        (40, "online"),
+    ]
     assert summary["complete"] and summary["args"]["n_candidates"] == 100 and summary["args"]["doubleq_min"] == 1.0
     events = EventAccumulator(lapo_run)
     events.Reload()
-    assert {"losses/qf_loss", "losses/vf_loss", "losses/cvae_loss", "losses/policy_loss", "eval/normalized_score"} <= set(events.Tags()["scalars"])
+    assert {
+        "losses/qf_loss",
+        "losses/vf_loss",
+        "losses/cvae_loss",
+        "losses/policy_loss",
+        "eval/normalized_score",
+    } <= set(events.Tags()["scalars"])
     state = torch.load(os.path.join(lapo_run, "offline.pt"), weights_only=True)
-    assert state["algorithm"] == "lapo" and state["step"] == 30 and state["qf"]["layers.0.weight"].shape[0] == 5  # 5 critics
+    assert (
+        state["algorithm"] == "lapo" and state["step"] == 30 and state["qf"]["layers.0.weight"].shape[0] == 5
+    )  # 5 critics
 
 
 def test_the_offline_checkpoint_reloads_into_the_same_policy(run_script, small_dataset, lapo_run, tmp_path):
-    result = run_script("o3f_lapo.py", "--dataset-path", small_dataset, "--output-dir", tmp_path, "--load-offline",
-                        os.path.join(lapo_run, "offline.pt"), "--n-candidates", 1, *TINY)
+    result = run_script(
+        "o3f_lapo.py",
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        tmp_path,
+        "--load-offline",
+        os.path.join(lapo_run, "offline.pt"),
+        "--n-candidates",
+        1,
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (summary,) = glob.glob(str(tmp_path / "*" / "summary.json"))
     reloaded = json.load(open(summary))["evaluations"]

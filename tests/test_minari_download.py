@@ -4,6 +4,7 @@ Minari downloads through huggingface_hub, which reads HF_ENDPOINT: the stand-in 
 requests that client makes (list the namespace's datasets, HEAD/GET a file, the repository's revision and
 its file tree), serving a tiny dataset in Minari's own layout, made with Minari's own API.
 """
+
 import glob
 import hashlib
 import http.server
@@ -20,7 +21,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 COMMIT = "0" * 40
 
 
@@ -48,16 +50,30 @@ def make_minari_dataset(root, dataset_id, env_id, env_kwargs, episodes=2, steps=
             for _ in range(steps):
                 actions.append(env.action_space.sample())
                 observations.append(env.step(actions[-1])[0])
-            buffers.append(EpisodeBuffer(id=ep, observations=stack(observations), actions=np.stack(actions), rewards=[0.0] * steps,
-                                         terminations=[False] * steps, truncations=[False] * (steps - 1) + [True], infos={}))
+            buffers.append(
+                EpisodeBuffer(
+                    id=ep,
+                    observations=stack(observations),
+                    actions=np.stack(actions),
+                    rewards=[0.0] * steps,
+                    terminations=[False] * steps,
+                    truncations=[False] * (steps - 1) + [True],
+                    infos={},
+                )
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             minari.create_dataset_from_buffers(dataset_id, buffers, env=env, ref_min_score=0.0, ref_max_score=4.0)
     finally:
         os.environ.pop("MINARI_DATASETS_PATH") if old is None else os.environ.__setitem__("MINARI_DATASETS_PATH", old)
-    namespaces = dataset_id.split("/")[:-1]  # the Hub lists a namespace's datasets and sub-namespaces in its metadata file
+    namespaces = dataset_id.split("/")[
+        :-1
+    ]  # the Hub lists a namespace's datasets and sub-namespaces in its metadata file
     with open(os.path.join(root, namespaces[0], "namespace_metadata.json"), "w") as f:
-        json.dump({"datasets": [dataset_id], "namespaces": ["/".join(namespaces[:i]) for i in range(2, len(namespaces) + 1)]}, f)
+        json.dump(
+            {"datasets": [dataset_id], "namespaces": ["/".join(namespaces[:i]) for i in range(2, len(namespaces) + 1)]},
+            f,
+        )
 
 
 class Hub:
@@ -86,17 +102,30 @@ class Hub:
                 hub.requests.append(f"{self.command} {url.path}")
                 as_json = [("Content-Type", "application/json")]
                 if parts == ["api", "datasets"]:  # list the organisation's repositories
-                    repos = [{"id": f"farama-minari/{name}", "_id": name, "private": False} for name in os.listdir(hub.root)]
+                    repos = [
+                        {"id": f"farama-minari/{name}", "_id": name, "private": False} for name in os.listdir(hub.root)
+                    ]
                     return self.reply(200, json.dumps(repos).encode(), as_json, head)
                 if parts[:2] == ["api", "datasets"] and len(parts) >= 5 and parts[4] == "revision":
-                    info = {"id": f"farama-minari/{parts[3]}", "sha": COMMIT, "siblings": [{"rfilename": f} for f in hub.files(parts[3])]}
+                    info = {
+                        "id": f"farama-minari/{parts[3]}",
+                        "sha": COMMIT,
+                        "siblings": [{"rfilename": f} for f in hub.files(parts[3])],
+                    }
                     return self.reply(200, json.dumps(info).encode(), as_json, head)
                 if parts[:2] == ["api", "datasets"] and len(parts) >= 5 and parts[4] == "tree":
-                    tree = [{"type": "file", "path": f, "size": os.path.getsize(os.path.join(hub.root, parts[3], f)), "oid": "0"}
-                            for f in hub.files(parts[3])]
+                    tree = [
+                        {
+                            "type": "file",
+                            "path": f,
+                            "size": os.path.getsize(os.path.join(hub.root, parts[3], f)),
+                            "oid": "0",
+                        }
+                        for f in hub.files(parts[3])
+                    ]
                     return self.reply(200, json.dumps(tree).encode(), as_json, head)
                 if parts[0] == "datasets" and "resolve" in parts:
-                    name = "/".join(parts[parts.index("resolve") + 2:])
+                    name = "/".join(parts[parts.index("resolve") + 2 :])
                     path = os.path.join(hub.root, parts[2], name)
                     if not os.path.isfile(path):
                         return self.reply(404, headers=[("X-Error-Code", "EntryNotFound")], head=head)
@@ -145,8 +174,11 @@ def hub(remote, tmp_path, monkeypatch):
 
 
 def store_contents(tmp_path):
-    return sorted(os.path.relpath(p, tmp_path / "store") for p in glob.glob(str(tmp_path / "store" / "**"), recursive=True)
-                  if os.path.isfile(p))
+    return sorted(
+        os.path.relpath(p, tmp_path / "store")
+        for p in glob.glob(str(tmp_path / "store" / "**"), recursive=True)
+        if os.path.isfile(p)
+    )
 
 
 def test_requirements_install_minaris_download_client():
@@ -155,26 +187,67 @@ def test_requirements_install_minaris_download_client():
     lines = [line.split("#")[0].strip() for line in open(os.path.join(ROOT, "requirements.txt"))]
     (minari_line,) = [line for line in lines if line.startswith("minari")]
     assert minari_line.startswith("minari[hf]==")
-    assert any(line.startswith("huggingface_hub==") for line in lines)  # pinned: the stand-in below speaks its version's requests
+    assert any(
+        line.startswith("huggingface_hub==") for line in lines
+    )  # pinned: the stand-in below speaks its version's requests
     from minari.storage.remotes import get_cloud_storage
 
     assert type(get_cloud_storage()).__name__ == "HuggingFaceStorage"  # raises ImportError without the extra
 
 
 def test_the_readme_command_downloads_its_minari_data_and_trains(hub, run_script, tmp_path):
-    result = run_script("o3f_lapo.py", "--env-id", "kitchen-mixed-v0", "--output-dir", tmp_path / "runs", "--offline-steps", 10,
-                        "--online-steps", 5, "--utd", 2, "--eval-freq", 10, "--eval-episodes", 1, "--batch-size", 8)
+    result = run_script(
+        "o3f_lapo.py",
+        "--env-id",
+        "kitchen-mixed-v0",
+        "--output-dir",
+        tmp_path / "runs",
+        "--offline-steps",
+        10,
+        "--online-steps",
+        5,
+        "--utd",
+        2,
+        "--eval-freq",
+        10,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        8,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert any(r.startswith("GET /datasets/farama-minari/D4RL/resolve/") and r.endswith("kitchen/mixed-v2/data/main_data.hdf5")
-               for r in hub.requests)
-    assert {"D4RL/kitchen/mixed-v2/data/main_data.hdf5", "D4RL/kitchen/mixed-v2/data/metadata.json"} <= set(store_contents(tmp_path))
+    assert any(
+        r.startswith("GET /datasets/farama-minari/D4RL/resolve/") and r.endswith("kitchen/mixed-v2/data/main_data.hdf5")
+        for r in hub.requests
+    )
+    assert {"D4RL/kitchen/mixed-v2/data/main_data.hdf5", "D4RL/kitchen/mixed-v2/data/metadata.json"} <= set(
+        store_contents(tmp_path)
+    )
     assert not glob.glob(str(tmp_path / "store" / ".o3f-staging-*"))  # the staging folder is gone
     (summary,) = glob.glob(str(tmp_path / "runs" / "*" / "summary.json"))
     evaluations = json.load(open(summary))["evaluations"]
-    assert [e["phase"] for e in evaluations] == ["offline", "online"]  # trained offline, then acted online (float64 bounds)
+    assert [e["phase"] for e in evaluations] == [
+        "offline",
+        "online",
+    ]  # trained offline, then acted online (float64 bounds)
     hub.requests.clear()  # a second run reads the local copy, not the network
-    again = run_script("o3f_iql.py", "--env-id", "kitchen-mixed-v0", "--output-dir", tmp_path / "runs", "--offline-steps", 5,
-                       "--online-steps", 0, "--eval-freq", 5, "--eval-episodes", 1, "--batch-size", 8)
+    again = run_script(
+        "o3f_iql.py",
+        "--env-id",
+        "kitchen-mixed-v0",
+        "--output-dir",
+        tmp_path / "runs",
+        "--offline-steps",
+        5,
+        "--online-steps",
+        0,
+        "--eval-freq",
+        5,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        8,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert hub.requests == []
 
@@ -182,7 +255,9 @@ def test_the_readme_command_downloads_its_minari_data_and_trains(hub, run_script
 def test_loading_reads_what_the_stand_in_served(hub, tmp_path):
     import o3f_iql
 
-    assert fetch_command("kitchen-mixed-v0").returncode == 0  # in its own process: huggingface_hub reads HF_ENDPOINT on import
+    assert (
+        fetch_command("kitchen-mixed-v0").returncode == 0
+    )  # in its own process: huggingface_hub reads HF_ENDPOINT on import
     data = o3f_iql.read_minari("kitchen-mixed-v0")
     served = o3f_iql.read_minari_dir("kitchen-mixed-v0", str(hub.root) + "/D4RL/kitchen/mixed-v2")
     assert data["observations"].shape == (20, 59) and data["actions"].shape == (20, 9)
@@ -198,7 +273,7 @@ def test_a_cut_or_corrupt_download_is_never_left_looking_complete(hub, run_scrip
     else:  # a complete transfer of a damaged file
         path = tmp_path / "remote" / "D4RL" / data_file
         body = bytearray(path.read_bytes())
-        body[len(body) // 3:] = bytes(len(body) - len(body) // 3)
+        body[len(body) // 3 :] = bytes(len(body) - len(body) // 3)
         path.write_bytes(bytes(body))
     result = run_script("o3f_iql.py", "--env-id", "kitchen-mixed-v0", "--output-dir", tmp_path / "runs", timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -234,8 +309,14 @@ def test_a_corrupt_local_copy_says_so_in_one_line(hub, run_script, tmp_path):
 
 
 def fetch_command(*tasks):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "make_datasets.py"), "fetch", *tasks],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "make_datasets.py"), "fetch", *tasks],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
 
 
 def test_fetch_prepares_data_and_reports_each_failed_task_in_one_line(hub, tmp_path, monkeypatch):
@@ -248,9 +329,9 @@ def test_fetch_prepares_data_and_reports_each_failed_task_in_one_line(hub, tmp_p
     monkeypatch.setenv("O3F_D4RL_URL", f"http://127.0.0.1:{port}")  # D4RL's server unreachable
     result = fetch_command("kitchen-mixed-v0", "hopper-medium-v2", "kitchen-partial-v0", "kichen-mixed-v0")
     assert result.returncode == 2
-    assert result.stdout.splitlines()[0] == f"kitchen-mixed-v0: 20 transitions, " \
-        f"{sum(f.stat().st_size for f in (tmp_path / 'store' / 'D4RL' / 'kitchen' / 'mixed-v2').rglob('*') if f.is_file()) / 1e6:.1f} MB " \
-        f"in {tmp_path / 'store' / 'D4RL' / 'kitchen' / 'mixed-v2'}"
+    folder = tmp_path / "store" / "D4RL" / "kitchen" / "mixed-v2"
+    size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+    assert result.stdout.splitlines()[0] == f"kitchen-mixed-v0: 20 transitions, {size_mb:.1f} MB in {folder}"
     assert "copy" in result.stdout.splitlines()[1] and str(tmp_path / "cache") in result.stdout.splitlines()[1]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert [e.split(":")[1].strip() for e in errors] == ["hopper-medium-v2", "kitchen-partial-v0", "kichen-mixed-v0"]

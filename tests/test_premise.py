@@ -1,4 +1,5 @@
 """The selection diagnostic (benchmarks/premise.py) and the model snapshots it reads."""
+
 import glob
 import json
 import os
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import premise  # noqa: E402
 
@@ -38,19 +40,36 @@ def halve(obs):
 def test_true_return_on_a_deterministic_toy_equals_the_hand_computed_one():
     envs = [Line(), Line()]
     states = [(np.array([1.0]), np.zeros(1)), (np.array([3.0]), np.zeros(1))]
-    returns = premise.true_returns(halve, envs, states, np.array([[1.0], [8.0]]), horizon=2, gamma=0.9, scale_reward=lambda r: 10 * r)
+    returns = premise.true_returns(
+        halve, envs, states, np.array([[1.0], [8.0]]), horizon=2, gamma=0.9, scale_reward=lambda r: 10 * r
+    )
     # From x=1, act +1: x=2 (r 2); the policy halves: x=1 (r 1), x=0.5 (r 0.5).
     assert returns[0] == pytest.approx(10 * (2 + 0.9 * 1 + 0.81 * 0.5))
     # From x=3, act +8: x=11 (r 11) terminates: nothing after it counts.
     assert returns[1] == pytest.approx(10 * 11)
-    cut = premise.true_returns(halve, envs, states, np.array([[1.0], [8.0]]), horizon=2, gamma=0.9, scale_reward=lambda r: 10 * r,
-                               partial=(0, 1, 2))
+    cut = premise.true_returns(
+        halve,
+        envs,
+        states,
+        np.array([[1.0], [8.0]]),
+        horizon=2,
+        gamma=0.9,
+        scale_reward=lambda r: 10 * r,
+        partial=(0, 1, 2),
+    )
     assert cut[:, 0] == pytest.approx([20, 20 + 9, 20 + 9 + 4.05]) and cut[:, 1] == pytest.approx([110, 110, 110])
 
 
 def test_the_horizon_counts_the_executed_action_and_h_policy_steps():
-    (ret,) = premise.true_returns(halve, [Line()], [(np.array([4.0]), np.zeros(1))], np.array([[0.0]]), horizon=0, gamma=0.5,
-                                  scale_reward=lambda r: r)
+    (ret,) = premise.true_returns(
+        halve,
+        [Line()],
+        [(np.array([4.0]), np.zeros(1))],
+        np.array([[0.0]]),
+        horizon=0,
+        gamma=0.5,
+        scale_reward=lambda r: r,
+    )
     assert ret == pytest.approx(4.0)  # H = 0: the executed action's reward only
 
 
@@ -66,10 +85,36 @@ def snapshots(tmp_path_factory, small_dataset, data_dir):
     out = tmp_path_factory.mktemp("snap")
     paths = {}
     for script in ("o3f_iql.py", "o3f_lapo.py"):
-        run = subprocess.run([sys.executable, os.path.join(ROOT, script), "--no-cuda", "--env-id", "embedded-halfcheetah-medium",
-                              "--dataset-path", small_dataset, "--offline-steps", "20", "--online-steps", "0", "--eval-freq", "20",
-                              "--eval-episodes", "1", "--batch-size", "32", "--snapshot-steps", "10", "20", "--output-dir", str(out / script)],
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "O3F_DATA_DIR": data_dir})
+        run = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, script),
+                "--no-cuda",
+                "--env-id",
+                "embedded-halfcheetah-medium",
+                "--dataset-path",
+                small_dataset,
+                "--offline-steps",
+                "20",
+                "--online-steps",
+                "0",
+                "--eval-freq",
+                "20",
+                "--eval-episodes",
+                "1",
+                "--batch-size",
+                "32",
+                "--snapshot-steps",
+                "10",
+                "20",
+                "--output-dir",
+                str(out / script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "O3F_DATA_DIR": data_dir},
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         found = sorted(glob.glob(str(out / script / "*" / "snapshots" / "*.pt")))
         assert [os.path.basename(p) for p in found] == ["step0000010.pt", "step0000020.pt"]
@@ -77,7 +122,9 @@ def snapshots(tmp_path_factory, small_dataset, data_dir):
     return paths
 
 
-SMALL = dict(sigmas=(0.0, 0.2), n_candidates=(5,), omegas=(0.0,), episodes=1, states=4, horizon=5, rank_candidates=3, seed=0)
+SMALL = dict(
+    sigmas=(0.0, 0.2), n_candidates=(5,), omegas=(0.0,), episodes=1, states=4, horizon=5, rank_candidates=3, seed=0
+)
 
 
 def measure(path, **overrides):
@@ -95,7 +142,7 @@ def test_o3f_and_noise_are_compared_on_the_same_states_and_draws(snapshots, scri
     assert o3f0["true"] == rows["noise s0"]["true"]
     assert rows["O3F N5 s0.2"]["true"] != rows["noise s0.2"]["true"]  # with spread, the two rules act differently
     assert result["algorithm"] == ("iql" if script == "o3f_iql.py" else "lapo") and result["step"] == 10
-    assert result["tail_weight"] == pytest.approx(0.99 ** 6)
+    assert result["tail_weight"] == pytest.approx(0.99**6)
 
 
 def test_two_runs_on_the_same_model_agree(snapshots):
@@ -109,23 +156,50 @@ def test_the_diagnostic_uses_the_scripts_policy_and_reward_units(snapshots, smal
 
     agent = premise.Agent(snapshots["o3f_iql.py"][1])
     obs = np.random.default_rng(0).standard_normal((3, 17)).astype(np.float32)
-    assert np.allclose(agent.policy(obs), agent.nets["actor"](torch.as_tensor(obs)).mean.detach().numpy())
+    assert np.allclose(agent.policy(obs), agent.model.actor(torch.as_tensor(obs)).mean.detach().numpy())
     returns = o3f_iql.load_dataset("embedded-halfcheetah-medium", small_dataset)["episode_returns"]
-    assert agent.scale_reward(1.0) == pytest.approx(o3f_iql.reward_transform("embedded-halfcheetah-medium", returns)(1.0))
+    assert agent.scale_reward(1.0) == pytest.approx(
+        o3f_iql.reward_transform("embedded-halfcheetah-medium", returns)(1.0)
+    )
 
 
 def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots, tmp_path):
     out = tmp_path / "d.jsonl"
-    flags = ["--sigmas", "0.2", "--n-candidates", "3", "--episodes", "1", "--states", "2", "--horizon", "2", "--rank-candidates", "2"]
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", *snapshots["o3f_lapo.py"], "--out", str(out), *flags]
+    flags = [
+        "--sigmas",
+        "0.2",
+        "--n-candidates",
+        "3",
+        "--episodes",
+        "1",
+        "--states",
+        "2",
+        "--horizon",
+        "2",
+        "--rank-candidates",
+        "2",
+    ]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "premise.py"),
+        "measure",
+        *snapshots["o3f_lapo.py"],
+        "--out",
+        str(out),
+        *flags,
+    ]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["step"] for r in lines] == [10, 20] and "| O3F N3 s0.2 |" in first.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped") == 2 and len(out.read_text().splitlines()) == 2
-    plotted = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "plot", "--results", str(out)],
-                             capture_output=True, text=True, timeout=300)
+    plotted = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "plot", "--results", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plotted.returncode == 0, plotted.stderr[-2000:]
     assert os.path.getsize(tmp_path / "premise.png") > 10_000
 
@@ -133,16 +207,41 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
 def test_a_model_of_another_algorithm_is_one_line(tmp_path):
     path = tmp_path / "cql.pt"
     torch.save({"algorithm": "cql"}, path)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", str(path)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not cql" in result.stderr
 
 
-@pytest.mark.parametrize("script, other", [("o3f_iql.py", "iql_noise.py"), ("o3f_iql.py", "o3f_iql.py"), ("o3f_lapo.py", "o3f_lapo.py")])
-def test_a_snapshot_loads_into_every_script_of_its_base_algorithm(snapshots, run_script, small_dataset, tmp_path, script, other):
+@pytest.mark.parametrize(
+    "script, other", [("o3f_iql.py", "iql_noise.py"), ("o3f_iql.py", "o3f_iql.py"), ("o3f_lapo.py", "o3f_lapo.py")]
+)
+def test_a_snapshot_loads_into_every_script_of_its_base_algorithm(
+    snapshots, run_script, small_dataset, tmp_path, script, other
+):
     snapshot = snapshots[script][0]
-    result = run_script(other, "--env-id", "embedded-halfcheetah-medium", "--dataset-path", small_dataset, "--load-offline", snapshot,
-                        "--online-steps", 3, "--eval-freq", 100, "--eval-episodes", 1, "--batch-size", 32, "--output-dir", tmp_path)
+    result = run_script(
+        other,
+        "--env-id",
+        "embedded-halfcheetah-medium",
+        "--dataset-path",
+        small_dataset,
+        "--load-offline",
+        snapshot,
+        "--online-steps",
+        3,
+        "--eval-freq",
+        100,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        32,
+        "--output-dir",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (summary,) = glob.glob(str(tmp_path / "*" / "summary.json"))
     summary = json.load(open(summary))
@@ -151,15 +250,35 @@ def test_a_snapshot_loads_into_every_script_of_its_base_algorithm(snapshots, run
 
 
 def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, tmp_path):
-    result = run_script("iql_noise.py", "--env-id", "embedded-halfcheetah-medium", "--dataset-path", small_dataset, "--offline-steps", 5,
-                        "--online-steps", 1001, "--eval-freq", 5000, "--eval-episodes", 1, "--batch-size", 8, "--output-dir", tmp_path,
-                        "--snapshot-every", 500)
+    result = run_script(
+        "iql_noise.py",
+        "--env-id",
+        "embedded-halfcheetah-medium",
+        "--dataset-path",
+        small_dataset,
+        "--offline-steps",
+        5,
+        "--online-steps",
+        1001,
+        "--eval-freq",
+        5000,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        8,
+        "--output-dir",
+        tmp_path,
+        "--snapshot-every",
+        500,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (summary,) = glob.glob(str(tmp_path / "*" / "summary.json"))
     episodes = json.load(open(summary))["train_episodes"]
     assert [e["step"] for e in episodes] == [1005] and all(e["length"] == 1000 for e in episodes)
     import o3f_iql
 
-    assert episodes[0]["normalized_score"] == pytest.approx(o3f_iql.normalized_score("embedded-halfcheetah-medium", episodes[0]["return"]))
+    assert episodes[0]["normalized_score"] == pytest.approx(
+        o3f_iql.normalized_score("embedded-halfcheetah-medium", episodes[0]["return"])
+    )
     snapshots = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*" / "snapshots" / "*.pt")))
     assert snapshots == ["step0000500.pt", "step0001000.pt"]  # --snapshot-every, online too

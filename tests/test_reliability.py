@@ -1,4 +1,5 @@
 """Long runs: kill -9 and resume, Ctrl-C, the divergence guard, and bad paths."""
+
 import glob
 import json
 import os
@@ -8,23 +9,44 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, write_d4rl
 
 # 300 offline updates, then 2100 online steps of 1000-step HalfCheetah episodes: online checkpoints
 # fall at the ends of episodes (steps 1300 and 2300).
-RUN = ["--offline-steps", 300, "--online-steps", 2100, "--eval-freq", 300, "--eval-episodes", 1, "--batch-size", 32,
-       "--log-freq", 100, "--checkpoint-every", 100, "--n-candidates", 10]
+RUN = [
+    "--offline-steps",
+    300,
+    "--online-steps",
+    2100,
+    "--eval-freq",
+    300,
+    "--eval-episodes",
+    1,
+    "--batch-size",
+    32,
+    "--log-freq",
+    100,
+    "--checkpoint-every",
+    100,
+    "--n-candidates",
+    10,
+]
 
 
 def start(script, data_dir, *flags):
     env = {**os.environ, "O3F_DATA_DIR": data_dir, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--no-cuda", *map(str, flags)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, script), "--no-cuda", *map(str, flags)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def evaluations(output_dir):
@@ -68,7 +90,17 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_history(small_dataset
 
 
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(small_dataset, data_dir, tmp_path):
-    proc = start("o3f_iql.py", data_dir, "--dataset-path", small_dataset, "--output-dir", tmp_path, *RUN[:-2], "--checkpoint-every", 0)
+    proc = start(
+        "o3f_iql.py",
+        data_dir,
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        tmp_path,
+        *RUN[:-2],
+        "--checkpoint-every",
+        0,
+    )
     deadline = time.time() + 300
     while not glob.glob(str(tmp_path / "*" / "summary.json")) and time.time() < deadline:
         time.sleep(0.2)  # the first evaluation has been written: the run is in its loop
@@ -87,12 +119,24 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(small_dataset, 
 @pytest.mark.parametrize("script", ["o3f_iql.py", "cql_to_sac.py"])
 def test_a_diverging_run_stops_and_writes_no_bad_checkpoint(run_script, tmp_path, script):
     path = tmp_path / "huge.hdf5"  # finite, but so large that the squared errors overflow float32
-    with h5py.File(path, "w") as f:
-        f["observations"] = np.full((500, 17), 1e30, np.float32)
-        f["actions"] = np.random.uniform(-1, 1, (500, 6)).astype(np.float32)
-        f["rewards"], f["terminals"] = np.random.randn(500).astype(np.float32), np.zeros(500, bool)
-    result = run_script(script, "--dataset-path", path, "--output-dir", tmp_path / "runs", "--offline-steps", 50,
-                        "--online-steps", 0, "--log-freq", 10, "--checkpoint-every", 10, "--batch-size", 32)
+    write_d4rl(path, np.full((500, 17), 1e30), np.random.uniform(-1, 1, (500, 6)), np.random.randn(500))
+    result = run_script(
+        script,
+        "--dataset-path",
+        path,
+        "--output-dir",
+        tmp_path / "runs",
+        "--offline-steps",
+        50,
+        "--online-steps",
+        0,
+        "--log-freq",
+        10,
+        "--checkpoint-every",
+        10,
+        "--batch-size",
+        32,
+    )
     assert result.returncode == 3, result.stderr[-2000:]
     assert "training diverged" in result.stderr and "Traceback" not in result.stderr
     assert not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))  # nothing non-finite is ever saved
@@ -127,8 +171,22 @@ def test_resume_needs_a_whole_run_checkpoint(run_script, small_dataset, tmp_path
 def test_resuming_from_a_mid_run_checkpoint_replays_the_same_history(run_script, small_dataset, tmp_path, script):
     import shutil
 
-    flags = ["--offline-steps", 60, "--online-steps", 0, "--eval-freq", 20, "--eval-episodes", 1, "--batch-size", 32,
-             "--checkpoint-every", 40, "--log-freq", 20]
+    flags = [
+        "--offline-steps",
+        60,
+        "--online-steps",
+        0,
+        "--eval-freq",
+        20,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        32,
+        "--checkpoint-every",
+        40,
+        "--log-freq",
+        20,
+    ]
     result = run_script(script, "--dataset-path", small_dataset, "--output-dir", tmp_path / "a", *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     (run_dir,) = glob.glob(str(tmp_path / "a" / "*"))

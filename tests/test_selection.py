@@ -1,4 +1,7 @@
 """O3F's action selection (Algorithm 1 lines 2-4, Eq. 2) and the noise baseline."""
+
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn as nn
@@ -35,13 +38,21 @@ class HandBuiltEnsemble(nn.Module):
         return self.value(actions)[None] + self.offsets[:, None] * self.spread(actions)[None]
 
 
+def agent(policy, qf=None, low=LOW, high=HIGH):
+    """What the selection reads of an agent: the policy, the critics and the action bounds."""
+    return SimpleNamespace(actor=policy, qf=qf, low=low, high=high)
+
+
 def select(qf, n=100, sigma=0.5, omega=0.0, policy_mean=(0.1, -0.2, 0.3), low=LOW, high=HIGH):
-    return o3f_iql.select_action(FixedPolicy(policy_mean), qf, torch.zeros(1, 4), n, sigma, omega, low, high)
+    args = SimpleNamespace(n_candidates=n, sigma=sigma, omega=omega)
+    return o3f_iql.select_action(agent(FixedPolicy(policy_mean), qf, low, high), torch.zeros(1, 4), args)
 
 
 def test_selects_the_candidate_with_the_best_mean_q():
     target = torch.tensor([0.4, 0.0, -0.3])
-    qf = HandBuiltEnsemble(value=lambda c: -((c - target) ** 2).sum(-1), spread=lambda c: c[:, 0], offsets=[1, -1, 2, -2, 0])
+    qf = HandBuiltEnsemble(
+        value=lambda c: -((c - target) ** 2).sum(-1), spread=lambda c: c[:, 0], offsets=[1, -1, 2, -2, 0]
+    )
     torch.manual_seed(0)
     action = select(qf)
     best = qf.scored[(-((qf.scored - target) ** 2).sum(-1)).argmax()]
@@ -66,16 +77,20 @@ def test_omega_zero_ignores_the_spread():
     assert action[0].abs() == qf.scored[:, 0].abs().min()
 
 
-def test_score_uses_the_ensemble_standard_deviation():
-    # Two candidates: A has mean 1.0 and no spread; B has mean 0.5 and population std 1.0 (values 1.5 and -0.5).
-    qf = HandBuiltEnsemble(value=lambda c: torch.where(c[:, 0] > 0, 1.0, 0.5),
-                           spread=lambda c: torch.where(c[:, 0] > 0, 0.0, 1.0), offsets=[1.0, -1.0])
+@pytest.mark.parametrize("omega, expect_positive", [(0.4, True), (0.6, False)])  # 1.0 vs 0.5 + omega * 1.0
+def test_score_uses_the_ensemble_standard_deviation(omega, expect_positive):
+    # Kind A (first coordinate > 0): mean 1.0, no spread; kind B: mean 0.5, population std 1.0 (values 1.5 and -0.5).
+    qf = HandBuiltEnsemble(
+        value=lambda c: torch.where(c[:, 0] > 0, 1.0, 0.5),
+        spread=lambda c: torch.where(c[:, 0] > 0, 0.0, 1.0),
+        offsets=[1.0, -1.0],
+    )
     torch.manual_seed(3)
-    for omega, expect_positive in ((0.4, True), (0.6, False)):  # 1.0 vs 0.5 + omega * 1.0
-        for _ in range(20):
-            action = select(qf, n=50, sigma=1.0, omega=omega, policy_mean=(0.0, 0.0, 0.0))
-            if (qf.scored[:, 0] > 0).any() and (qf.scored[:, 0] <= 0).any():
-                assert (action[0] > 0) == expect_positive
+    for _ in range(20):
+        action = select(qf, n=50, sigma=1.0, omega=omega, policy_mean=(0.0, 0.0, 0.0))
+        # 50 draws around 0 hold both kinds (a miss has probability 2 * 0.5^50): the test always compares them
+        assert (qf.scored[:, 0] > 0).any() and (qf.scored[:, 0] <= 0).any()
+        assert (action[0] > 0) == expect_positive
 
 
 def test_every_candidate_is_inside_the_action_bounds():
@@ -94,9 +109,10 @@ def test_one_candidate_without_optimism_is_the_noise_baseline():
     policy = FixedPolicy((0.1, -0.2, 0.3), std=0.1)
     obs = torch.zeros(1, 4)
     torch.manual_seed(5)
-    o3f = torch.stack([o3f_iql.select_action(policy, qf, obs, 1, 0.2, 0.0, LOW, HIGH) for _ in range(2000)])
+    one = SimpleNamespace(n_candidates=1, sigma=0.2, omega=0.0)
+    o3f = torch.stack([o3f_iql.select_action(agent(policy, qf), obs, one) for _ in range(2000)])
     torch.manual_seed(5)
-    noise = torch.stack([iql_noise.select_action(policy, obs, 0.2, LOW, HIGH) for _ in range(2000)])
+    noise = torch.stack([iql_noise.select_action(agent(policy), obs, SimpleNamespace(sigma=0.2)) for _ in range(2000)])
     assert torch.equal(o3f, noise)
     # And that distribution is N(a, 0.1^2 + 0.2^2) around the policy's mean (no clipping this far inside).
     assert torch.allclose(noise.mean(0), policy.mean, atol=0.02)

@@ -1,13 +1,17 @@
 """benchmarks/speed.py and benchmarks/memory.py: what they measure is what they say."""
+
 import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import gymnasium as gym
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
@@ -21,12 +25,11 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     import speed
 
     torch.manual_seed(0)
-    actor, vf, qf = o3f_iql.Actor(17, 6), o3f_iql.ValueNetwork(17), o3f_iql.QEnsemble(17, 6, 5)
-    qf_target = o3f_iql.QEnsemble(17, 6, 5)
-    optimizers = [torch.optim.Adam(net.parameters(), lr=3e-4) for net in (actor, qf, vf)]
-    args = type("A", (), dict(expectile=0.7, beta=3.0, gamma=0.99, tau=0.005))
+    env = SimpleNamespace(observation_space=gym.spaces.Box(-1, 1, (17,)), action_space=gym.spaces.Box(-1, 1, (6,)))
+    args = o3f_iql.Args(expectile=0.7, beta=3.0)
+    agent = o3f_iql.Agent(env, args, torch.device("cpu"))
     batch = (torch.randn(64, 17), torch.rand(64, 6), torch.randn(64), torch.randn(64, 17), torch.zeros(64))
-    update = lambda: o3f_iql.iql_update(batch, actor, qf, qf_target, vf, *optimizers, args)  # noqa: E731
+    update = lambda: o3f_iql.iql_update(agent, batch, args)  # noqa: E731
     with FlopCounterMode(display=False) as counter:
         update()
     with speed.MatmulRecorder() as recorder:
@@ -38,25 +41,58 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
 
 def test_speed_benchmark_reports_every_measurement_and_the_projection(small_dataset, data_dir):
     env = {**os.environ, "O3F_DATA_DIR": data_dir}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--repeats", "3", "--dataset-path", small_dataset],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "speed.py"),
+            "--repeats",
+            "3",
+            "--dataset-path",
+            small_dataset,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])
-    for name in ("iql_update", "iql_selection", "iql_online_step", "iql_noise_online_step", "lapo_critic_update", "lapo_actor_update",
-                 "lapo_selection", "lapo_online_step_utd20", "cql_update", "sac_update", "sac_online_step"):
+    for name in (
+        "iql_update",
+        "iql_selection",
+        "iql_online_step",
+        "iql_noise_online_step",
+        "lapo_critic_update",
+        "lapo_actor_update",
+        "lapo_selection",
+        "lapo_online_step_utd20",
+        "cql_update",
+        "sac_update",
+        "sac_online_step",
+    ):
         assert results[f"{name}_ms"] > 0, name
     # One LAPO online step at UTD 20 is 20 critic updates and an actor update, at least.
     assert results["lapo_online_step_utd20_ms"] > 15 * results["lapo_critic_update_ms"]
     assert results["iql_update_floor_ratio"] > 1 and results["iql_update_matmul_ratio"] > 0.5
-    assert set(k for k in results if k.endswith("_paper_scale_hours")) == {f"{s}_paper_scale_hours" for s in ("o3f_iql", "iql_noise", "o3f_lapo", "cql_to_sac")}
+    assert set(k for k in results if k.endswith("_paper_scale_hours")) == {
+        f"{s}_paper_scale_hours" for s in ("o3f_iql", "iql_noise", "o3f_lapo", "cql_to_sac")
+    }
     # The projection is the arithmetic it states: 1M updates and 500k online steps (plus evaluations, >= 0).
     expected = (1e6 * results["iql_update_ms"] + 5e5 * results["iql_online_step_ms"]) / 3.6e6
-    assert expected <= results["o3f_iql_paper_scale_hours"] < expected + 300 * 10 * results["iql_eval_episode_s"] / 3600 + 1e-9
+    assert (
+        expected
+        <= results["o3f_iql_paper_scale_hours"]
+        < expected + 300 * 10 * results["iql_eval_episode_s"] / 3600 + 1e-9
+    )
 
 
 def test_the_buffer_stays_within_one_and_a_half_times_the_raw_bytes():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "memory.py"), "--offline", "400000", "--online", "200000"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "memory.py"), "--offline", "400000", "--online", "200000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     m = json.loads(result.stdout.strip().splitlines()[-1])
     assert m["buffer_mb"] == 600_000 * (17 + 17 + 6 + 1 + 1) * 4 / 2**20  # float32 everywhere, nothing else
