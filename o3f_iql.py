@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import gymnasium as gym
 import h5py
@@ -112,6 +113,10 @@ class Args:
     """the expectile of the value regression (default: 0.9 on antmaze, 0.7 elsewhere)"""
     beta: float | None = None
     """the inverse temperature of the advantage weights (default: 3 locomotion, 10 antmaze, 0.5 kitchen)"""
+    online_expectile: float | None = None
+    """the expectile to move to online (Figure 3's IQL panel loosens 0.7 -> 0.85; default: keep --expectile)"""
+    schedule: Literal["abrupt", "linear"] = "abrupt"
+    """with --online-expectile: switch to it at once, or move there linearly, reaching it at the last online step"""
 
     # O3F
     n_candidates: int = 100
@@ -202,7 +207,9 @@ class Agent:
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         self.actor = Actor(obs_dim, act_dim).to(device)
         self.qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
-        self.qf_target = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
+        # The target: moved by Polyak averaging only. A fresh ensemble given the critics' weights, not a deepcopy as in
+        # the other scripts: its own initial draw is part of IQL's random stream, which seeds of earlier runs rely on.
+        self.qf_target = QEnsemble(obs_dim, act_dim, args.num_critics).to(device).requires_grad_(False)
         self.qf_target.load_state_dict(self.qf.state_dict())
         self.vf = ValueNetwork(obs_dim).to(device)
         # Fused Adam: one kernel per step; compiled code fuses its own (capturable: state stays on the GPU for graphs).
@@ -229,13 +236,13 @@ def awr_weight(advantage: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.exp(beta * advantage).clamp(max=100.0)
 
 
-def iql_update(agent: Agent, batch, args: Args) -> dict:
-    """One IQL gradient step on V, the actor and every Q; returns the losses (as tensors, no host sync)."""
+def iql_update(agent: Agent, batch, expectile: float, args: Args) -> dict:
+    """One IQL gradient step on V (at `expectile`), the actor and every Q; returns the losses (no host sync)."""
     obs, actions, rewards, next_obs, dones = batch
     with torch.no_grad():
         target_q = agent.qf_target(obs, actions).min(0).values  # min over the whole ensemble (IQL's min of 2)
     # V(s): expectile regression towards Q, an in-sample estimate of max_a Q(s, a).
-    vf_loss = expectile_loss(target_q - agent.vf(obs), args.expectile)
+    vf_loss = expectile_loss(target_q - agent.vf(obs), expectile)
     agent.v_optimizer.zero_grad(set_to_none=True)
     vf_loss.backward()
     agent.v_optimizer.step()
@@ -257,6 +264,14 @@ def iql_update(agent: Agent, batch, args: Args) -> dict:
         for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
             target_param.lerp_(param, args.tau)
     return {"qf_loss": qf_loss, "vf_loss": vf_loss, "actor_loss": actor_loss, "advantage_weight": weights.mean()}
+
+
+def expectile_at(online_step: int, args: Args) -> float:
+    """The expectile `online_step` steps after the switch (1..online_steps) under --schedule; before it, --expectile."""
+    end = args.expectile if args.online_expectile is None else args.online_expectile
+    if online_step <= 0 or args.schedule == "abrupt":
+        return args.expectile if online_step <= 0 else end
+    return args.expectile + (end - args.expectile) * online_step / max(args.online_steps, 1)
 
 
 def reward_transform(env_id: str, episode_returns: np.ndarray):
@@ -305,6 +320,7 @@ def train(args: Args):
         {
             "--num-critics must be >= 1": args.num_critics >= 1,
             "--expectile must be in (0, 1)": 0 < args.expectile < 1,
+            "--online-expectile must be in (0, 1)": args.online_expectile is None or 0 < args.online_expectile < 1,
             "--n-candidates must be >= 1": args.n_candidates >= 1,
             "--sigma must be >= 0": args.sigma >= 0,
         },
@@ -335,12 +351,13 @@ def train(args: Args):
             run.record_episode(global_step + 1, info)
             obs = None if terminated or truncated else next_obs
 
-        # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online
-        losses = update(agent, rb.sample(args.batch_size), args)
+        # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online (the expectile moves only if asked)
+        expectile = expectile_at(global_step + 1 - args.offline_steps, args)
+        losses = update(agent, rb.sample(args.batch_size), expectile, args)
 
         # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
         step = global_step + 1
-        run.log(step, losses)
+        run.log(step, losses, scalars={"expectile": expectile})
         run.evaluate(step)
         run.save(step, between_episodes=not online or obs is None)
     run.finish()

@@ -37,6 +37,7 @@ LABELS = {
     "o3f_iql": "IQL + O3F",
     "iql_noise": "IQL + noise",
     "o3f_iql_omega1": "IQL + O3F (omega = 1)",
+    "o3f_iql_n10": "IQL + O3F (N = 10, ablation)",
     "o3f_lapo": "LAPO + O3F",
     "lapo_noise": "LAPO + noise",
     "o3f_lapo_omega1": "LAPO + O3F (omega = 1)",
@@ -44,19 +45,29 @@ LABELS = {
     "cql_same_objective": "CQL -> CQL (same objective)",
     "cql_linear": "CQL, threshold 5 -> 0.5 linearly",
     "cql_abrupt": "CQL, threshold 5 -> 0.5 at the switch",
+    "iql_same_objective": "IQL (same objective)",
+    "iql_expectile_abrupt": "IQL, expectile 0.7 -> 0.85 at the switch",
+    "iql_expectile_linear": "IQL, expectile 0.7 -> 0.85 linearly",
+    "awac": "AWAC (same objective)",
+    "awac_lambda_abrupt": "AWAC, lambda 1 -> 0.1 at the switch",
+    "awac_lambda_linear": "AWAC, lambda 1 -> 0.1 linearly",
 }
 FIGURES = {  # file -> (title, groups of variants compared in one panel per task)
     "figure5_o3f_vs_noise.png": (
         "O3F vs the noise baseline (Figure 5)",
-        [("o3f_iql", "iql_noise"), ("o3f_lapo", "lapo_noise")],
+        [("o3f_iql", "iql_noise"), ("o3f_iql_n10", "iql_noise"), ("o3f_lapo", "lapo_noise")],
     ),
     "figure6_omega.png": (
         "Uncertainty optimism: omega = 0 vs 1 (Figure 6)",
         [("o3f_iql", "o3f_iql_omega1"), ("o3f_lapo", "o3f_lapo_omega1")],
     ),
-    "figure3_cql_objectives.png": (
-        "CQL's online objective (Figure 3)",
-        [("cql_to_sac", "cql_same_objective", "cql_linear", "cql_abrupt")],
+    "figure3_loosening.png": (
+        "Loosening the offline objective's conservatism at the switch (Figure 3)",
+        [
+            ("cql_same_objective", "cql_abrupt", "cql_linear", "cql_to_sac"),
+            ("iql_same_objective", "iql_expectile_abrupt", "iql_expectile_linear"),
+            ("awac", "awac_lambda_abrupt", "awac_lambda_linear"),
+        ],
     ),
 }
 
@@ -198,7 +209,8 @@ def draw_comparisons(runs: dict, out_dir: str) -> list:
         fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.6), squeeze=False)
         for ax, (group, env_id) in zip(axes[0], cells):
             panel(ax, runs, group, env_id, behaviour=True)
-            ax.set_title(f"{LABELS.get(group[0], group[0]).split(' +')[0].split(' ->')[0]} on {env_id}", fontsize=9)
+            algorithm = LABELS.get(group[0], group[0]).split(" +")[0].split(" ->")[0].split(" (")[0].split(",")[0]
+            ax.set_title(f"{algorithm} on {env_id}", fontsize=9)
             ax.set_xlabel("online environment steps (0 = the switch)")
             ax.set_ylabel("D4RL-normalised score")
             ax.legend(fontsize=7)

@@ -29,6 +29,11 @@ VARIANTS = {
     "o3f_iql": ("o3f_iql.py", "iql", []),
     "iql_noise": ("iql_noise.py", "iql", []),
     "o3f_iql_omega1": ("o3f_iql.py", "iql", ["--omega", "1"]),
+    "o3f_iql_n10": (
+        "o3f_iql.py",
+        "iql",
+        ["--n-candidates", "10"],
+    ),  # ablation: where the premise diagnostic gained most
     "o3f_lapo": ("o3f_lapo.py", "lapo", []),
     "lapo_noise": ("o3f_lapo.py", "lapo", ["--n-candidates", "1"]),
     "o3f_lapo_omega1": ("o3f_lapo.py", "lapo", ["--omega", "1"]),
@@ -40,15 +45,28 @@ VARIANTS = {
         ["--online-objective", "cql", "--online-target-gap", "0.5", "--schedule", "linear"],
     ),
     "cql_abrupt": ("cql_to_sac.py", "cql", ["--online-objective", "cql", "--online-target-gap", "0.5"]),
+    # Figure 3's IQL panel: IQL fine-tuned as its paper does (a ~ pi, no added noise), expectile 0.7 kept or loosened
+    "iql_same_objective": ("iql_noise.py", "iql", ["--sigma", "0"]),
+    "iql_expectile_abrupt": ("iql_noise.py", "iql", ["--sigma", "0", "--online-expectile", "0.85"]),
+    "iql_expectile_linear": (
+        "iql_noise.py",
+        "iql",
+        ["--sigma", "0", "--online-expectile", "0.85", "--schedule", "linear"],
+    ),
+    # AWAC (Figure 4's third baseline) and Figure 3's AWAC panel: lambda 1 kept or loosened to 0.1
+    "awac": ("awac.py", "awac", []),
+    "awac_lambda_abrupt": ("awac.py", "awac", ["--online-lambda", "0.1"]),
+    "awac_lambda_linear": ("awac.py", "awac", ["--online-lambda", "0.1", "--schedule", "linear"]),
 }
-PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sac.py"}
+PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sac.py", "awac": "awac.py"}
 
 
 @dataclass
 class Args:
     variants: list[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
-    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_lapo, lapo_noise, o3f_lapo_omega1,
-    cql_to_sac, cql_same_objective, cql_linear, cql_abrupt)"""
+    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_iql_n10, o3f_lapo, lapo_noise, o3f_lapo_omega1,
+    cql_to_sac, cql_same_objective, cql_linear, cql_abrupt, iql_same_objective, iql_expectile_abrupt,
+    iql_expectile_linear, awac, awac_lambda_abrupt, awac_lambda_linear)"""
     env_ids: list[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
     """tasks, as the scripts' --env-id"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])

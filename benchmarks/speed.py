@@ -170,7 +170,7 @@ def bench_iql(bench: Bench, data, env, repeats):
         iql_update, select_action = wrap(o3f_iql.iql_update, suffix), wrap(o3f_iql.select_action, suffix)
         args = script_args(o3f_iql, suffix, num_critics=bench.args.num_critics, expectile=0.7, beta=3.0, sigma=0.2)
         agent = o3f_iql.Agent(env, args, bench.device)
-        update = lambda: iql_update(agent, rb.sample(args.batch_size), args)  # noqa: E731
+        update = lambda: iql_update(agent, rb.sample(args.batch_size), args.expectile, args)  # noqa: E731
         select = lambda obs: select_action(agent, obs, args)  # noqa: E731
         ms = bench.median_ms(update, repeats, warmup=10 if not suffix else 30)
         first_obs = lambda: torch.as_tensor(state["obs"], dtype=torch.float32, device=bench.device)[None]  # noqa: E731

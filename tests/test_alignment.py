@@ -48,7 +48,7 @@ def test_iql_noise_differs_from_o3f_iql_only_in_the_action_selection():
         assert any(word in line for word in allowed), f"diff outside the action selection: {line!r}"
 
 
-SCRIPTS = ("o3f_iql.py", "iql_noise.py", "o3f_lapo.py", "cql_to_sac.py")
+SCRIPTS = ("o3f_iql.py", "iql_noise.py", "o3f_lapo.py", "cql_to_sac.py", "awac.py")
 PLUMBING = "# PLUMBING:"
 
 

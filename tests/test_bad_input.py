@@ -99,6 +99,6 @@ def test_dataset_arrays_of_different_lengths(run_script, tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
-@pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "cql_to_sac.py"])
+@pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "cql_to_sac.py", "awac.py"])
 def test_cudagraphs_without_cuda(run_script, small_dataset, script):
     assert_one_line_error(run_script(script, "--dataset-path", small_dataset, "--cudagraphs"), "--cudagraphs", "CUDA")

@@ -249,3 +249,29 @@ def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tm
     )
     args.pretrain_only = True
     assert run.plan(args)[1] == []
+
+
+def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path):
+    results = tmp_path / "results"
+    for variant, scores in (
+        ("cql_same_objective", [5, 6, 7, 8]),
+        ("cql_abrupt", [5, 6, 9, 9]),
+        ("iql_same_objective", [30, 31, 32, 33]),
+        ("iql_expectile_linear", [30, 31, 30, 29]),
+        ("awac", [20, 21, 22, 23]),
+        ("awac_lambda_abrupt", [20, 15, 18, 24]),
+    ):
+        write_fake(results, variant, 1, fake_summary(variant, 1, scores))
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert png_size(results / "figures" / "figure3_loosening.png") == (1800, 432)  # three panels side by side
+    for row in (
+        "| AWAC (same objective) vs AWAC, lambda 1 -> 0.1 at the switch |",
+        "| IQL (same objective) vs IQL, expectile",
+    ):
+        assert row in result.stdout

@@ -1,6 +1,8 @@
 """IQL's losses against hand-computed values, and the data conventions they rely on."""
 
 import copy
+import glob
+import json
 import math
 from types import SimpleNamespace
 
@@ -120,7 +122,7 @@ def test_iql_update_matches_hand_computed_losses_and_polyak_targets():
     batch = obs, actions, rewards, next_obs, dones = batch_of()
     before = copy.deepcopy(agent)
 
-    losses = o3f_iql.iql_update(agent, batch, args)
+    losses = o3f_iql.iql_update(agent, batch, 0.7, args)
 
     with torch.no_grad():
         min_q = before.qf_target(obs, actions).min(0).values
@@ -161,10 +163,79 @@ def test_compiled_update_equals_the_eager_update():
     update = torch.compile(o3f_iql.iql_update)
     for _ in range(3):
         batch = batch_of()
-        expected = o3f_iql.iql_update(eager, batch, args)
-        got = update(compiled, batch, args)
+        expected = o3f_iql.iql_update(eager, batch, 0.7, args)
+        got = update(compiled, batch, 0.7, args)
         for name in expected:
             assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6)
     for name in ("actor", "qf", "qf_target", "vf"):
         for p_e, p_c in zip(getattr(eager, name).parameters(), getattr(compiled, name).parameters()):
             assert torch.allclose(p_e, p_c, atol=1e-6)
+
+
+def schedule(**values):
+    return SimpleNamespace(
+        **{"expectile": 0.7, "online_expectile": 0.85, "online_steps": 100, "schedule": "linear", **values}
+    )
+
+
+def test_the_linear_expectile_schedule_reaches_its_end_value_at_the_last_online_step():
+    assert o3f_iql.expectile_at(0, schedule()) == 0.7  # offline
+    assert o3f_iql.expectile_at(50, schedule()) == pytest.approx(0.775)
+    assert o3f_iql.expectile_at(100, schedule()) == pytest.approx(0.85)
+
+
+def test_the_abrupt_expectile_schedule_is_at_its_end_value_from_the_first_online_step():
+    assert o3f_iql.expectile_at(0, schedule(schedule="abrupt")) == 0.7
+    assert o3f_iql.expectile_at(1, schedule(schedule="abrupt")) == 0.85
+
+
+def test_without_an_online_expectile_the_offline_one_stays():
+    for kind in ("abrupt", "linear"):
+        assert o3f_iql.expectile_at(100, schedule(online_expectile=None, schedule=kind)) == 0.7
+
+
+def test_the_update_regresses_v_at_the_expectile_it_is_given():
+    agent, args = iql_agent()
+    batch = obs, actions, *_ = batch_of()
+    before = copy.deepcopy(agent)
+    losses = o3f_iql.iql_update(agent, batch, 0.85, args)  # args.expectile is 0.7: the argument wins
+    with torch.no_grad():
+        diff = before.qf_target(obs, actions).min(0).values - before.vf(obs)
+        expected = (torch.where(diff > 0, 0.85, 0.15) * diff**2).mean()
+    assert losses["vf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def evaluations(run_script, small_dataset, out, *flags):
+    result = run_script(
+        "iql_noise.py",
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        out,
+        "--offline-steps",
+        40,
+        "--online-steps",
+        40,
+        "--eval-freq",
+        20,
+        "--eval-episodes",
+        1,
+        "--batch-size",
+        32,
+        *flags,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (path,) = glob.glob(str(out / "*" / "summary.json"))
+    return [e["normalized_score"] for e in json.load(open(path))["evaluations"]]
+
+
+def test_the_default_run_is_the_run_whose_expectile_stays(run_script, small_dataset, tmp_path):
+    """iql_noise.py's default is unchanged by the schedule: a linear move from 0.7 to 0.7 gives the same history,
+    and a move to 0.85 leaves the offline phase alone and changes the online one."""
+    default = evaluations(run_script, small_dataset, tmp_path / "a")
+    assert (
+        evaluations(run_script, small_dataset, tmp_path / "b", "--online-expectile", 0.7, "--schedule", "linear")
+        == default
+    )
+    moved = evaluations(run_script, small_dataset, tmp_path / "c", "--online-expectile", 0.85)
+    assert moved[:2] == default[:2] and moved[2:] != default[2:]  # evaluations at 20, 40 (offline), then 60, 80

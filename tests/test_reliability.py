@@ -167,7 +167,7 @@ def test_resume_needs_a_whole_run_checkpoint(run_script, small_dataset, tmp_path
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
-@pytest.mark.parametrize("script", ["o3f_lapo.py", "cql_to_sac.py"])
+@pytest.mark.parametrize("script", ["o3f_lapo.py", "cql_to_sac.py", "awac.py"])
 def test_resuming_from_a_mid_run_checkpoint_replays_the_same_history(run_script, small_dataset, tmp_path, script):
     import shutil
 

@@ -29,7 +29,7 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     args = o3f_iql.Args(expectile=0.7, beta=3.0)
     agent = o3f_iql.Agent(env, args, torch.device("cpu"))
     batch = (torch.randn(64, 17), torch.rand(64, 6), torch.randn(64), torch.randn(64, 17), torch.zeros(64))
-    update = lambda: o3f_iql.iql_update(agent, batch, args)  # noqa: E731
+    update = lambda: o3f_iql.iql_update(agent, batch, args.expectile, args)  # noqa: E731
     with FlopCounterMode(display=False) as counter:
         update()
     with speed.MatmulRecorder() as recorder:

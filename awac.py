@@ -1,0 +1,1106 @@
+"""AWAC offline, then AWAC online with the same objective: the O3F paper's third fine-tuning baseline, in one file.
+
+AWAC (Nair et al., 2020, "Accelerating online reinforcement learning with offline datasets", arXiv:2006.09359),
+configured as d3rlpy's AWAC, which the O3F paper used (Figure 4's AWAC and Figure 3's AWAC panel): a Gaussian policy
+with a tanh-bounded mean and a state-independent log std in [-6, 0], twin critics, batch 1024, Adam at 3e-4 for both,
+lambda 1, one sampled action for the value estimate, and SAC's critic target with its temperature fixed at 1.
+`--online-lambda` with `--schedule` moves lambda at the switch, abruptly or linearly (Figure 3: 1 -> 0.1).
+
+Where it differs from CORL's AWAC (algorithms/finetune/awac.py), on purpose, to be d3rlpy's:
+- the advantage weights are a softmax over the batch, exp(A / lambda) / mean(exp(A / lambda)), not exp(A / lambda)
+  clipped at 100; the actor loss sums over the batch (Adam makes the scale immaterial);
+- the critic target subtracts log pi(a'|s') of a tanh-squashed sample a' (SAC's target at temperature 1), where CORL's
+  bootstraps min Q(s', a') of a plain policy sample with no entropy term;
+- batch 1024 (CORL: 256), the policy's log std is one learned vector clamped to [-6, 0] (CORL: [-20, 2]), and
+  rewards are used as they are (d3rlpy's default: no reward scaler).
+Reads top to bottom: arguments, networks, the AWAC update, then `train`; the plumbing (tasks and data, buffer,
+bookkeeping) is one block at the end.
+"""
+
+import contextlib
+import copy
+import difflib
+import http.client
+import io
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.distributions import Normal
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+ALGORITHM, SCRIPTS = "awac", ("awac.py",)  # checkpoints name their algorithm, and load into these scripts
+
+
+@dataclass
+class Args:
+    exp_name: str = "awac"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+
+    # Data and schedule
+    env_id: str = "embedded-halfcheetah-medium"
+    """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
+    antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
+    kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (embedded-halfcheetah-medium,
+    its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    dataset_path: str | None = None
+    """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
+    offline_steps: int = 1_000_000
+    """number of offline gradient steps (pretraining)"""
+    online_steps: int = 500_000
+    """number of online environment steps (fine-tuning, one update each)"""
+    eval_freq: int = 5000
+    """evaluate every this many steps (offline updates and online env steps alike)"""
+    eval_episodes: int = 10
+    """number of episodes per evaluation"""
+    log_freq: int = 1000
+    """write losses to TensorBoard every this many steps"""
+    save_offline: str | None = None
+    """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
+    load_offline: str | None = None
+    """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+    checkpoint_every: int = 10_000
+    """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the episode's end); 0: never"""
+    snapshot_steps: tuple[int, ...] = ()
+    """also keep the model (as --load-offline reads it) at these steps, in `{run_dir}/snapshots/step{N}.pt`"""
+    snapshot_every: int = 0
+    """also keep the model every this many steps, in `{run_dir}/snapshots/`; 0: never"""
+    resume: str | None = None
+    """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
+    compile: bool = False
+    """if toggled, the update runs through torch.compile (compiles for ~10-60 s at the start)"""
+    cudagraphs: bool = False
+    """if toggled, the update replays as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
+
+    # AWAC (d3rlpy's defaults)
+    batch_size: int = 1024
+    """the batch size of each update"""
+    learning_rate: float = 3e-4
+    """the learning rate of the critics and the actor"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target critics"""
+    lam: Annotated[float, tyro.conf.arg(name="lambda")] = 1.0
+    """lambda: the temperature of the advantage weights exp(A / lambda) (the paper's "Lagrange multiplier")"""
+    temperature: float = 1.0
+    """the entropy temperature in the critic's target (d3rlpy's AWAC: fixed at 1, never learned)"""
+
+    # The switch (Figure 3's AWAC panel)
+    online_lam: Annotated[float | None, tyro.conf.arg(name="online-lambda")] = None
+    """lambda to move to online (Figure 3: 1 -> 0.1; default: keep --lambda)"""
+    schedule: Literal["abrupt", "linear"] = "abrupt"
+    """with --online-lambda: switch to it at once, or move there linearly, reaching it at the last online step"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks (d3rlpy's default encoders: two hidden layers of 256)
+# ---------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class EnsembleLinear(nn.Module):
+    """m independent linear layers as one batched matmul: [m, batch, in] -> [m, batch, out]."""
+
+    def __init__(self, num_members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = in_dim**-0.5  # nn.Linear's default initialisation, drawn independently for every member
+        self.weight = nn.Parameter(torch.empty(num_members, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x):
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class QEnsemble(nn.Module):
+    """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here), as one network with batched layers; returns a
+    [m, batch] tensor.
+
+    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
+        super().__init__()
+        self.num_critics = num_critics
+        dims = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
+        self.layers = nn.ModuleList(
+            EnsembleLinear(num_critics, d_in, d_out) for d_in, d_out in zip(dims[:-1], dims[1:])
+        )
+
+    def forward(self, obs, act):
+        x = torch.cat([obs, act], -1).expand(self.num_critics, -1, -1)
+        for layer in self.layers[:-1]:
+            x = layer(x).relu_()
+        return self.layers[-1](x).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """d3rlpy's Gaussian policy: mean tanh(mu(s)), one learned log std in [-6, 0]; also its tanh-squashed twin."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs) -> Normal:
+        """N(tanh(mu(s)), std^2): the policy AWAC regresses onto the data's actions and acts with."""
+        return Normal(torch.tanh(self.net(obs)), self.std(), validate_args=False)
+
+    def std(self):
+        return self.log_std.clamp(-6.0, 0.0).exp()
+
+    def squashed_sample(self, obs) -> tuple:
+        """tanh(u), u ~ N(mu(s), std^2), and its log-density (tanh's Jacobian included): SAC's sample, for targets."""
+        mu, std = self.net(obs), self.std()
+        u = mu + std * torch.randn_like(mu)
+        log_prob = Normal(mu, std, validate_args=False).log_prob(u).sum(-1)
+        return torch.tanh(u), log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+
+
+class Agent:
+    """AWAC's networks and their optimisers, which travel together, and the action bounds (checkpoints name
+    each part)."""
+
+    def __init__(self, env: gym.Env, args: Args, device: torch.device):
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        self.actor = Actor(obs_dim, act_dim).to(device)
+        self.qf = QEnsemble(obs_dim, act_dim, 2).to(device)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)  # moved by Polyak averaging only
+        # Fused Adam: one kernel per step; compiled code fuses its own (capturable: state stays on the GPU for graphs).
+        adam = dict(lr=args.learning_rate, fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), **adam)
+        self.device = device
+        self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)  # kitchen: float64 bounds
+        self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# AWAC: losses and one update
+# ---------------------------------------------------------------------------------------------
+def awac_weights(advantage: torch.Tensor, lam: float) -> torch.Tensor:
+    """d3rlpy's advantage weights: softmax(A / lambda) over the batch, times the batch size (so they average 1)."""
+    return torch.softmax(advantage / lam, dim=0) * advantage.numel()
+
+
+def awac_update(agent: Agent, batch, lam: float, args: Args) -> dict:
+    """One AWAC step: the twin critics on SAC's target, then the actor by advantage-weighted regression."""
+    obs, actions, rewards, next_obs, dones = batch
+    with torch.no_grad():
+        next_actions, next_log_prob = agent.actor.squashed_sample(next_obs)
+        next_v = agent.qf_target(next_obs, next_actions).min(0).values - args.temperature * next_log_prob
+        td_target = rewards + args.gamma * (1.0 - dones) * next_v
+    qf_loss = ((agent.qf(obs, actions) - td_target) ** 2).mean(1).sum()
+    agent.q_optimizer.zero_grad(set_to_none=True)
+    qf_loss.backward()
+    agent.q_optimizer.step()
+    # The actor: regression onto the data's actions, weighted by exp(A / lambda), A = Q(s, a) - Q(s, a' ~ pi),
+    # with the critics just updated.
+    with torch.no_grad():
+        policy = agent.actor(obs)
+        advantage = agent.qf(obs, actions).min(0).values - agent.qf(obs, policy.sample()).min(0).values
+        weights = awac_weights(advantage, lam)
+    actor_loss = -(weights * agent.actor(obs).log_prob(actions).sum(-1)).sum()
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    agent.actor_optimizer.step()
+    with torch.no_grad():
+        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
+            target_param.lerp_(param, args.tau)
+    return {"qf_loss": qf_loss, "actor_loss": actor_loss, "advantage": advantage.mean(), "max_weight": weights.max()}
+
+
+def lambda_at(online_step: int, args: Args) -> float:
+    """Lambda `online_step` steps after the switch (1..online_steps) under --schedule; before it, --lambda."""
+    end = args.lam if args.online_lam is None else args.online_lam
+    if online_step <= 0 or args.schedule == "abrupt":
+        return args.lam if online_step <= 0 else end
+    return args.lam + (end - args.lam) * online_step / max(args.online_steps, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting: the policy's own Gaussian online, its mean for evaluation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def select_action(agent: Agent, obs: torch.Tensor, args: Args) -> torch.Tensor:
+    """AWAC online, as d3rlpy's sample_action: a ~ N(tanh(mu(s)), std^2), kept inside the action bounds."""
+    return agent.actor(obs).sample().clamp(agent.low, agent.high)[0]
+
+
+@torch.no_grad()
+def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
+    """The deterministic policy that evaluations score: tanh(mu(s)), for states `obs` [batch, obs_dim]."""
+    return agent.actor(obs).mean
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: AWAC offline, then AWAC online with the same objective, in one loop
+# ---------------------------------------------------------------------------------------------
+def train(args: Args):
+    args, resumed = read_flags(args)
+    check_flags(
+        args,
+        {
+            "--lambda must be > 0": args.lam > 0,
+            "--online-lambda must be > 0": args.online_lam is None or args.online_lam > 0,
+            "--temperature must be >= 0": args.temperature >= 0,
+        },
+    )
+    device, data, env = setup(args)  # seeding, the task's dataset and its environment
+    agent = Agent(env, args, device)
+    # The replay buffer starts as the whole offline dataset; online transitions are added to it.
+    rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    update, act = compiled(awac_update, args), compiled(select_action, args)
+
+    obs = run.obs
+    for global_step in range(run.start_step, run.total_steps):
+        online = global_step >= args.offline_steps
+        if args.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        if online:
+            if obs is None:  # the previous episode ended
+                obs, _ = env.reset()
+            # ALGO LOGIC: AWAC acts with its own stochastic policy
+            action = act(agent, torch.as_tensor(obs, dtype=torch.float32, device=device)[None], args)
+            next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            # Only a true termination stops bootstrapping, a time limit does not.
+            rb.add(obs, action, reward, next_obs, terminated)
+            run.record_episode(global_step + 1, info)
+            obs = None if terminated or truncated else next_obs
+
+        # ALGO LOGIC: the same AWAC update offline and online (lambda moves only if asked)
+        lam = lambda_at(global_step + 1 - args.offline_steps, args)
+        losses = update(agent, rb.sample(args.batch_size), lam, args)
+
+        # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
+        step = global_step + 1
+        run.log(step, losses, scalars={"lambda": lam})
+        run.evaluate(step)
+        run.save(step, between_episodes=not online or obs is None)
+    run.finish()
+
+
+# =============================================================================================
+# PLUMBING: tasks and data, the replay buffer, flags, the run's bookkeeping, checkpoints, guards.
+# The same in every script of this project, line for line (tests/test_alignment.py); skip it on a first read.
+# =============================================================================================
+def fail(message: str):
+    """Bad input ends the run with one line and exit code 2, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
+D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
+R, G = "r", "g"
+# D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
+EVAL_MAZES = {
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
+    "medium": [
+        [1, 1, 1, 1, 1, 1, 1, 1],
+        [1, R, 0, 1, 1, 0, 0, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 1, 0, 0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 0, 1, 0, 1],
+        [1, 0, 0, 0, 1, 0, G, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+    "large": [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ],
+}
+KITCHEN_SUBTASKS = {
+    "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "partial": ["microwave", "kettle", "light switch", "slide cabinet"],
+    "mixed": ["microwave", "kettle", "bottom burner", "light switch"],
+}
+
+
+@dataclass
+class Task:
+    domain: str  # "locomotion", "antmaze" (sparse-reward navigation) or "kitchen": defaults and reward conventions
+    env: str  # the Gymnasium environment
+    env_kwargs: dict
+    obs_keys: tuple | None  # dict observations flattened as D4RL's vectors (antmaze: x, y, then the body)
+    source: str  # "d4rl" (D4RL's HDF5 file over HTTP), "minari" (a Minari dataset id) or "embedded" (made here)
+    dataset: str
+    ref_min: float  # D4RL's reference returns: score = 100 * (return - ref_min) / (ref_max - ref_min)
+    ref_max: float
+
+
+def d4rl_tasks() -> dict:
+    tasks = {}
+    for robot, (env, ref_min, ref_max) in {
+        "halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
+        "hopper": ("Hopper-v5", -20.272305, 3234.3),
+        "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
+    }.items():
+        for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
+            tasks[f"{robot}-{data}-v2"] = Task(
+                "locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max
+            )
+    for data, env in {
+        "umaze": "AntMaze_UMaze-v4",
+        "umaze-diverse": "AntMaze_UMaze-v4",
+        "medium-play": "AntMaze_Medium-v4",
+        "medium-diverse": "AntMaze_Medium_Diverse_GR-v4",
+        "large-play": "AntMaze_Large-v4",
+        "large-diverse": "AntMaze_Large_Diverse_GR-v4",
+    }.items():
+        maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
+        tasks[f"antmaze-{data}-v2"] = Task(
+            "antmaze",
+            env,
+            {"maze_map": maze, "continuing_task": False, "reset_target": False},
+            ("achieved_goal", "observation"),
+            "minari",
+            f"D4RL/antmaze/{data}-v1",
+            0.0,
+            1.0,
+        )
+    for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
+        kwargs = {
+            "tasks_to_complete": subtasks,
+            "remove_task_when_completed": True,
+            "terminate_on_tasks_completed": True,
+            "max_episode_steps": 280,
+        }
+        tasks[f"kitchen-{data}-v0"] = Task(
+            "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0
+        )
+    return tasks
+
+
+TASKS = {
+    **d4rl_tasks(),
+    # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
+    "embedded-halfcheetah-medium": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-medium-1m": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-random": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0
+    ),
+    "embedded-pointmaze-medium": Task(
+        "antmaze",
+        "PointMaze_Medium-v3",
+        {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
+        ("observation",),
+        "embedded",
+        "embedded-pointmaze-medium",
+        0.0,
+        1.0,
+    ),
+}
+
+
+def normalized_score(env_id: str, episode_return: float) -> float:
+    task = TASKS[env_id]
+    return 100.0 * (episode_return - task.ref_min) / (task.ref_max - task.ref_min)
+
+
+def flatten_obs(task: Task, obs):
+    return obs if task.obs_keys is None else np.concatenate([obs[key] for key in task.obs_keys], -1)
+
+
+def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval_episodes: int = 1):
+    task = TASKS[env_id]
+    if task.env.startswith(("AntMaze", "PointMaze", "FrankaKitchen")):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
+            warnings.simplefilter("ignore")
+            import gymnasium_robotics
+
+            gym.register_envs(gymnasium_robotics)
+    with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
+        warnings.filterwarnings("ignore", message=".*out of date.*")
+        env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
+    if task.obs_keys is not None:
+        size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,))
+        )
+    if capture_video:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
+    return gym.wrappers.RecordEpisodeStatistics(env)
+
+
+def download(url: str, path: str, env_id: str):
+    """Fetch `url` to `path` through a temporary name: an interrupted download never looks complete."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0)
+            with tqdm(
+                total=size or None,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {os.path.basename(path)}",
+                file=sys.stderr,
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    bar.update(f.write(chunk))
+        if size and os.path.getsize(tmp) != size:
+            raise OSError(f"cut off after {os.path.getsize(tmp)} of {size} bytes")
+        h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as e:
+        fail(
+            f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
+            f"with no network, put D4RL's file at {path} or pass --dataset-path FILE"
+        )
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def dataset_file(env_id: str) -> str:
+    """The task's HDF5 file in the cache: downloaded (D4RL) or made here (embedded) on first use."""
+    task = TASKS[env_id]
+    path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
+    if not os.path.isfile(path) and task.source == "d4rl":
+        download(f"{D4RL_URL}/{task.dataset}.hdf5", path, env_id)
+    if not os.path.isfile(path) and task.source == "embedded":
+        try:
+            import make_datasets  # the project's dataset tool, next to this script
+        except ImportError:
+            fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
+        print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
+        make_datasets.generate(task.dataset, path)
+    return path
+
+
+def read_hdf5(path: str) -> dict:
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in keys[:4] if k not in f]
+            if missing:
+                fail(f"{path}: not a D4RL dataset, it has no {', '.join(missing)}")
+            return {k: f[k][:] for k in keys if k in f}
+    except OSError as e:
+        fail(f"{path}: cannot be read as HDF5 ({e})")
+
+
+def minari_store(dataset_id: str = "") -> str:
+    """Where Minari keeps a dataset: $MINARI_DATASETS_PATH, or ~/.minari/datasets."""
+    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+    return os.path.join(root, dataset_id) if dataset_id else root
+
+
+def read_minari_dir(env_id: str, path: str) -> dict:
+    """A Minari dataset folder as D4RL-format arrays, read whole: a cut or corrupt download fails here, not later."""
+    import minari
+
+    task = TASKS[env_id]
+    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
+    try:
+        dataset = minari.MinariDataset(os.path.join(path, "data"))
+        for episode in dataset.iterate_episodes():
+            obs = flatten_obs(task, episode.observations)
+            for key, value in zip(
+                parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])
+            ):
+                parts[key].append(value)
+        steps = sum(len(a) for a in parts["actions"])
+        if steps != dataset.total_steps or len(parts["actions"]) != dataset.total_episodes:
+            raise ValueError(
+                f"{steps} steps in {len(parts['actions'])} episodes, "
+                f"the metadata says {dataset.total_steps} in {dataset.total_episodes}"
+            )
+    except Exception as e:  # h5py, Minari and NumPy each raise their own kinds
+        raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def fetch_minari(env_id: str) -> str:
+    """Download the task's Minari dataset into a staging folder, read it back whole, then move it into Minari's store.
+
+    An interrupted or corrupt download is never left looking complete: only a dataset that reads whole is moved in.
+    """
+    task = TASKS[env_id]
+    try:
+        import minari
+        from huggingface_hub import constants
+    except ImportError:
+        fail(
+            f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' "
+            "(requirements.txt has it)"
+        )
+    remote = urllib.parse.urlparse(constants.ENDPOINT)
+    host, port = remote.hostname, remote.port or (443 if remote.scheme == "https" else 80)
+    prepare = (
+        f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, "
+        "or pass --dataset-path FILE"
+    )
+    try:  # one quick look first: with no network, one clear line instead of the client's retries
+        socket.create_connection((host, port), timeout=15).close()
+    except OSError as e:
+        fail(
+            f"no network: could not reach {host} ({e.strerror or type(e).__name__}) "
+            f"to download {task.dataset} for {env_id}; {prepare}"
+        )
+    root, target, staging = minari_store(), minari_store(task.dataset), minari_store(f".o3f-staging-{os.getpid()}")
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = staging  # Minari downloads into whatever this names
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Minari prints its progress
+            minari.download_dataset(task.dataset)
+        read_minari_dir(env_id, os.path.join(staging, task.dataset))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)  # a local copy that did not read (why we are here)
+        os.replace(os.path.join(staging, task.dataset), target)
+        for folder, _, names in os.walk(staging):  # the namespaces' metadata, as `minari download` leaves it
+            if "namespace_metadata.json" in names and ".cache" not in folder:
+                there = os.path.join(root, os.path.relpath(folder, staging), "namespace_metadata.json")
+                os.makedirs(os.path.dirname(there), exist_ok=True)
+                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(
+                    there
+                ) else None
+    except Exception as e:
+        fail(
+            f"could not download {task.dataset} for {env_id} from {host} "
+            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+            f"nothing was kept; {prepare}"
+        )
+    finally:
+        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__(
+            "MINARI_DATASETS_PATH", saved
+        )
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_minari(env_id: str) -> dict:
+    """A Minari dataset as D4RL-format arrays, observations flattened as D4RL's; fetched if missing."""
+    task = TASKS[env_id]
+    try:
+        import minari  # noqa: F401
+    except ImportError:
+        fail(f"{env_id} is a Minari dataset: pip install 'minari[hf]'")
+    path = minari_store(task.dataset)
+    if not os.path.isdir(os.path.join(path, "data")):
+        path = fetch_minari(env_id)
+    try:
+        return read_minari_dir(env_id, path)
+    except ValueError as e:
+        fail(
+            f"{path}: an incomplete or corrupt Minari dataset ({e}); "
+            f"delete it and run `python make_datasets.py fetch {env_id}`"
+        )
+
+
+def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
+    """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
+
+    `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
+    (`timeouts`) are not terminal: the value of s' is still bootstrapped there. Files without
+    `next_observations` get them from the following row, as d4rl.qlearning_dataset does, dropping
+    the rows that end an episode by time limit (their successor is not stored).
+    """
+    if dataset_path is not None and not os.path.isfile(dataset_path):
+        fail(f"--dataset-path {dataset_path}: no such file")
+    if dataset_path is None and TASKS[env_id].source == "minari":
+        name, data = TASKS[env_id].dataset, read_minari(env_id)
+    else:
+        name = dataset_path or dataset_file(env_id)
+        data = read_hdf5(name)
+    # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
+    obs, actions = data["observations"].astype(np.float32, copy=False), data["actions"].astype(np.float32, copy=False)
+    rewards, terminals = (
+        data["rewards"].astype(np.float32, copy=False).reshape(-1),
+        data["terminals"].astype(bool).reshape(-1),
+    )
+    timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    if (
+        not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts)
+        or obs.ndim != 2
+        or actions.ndim != 2
+    ):
+        fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
+    # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
+    ends = np.flatnonzero(terminals | timeouts)
+    ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
+    episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
+    if "next_observations" in data:
+        next_obs = data["next_observations"].astype(np.float32, copy=False)
+    else:
+        keep = ~timeouts[:-1]
+        obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
+        next_obs = data["observations"][1:][keep].astype(np.float32)
+    for key, value in (
+        ("observations", obs),
+        ("actions", actions),
+        ("rewards", rewards),
+        ("next_observations", next_obs),
+    ):
+        if not np.isfinite(value).all():
+            fail(f"{name}: {key} holds NaN or inf values")
+    return dict(
+        observations=obs,
+        actions=actions,
+        rewards=rewards,
+        next_observations=next_obs,
+        terminals=terminals.astype(np.float32),
+        episode_returns=episode_returns,
+    )
+
+
+class ReplayBuffer:
+    """The offline dataset D, then the online transitions, in float32 tensors preallocated on the device.
+
+    Takes the arrays out of `data` one at a time, so that loading never holds the dataset twice; the rows
+    for online transitions are reserved, not touched, until written (sampling only reads rows < size).
+    """
+
+    def __init__(self, data: dict, capacity: int, device: torch.device):
+        self.size = len(data["rewards"])
+
+        def take(key):
+            x = data.pop(key)
+            buf = torch.empty((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
+            buf[: self.size] = torch.as_tensor(x, device=device)
+            return buf
+
+        self.obs, self.actions, self.next_obs = take("observations"), take("actions"), take("next_observations")
+        self.rewards, self.dones = take("rewards"), take("terminals")
+
+    def add(self, obs, action, reward, next_obs, done):
+        i = self.size
+        self.obs[i], self.actions[i], self.next_obs[i] = torch.as_tensor(obs), action, torch.as_tensor(next_obs)
+        self.rewards[i], self.dones[i] = float(reward), float(done)
+        self.size += 1
+
+    def online_part(self, n_offline: int) -> dict:
+        # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
+        return {
+            key: getattr(self, key)[n_offline : self.size].clone().cpu()
+            for key in ("obs", "actions", "rewards", "next_obs", "dones")
+        }
+
+    def restore_online_part(self, part: dict):
+        n = len(part["rewards"])
+        for key, value in part.items():
+            getattr(self, key)[self.size : self.size + n] = value.to(self.obs.device)
+        self.size += n
+
+    def sample(self, batch_size: int):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
+
+
+def read_flags(args):
+    """The run's flags (with --resume, the stopped run's own) and the checkpoint it resumes, if any."""
+    resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
+    if resumed:  # a resumed run is the same run: its own flags, its own directory
+        try:
+            args = type(args)(**{**resumed["args"], "resume": resumed["path"]})
+        except TypeError:
+            fail(f"--resume {resumed['path']}: written by another version of this script")
+    if args.env_id not in TASKS:
+        close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
+        fail(
+            f"unknown --env-id {args.env_id}"
+            + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks")
+        )
+    return args, resumed
+
+
+def check_flags(args, method_checks: dict):
+    """The first flag out of range ends the run with one line: the shared flags, then the method's `method_checks`."""
+    checks = {
+        "--offline-steps must be >= 0": args.offline_steps >= 0,
+        "--online-steps must be >= 0": args.online_steps >= 0,
+        "--eval-freq must be >= 1": args.eval_freq >= 1,
+        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
+        "--log-freq must be >= 1": args.log_freq >= 1,
+        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
+        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
+        "--batch-size must be >= 1": args.batch_size >= 1,
+        **method_checks,
+        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs
+        or (torch.cuda.is_available() and args.cuda),
+    }
+    for message, ok in checks.items():
+        if not ok:
+            fail(message)
+
+
+def setup(args) -> tuple:
+    """Seeding, the device, the task's dataset and its environment (their sizes checked against each other)."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    data = load_dataset(args.env_id, args.dataset_path)
+    env = make_env(args.env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
+        fail(
+            f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
+            f"{args.env_id} needs {obs_dim} and {act_dim}"
+        )
+    if args.batch_size > len(data["rewards"]):
+        fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
+    env.action_space.seed(args.seed)
+    return device, data, env
+
+
+def compiled(fn, args):
+    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
+    recipe); without either flag, the eager function, which is the reference."""
+    if not (args.compile or args.cudagraphs):
+        return fn
+    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+
+
+@torch.no_grad()
+def evaluate(agent, env, env_id: str, n_episodes: int, seed: int) -> dict:
+    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`), from fixed start states."""
+    returns = []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
+        done, episode_return = False, 0.0
+        while not done:
+            action = policy_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None])[0]
+            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+            episode_return, done = episode_return + float(reward), terminated or truncated
+        returns.append(episode_return)
+    mean_return = float(np.mean(returns))
+    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return)}
+
+
+class Run:
+    """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
+    snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
+
+    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
+    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
+    """
+
+    def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
+        self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
+        self.name = (
+            resumed["summary"]["run_name"]
+            if resumed
+            else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        )
+        self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
+        self.checkpoint_path, self.summary_path = (
+            os.path.join(self.dir, "checkpoint.pt"),
+            os.path.join(self.dir, "summary.json"),
+        )
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:
+            fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
+        if args.track:
+            try:
+                import wandb
+            except ImportError:
+                fail("--track needs wandb: pip install wandb")
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=vars(args),
+                name=self.name,
+                save_code=True,
+            )
+        if args.capture_video:
+            try:
+                import moviepy  # noqa: F401, used by gymnasium's RecordVideo
+            except ImportError:
+                fail("--capture-video needs moviepy: pip install moviepy")
+        self.writer = SummaryWriter(
+            self.dir, purge_step=resumed["step"] + 1 if resumed else None
+        )  # drop events past the checkpoint
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        )
+        self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
+
+        self.start_step = 0
+        if resumed:
+            load_checkpoint(resumed, args, agent, "--resume")
+            self.start_step = resumed["step"]
+        elif args.load_offline:
+            pretrained = read_checkpoint(args.load_offline, "--load-offline")
+            load_checkpoint(pretrained, args, agent, "--load-offline")
+            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
+        self.summary = {
+            "args": vars(args),
+            "run_name": self.name,
+            "evaluations": [],
+            "train_episodes": [],
+            "final_normalized_score": None,
+            "complete": False,
+        }
+        if resumed:
+            self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
+            rb.restore_online_part(resumed["online_buffer"])
+
+        self.obs, _ = env.reset(seed=args.seed)
+        if resumed:  # last, after everything that draws random numbers while setting up
+            set_rng_state(resumed["rng"], env)
+            self.obs = None if resumed["episode_over"] else self.obs
+        self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
+            signal.signal(sig, lambda *_: self.interrupted.append(True))
+        self.start_time, self.score = time.time(), float("nan")
+        self.progress = tqdm(
+            total=self.total_steps,
+            initial=self.start_step,
+            desc="offline" if self.start_step < args.offline_steps else "online",
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=1 if sys.stderr.isatty() else 30,
+        )
+        if (
+            self.start_step == args.offline_steps and args.load_offline and not resumed
+        ):  # score the loaded model once, at the switch
+            self.record_evaluation(self.start_step)
+
+    def record_episode(self, step: int, info: dict):
+        """A training episode that ended with the env step of `step`: its return (the quality of the behaviour) to
+        TensorBoard and summary.json."""
+        if "episode" in info:
+            episode_return, length = float(info["episode"]["r"]), int(info["episode"]["l"])
+            self.writer.add_scalar("charts/episodic_return", episode_return, step)
+            self.writer.add_scalar("charts/episodic_length", length, step)
+            self.summary["train_episodes"].append(
+                {
+                    "step": step,
+                    "return": episode_return,
+                    "length": length,
+                    "normalized_score": normalized_score(self.args.env_id, episode_return),
+                }
+            )
+
+    def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
+        """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
+        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        args = self.args
+        self.progress.update(1)
+        self.healthy &= all_finite(losses)
+        self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
+        if (
+            step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
+        ) and not self.healthy:
+            stop_diverged(step, losses, self.checkpoint_path)
+        if step % args.log_freq == 0 or now:
+            for name, value in {**(scalars or {}), **losses}.items():
+                self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
+            self.writer.add_scalar("charts/SPS", int((step - self.start_step) / (time.time() - self.start_time)), step)
+
+    def evaluate(self, step: int, **extra):
+        """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
+        if step % self.args.eval_freq == 0 or step in (self.args.offline_steps, self.total_steps):
+            self.record_evaluation(step, extra)
+
+    def record_evaluation(self, step: int, extra: dict | None = None):
+        result = self.evaluate_policy(
+            self.agent, self.eval_env, self.args.env_id, self.args.eval_episodes, self.args.seed + 10_000
+        )
+        extra = {name: value.item() if torch.is_tensor(value) else value for name, value in (extra or {}).items()}
+        phase = "online" if step > self.args.offline_steps else "offline"
+        self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
+        self.summary["final_normalized_score"] = self.score = result["normalized_score"]
+        write_json(self.summary_path, self.summary)
+        for name, value in result.items():
+            if value is not None:
+                self.writer.add_scalar(f"eval/{name}", value, step)
+        self.progress.set_postfix(score=f"{self.score:.1f}")
+
+    def save(self, step: int, between_episodes: bool):
+        """The pretrained model at the switch, snapshots, and every --checkpoint-every steps the whole run (online at
+        the end of the episode then, so that a resumed run replays exactly); after Ctrl-C or SIGTERM, save and exit."""
+        args = self.args
+        if step == args.offline_steps:
+            save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, args, self.agent)
+            self.progress.set_description("online")
+        if step in args.snapshot_steps or (
+            args.snapshot_every and step % args.snapshot_every == 0
+        ):  # for benchmarks/premise.py
+            save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
+        if (self.checkpoint_due and between_episodes) or self.interrupted:
+            run = {
+                "summary": self.summary,
+                "rng": rng_state(self.env),
+                "episode_over": step > args.offline_steps,
+                "online_buffer": self.rb.online_part(self.n_offline),
+            }
+            save_checkpoint(self.checkpoint_path, step, args, self.agent, run)
+            self.checkpoint_due = False
+        if self.interrupted:
+            self.progress.close()
+            print(
+                f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {self.checkpoint_path}",
+                file=sys.stderr,
+            )
+            sys.exit(130)
+
+    def finish(self):
+        self.progress.close()
+        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
+        self.summary["complete"] = True
+        write_json(self.summary_path, self.summary)
+        print(f"{self.name}: final normalized score {self.score:.1f}; logs in {self.dir}")
+        self.env.close()
+        self.eval_env.close()
+        self.writer.close()
+
+
+def agent_state(agent) -> dict:
+    """The agent's networks and optimisers, by the names checkpoints keep them under (its attributes' names)."""
+    return {name: part for name, part in vars(agent).items() if isinstance(part, (nn.Module, torch.optim.Optimizer))}
+
+
+def save_checkpoint(path: str, step: int, args, agent, run: dict | None = None):
+    """Write the agent (and, for a resumable run, `run`) to a temporary name, then rename: never half a checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state = {"algorithm": ALGORITHM, "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
+    state.update({name: part.state_dict() for name, part in agent_state(agent).items()})
+    torch.save(state, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def read_checkpoint(path: str, flag: str) -> dict:
+    """A checkpoint of this script's algorithm (see ALGORITHM); a run directory stands for its `checkpoint.pt`."""
+    path = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    if not os.path.isfile(path):
+        fail(f"{flag} {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        fail(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__})")
+    if not isinstance(state, dict) or state.get("algorithm") != ALGORITHM:
+        fail(f"{flag} {path}: written by another script (needs {' or '.join(SCRIPTS)})")
+    if flag == "--resume" and "rng" not in state:
+        fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
+    state["path"] = path
+    return state
+
+
+def load_checkpoint(state: dict, args, agent, flag: str):
+    if state["env_id"] != args.env_id:
+        fail(
+            f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}"
+        )
+    try:
+        for name, part in agent_state(agent).items():
+            part.load_state_dict(state[name])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
+
+
+def rng_state(env) -> dict:
+    """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "env": env.unwrapped.np_random.bit_generator.state,
+    }
+
+
+def set_rng_state(state: dict, env):
+    random.setstate(state["python"])
+    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    env.unwrapped.np_random.bit_generator.state = state["env"]
+
+
+def all_finite(losses: dict) -> torch.Tensor:
+    """A flag on the device (no host sync): every loss of this update is finite."""
+    return torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
+
+
+def stop_diverged(step: int, losses: dict, checkpoint: str):
+    bad = (
+        ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
+        or "an earlier update's loss"
+    )
+    kept = (
+        f"the last good checkpoint is {checkpoint}"
+        if os.path.isfile(checkpoint)
+        else "no checkpoint was written before it"
+    )
+    print(
+        f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
+        f"(lower the learning rate or check the dataset)",
+        file=sys.stderr,
+    )
+    sys.exit(3)
+
+
+def write_json(path: str, content: dict):
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(content, f, indent=2)
+    os.replace(f"{path}.tmp", path)
+
+
+if __name__ == "__main__":
+    train(tyro.cli(Args))
