@@ -226,24 +226,38 @@ def run_cql(run_script, maze_dataset, out, *flags):
     return run_dir
 
 
-def test_a_run_shows_performance_critic_loss_and_q_bias_across_the_switch(run_script, maze_dataset, tmp_path):
+@pytest.fixture(scope="module")
+def switch_run(run_script, maze_dataset, tmp_path_factory):
+    """One CQL -> SAC run across the switch: 40 offline updates, then 620 online steps (one whole episode)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = run_cql(run_script, maze_dataset, tmp_path)
-    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    run_dir = run_cql(run_script, maze_dataset, tmp_path_factory.mktemp("switch"))
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    return json.load(open(os.path.join(run_dir, "summary.json"))), events, run_dir
+
+
+def test_every_evaluation_records_score_q_bias_and_critic_loss_on_both_sides_of_the_switch(switch_run):
+    summary, _, _ = switch_run
     assert summary["evaluations"][0]["phase"] == "offline" and summary["evaluations"][-1]["phase"] == "online"
     for e in summary["evaluations"]:
         assert {"normalized_score", "return", "q_bias", "q_ratio", "critic_loss"} <= set(e) and e["critic_loss"] > 0
+    assert torch.load(os.path.join(switch_run[2], "offline.pt"), weights_only=True)["algorithm"] == "cql"
+
+
+def test_each_online_episode_records_its_q_bias(switch_run):
+    summary, events, _ = switch_run
     (episode,) = summary["online_episodes"]  # one 600-step online episode completed
     assert episode["step"] == 40 + 600 and episode["q_bias"] == pytest.approx(episode["q"] - episode["mc_return"])
-    events = EventAccumulator(run_dir)
-    events.Reload()
+    assert {"diagnostics/q_bias", "eval/q_bias", "eval/normalized_score"} <= set(events.Tags()["scalars"])
+
+
+def test_the_conservative_term_ends_at_the_switch_and_the_critic_loss_is_logged_finely_around_it(switch_run):
+    _, events, _ = switch_run
     gap_steps = [e.step for e in events.Scalars("losses/cql_gap")]
     td_steps = [e.step for e in events.Scalars("losses/td_loss")]
-    assert gap_steps and max(gap_steps) <= 40  # the conservative term ends at the switch
+    assert gap_steps and max(gap_steps) <= 40
     assert {20, 30, 40, 50, 60} <= set(td_steps)  # every 10 steps within --switch-window of the switch
-    assert {"diagnostics/q_bias", "eval/q_bias", "eval/normalized_score"} <= set(events.Tags()["scalars"])
-    assert torch.load(os.path.join(run_dir, "offline.pt"), weights_only=True)["algorithm"] == "cql"
 
 
 def test_same_objective_online_keeps_the_conservative_term_on_its_schedule(run_script, maze_dataset, tmp_path):
