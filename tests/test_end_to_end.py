@@ -184,3 +184,28 @@ def test_compile_runs_the_whole_loop(run_script, small_dataset, tmp_path):
         and summary["args"]["compile"]
         and [e["phase"] for e in summary["evaluations"]] == ["offline", "online"]
     )
+
+
+def readme_commands(heading):
+    """The `python ...` lines of the first bash block after `heading` in README.md (continuations joined)."""
+    from conftest import ROOT
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text[text.index(heading) :].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [line.split("#")[0].split() for line in lines if line.startswith("python ")]
+
+
+@pytest.mark.parametrize("which", range(2))
+def test_the_readme_commands_for_figure_3_panels_run(run_script, small_dataset, tmp_path, which):
+    """The README's IQL and AWAC commands of Figure 3, at a tiny budget (later flags override the README's)."""
+    commands = readme_commands("## The paper's other baselines")
+    assert len(commands) == 2
+    _, script, *flags = commands[which]
+    tiny = ["--offline-steps", 20, "--online-steps", 10, "--eval-freq", 10, "--eval-episodes", 1, "--batch-size", 32]
+    result = run_script(script, *flags, "--dataset-path", small_dataset, "--output-dir", tmp_path, *tiny)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.load(open(os.path.join(run_dir_of(tmp_path), "summary.json")))
+    assert summary["complete"] and [e["step"] for e in summary["evaluations"]] == [10, 20, 30]
+    moved = {"iql_noise.py": ("online_expectile", 0.85), "awac.py": ("online_lam", 0.1)}[script]
+    assert summary["args"][moved[0]] == moved[1]  # the README's loosening reached the run
