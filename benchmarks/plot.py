@@ -304,8 +304,12 @@ def draw_aggregate(runs: dict, out_dir: str) -> list:
     pairs = comparisons(runs)
     if not pairs:
         return []
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 2.4), squeeze=False)
-    for ax, (first, second, tasks) in zip(axes[0], pairs):
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat[len(pairs) :]:
+        ax.set_visible(False)
+    for ax, (first, second, tasks) in zip(axes.flat, pairs):
         for row, variant in enumerate((first, second)):
             mid, low, high = iqm_ci(score_matrix(runs, variant, tasks, "end"))
             ax.errorbar(mid, row, xerr=[[mid - low], [high - mid]], fmt="o", capsize=4, color=f"C{row}")
