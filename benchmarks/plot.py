@@ -51,6 +51,7 @@ LABELS = {
     "awac": "AWAC (same objective)",
     "awac_lambda_abrupt": "AWAC, lambda 1 -> 0.1 at the switch",
     "awac_lambda_linear": "AWAC, lambda 1 -> 0.1 linearly",
+    "awac_temperature0": "AWAC, temperature 0 in the critic's target (diagnostic)",
 }
 FIGURES = {  # file -> (title, groups of variants compared in one panel per task)
     "figure5_o3f_vs_noise.png": (

@@ -57,6 +57,8 @@ VARIANTS = {
     "awac": ("awac.py", "awac", []),
     "awac_lambda_abrupt": ("awac.py", "awac", ["--online-lambda", "0.1"]),
     "awac_lambda_linear": ("awac.py", "awac", ["--online-lambda", "0.1", "--schedule", "linear"]),
+    # a diagnostic, not the paper's: AWAC with no entropy term in the critic's target (as CORL's AWAC)
+    "awac_temperature0": ("awac.py", "awac", ["--temperature", "0"]),
 }
 PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sac.py", "awac": "awac.py"}
 
@@ -66,7 +68,7 @@ class Args:
     variants: list[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
     """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_iql_n10, o3f_lapo, lapo_noise, o3f_lapo_omega1,
     cql_to_sac, cql_same_objective, cql_linear, cql_abrupt, iql_same_objective, iql_expectile_abrupt,
-    iql_expectile_linear, awac, awac_lambda_abrupt, awac_lambda_linear)"""
+    iql_expectile_linear, awac, awac_lambda_abrupt, awac_lambda_linear, awac_temperature0)"""
     env_ids: list[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
     """tasks, as the scripts' --env-id"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
