@@ -2,8 +2,9 @@
 
 AWAC (Nair et al., 2020, "Accelerating online reinforcement learning with offline datasets", arXiv:2006.09359),
 configured as d3rlpy's AWAC, which the O3F paper used (Figure 4's AWAC and Figure 3's AWAC panel): a Gaussian policy
-with a tanh-bounded mean and a state-independent log std in [-6, 0], twin critics, batch 1024, Adam at 3e-4 for both,
-lambda 1, one sampled action for the value estimate, and SAC's critic target with its temperature fixed at 1.
+with a tanh-bounded mean and a state-independent log std -6 + 6 sigmoid(theta) (in [-6, 0], -3 at the start), twin
+critics, batch 1024, Adam at 3e-4 for both, lambda 1, one sampled action for the value estimate, and SAC's critic
+target with its temperature fixed at 1 (benchmarks/awac_vs_d3rlpy.py runs d3rlpy's own beside it).
 `--online-lambda` with `--schedule` moves lambda at the switch, abruptly or linearly (Figure 3: 1 -> 0.1).
 
 Where it differs from CORL's AWAC (algorithms/finetune/awac.py), on purpose, to be d3rlpy's:
@@ -11,8 +12,9 @@ Where it differs from CORL's AWAC (algorithms/finetune/awac.py), on purpose, to 
   clipped at 100; the actor loss sums over the batch (Adam makes the scale immaterial);
 - the critic target subtracts log pi(a'|s') of a tanh-squashed sample a' (SAC's target at temperature 1), where CORL's
   bootstraps min Q(s', a') of a plain policy sample with no entropy term;
-- batch 1024 (CORL: 256), the policy's log std is one learned vector clamped to [-6, 0] (CORL: [-20, 2]), and
-  rewards are used as they are (d3rlpy's default: no reward scaler).
+- batch 1024 (CORL: 256), the policy's log std is one learned vector mapped into [-6, 0] by a sigmoid (CORL: a
+  clamp to [-20, 2]), and rewards are used as they are (d3rlpy's default: no reward scaler).
+Where it differs from d3rlpy's: online actions are kept inside the action bounds (d3rlpy stores the raw draw).
 Reads top to bottom: arguments, networks, the AWAC update, then `train`; the plumbing (tasks and data, buffer,
 bookkeeping) is one block at the end.
 """
@@ -182,14 +184,15 @@ class Actor(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int):
         super().__init__()
         self.net = mlp(obs_dim, act_dim)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.std_logit = nn.Parameter(torch.zeros(act_dim))  # log std -3 at the start (std 0.05), as d3rlpy's
 
     def forward(self, obs) -> Normal:
         """N(tanh(mu(s)), std^2): the policy AWAC regresses onto the data's actions and acts with."""
         return Normal(torch.tanh(self.net(obs)), self.std(), validate_args=False)
 
     def std(self):
-        return self.log_std.clamp(-6.0, 0.0).exp()
+        """d3rlpy's state-independent std: log std = -6 + 6 sigmoid(theta), smooth inside [-6, 0]."""
+        return (-6.0 + 6.0 * torch.sigmoid(self.std_logit)).exp()
 
     def squashed_sample(self, obs) -> tuple:
         """tanh(u), u ~ N(mu(s), std^2), and its log-density (tanh's Jacobian included): SAC's sample, for targets."""
@@ -896,6 +899,8 @@ class Run:
         if resumed:
             self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
             rb.restore_online_part(resumed["online_buffer"])
+        self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
+        self.wall_before = self.summary.get("wall_s", 0.0)
 
         self.obs, _ = env.reset(seed=args.seed)
         if resumed:  # last, after everything that draws random numbers while setting up
@@ -964,6 +969,7 @@ class Run:
         phase = "online" if step > self.args.offline_steps else "offline"
         self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
         self.summary["final_normalized_score"] = self.score = result["normalized_score"]
+        self.summary["wall_s"] = self.wall_s()
         write_json(self.summary_path, self.summary)
         for name, value in result.items():
             if value is not None:
@@ -982,6 +988,7 @@ class Run:
         ):  # for benchmarks/premise.py
             save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
+            self.summary["wall_s"] = self.wall_s()
             run = {
                 "summary": self.summary,
                 "rng": rng_state(self.env),
@@ -998,10 +1005,14 @@ class Run:
             )
             sys.exit(130)
 
+    def wall_s(self) -> float:
+        """Wall-clock seconds of the run, over all its resumptions, from step `wall_s_since_step` of summary.json."""
+        return self.wall_before + time.time() - self.start_time
+
     def finish(self):
         self.progress.close()
         save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
-        self.summary["complete"] = True
+        self.summary["complete"], self.summary["wall_s"] = True, self.wall_s()
         write_json(self.summary_path, self.summary)
         print(f"{self.name}: final normalized score {self.score:.1f}; logs in {self.dir}")
         self.env.close()

@@ -1027,6 +1027,8 @@ class Run:
         if resumed:
             self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
             rb.restore_online_part(resumed["online_buffer"])
+        self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
+        self.wall_before = self.summary.get("wall_s", 0.0)
 
         self.obs, _ = env.reset(seed=args.seed)
         if resumed:  # last, after everything that draws random numbers while setting up
@@ -1095,6 +1097,7 @@ class Run:
         phase = "online" if step > self.args.offline_steps else "offline"
         self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
         self.summary["final_normalized_score"] = self.score = result["normalized_score"]
+        self.summary["wall_s"] = self.wall_s()
         write_json(self.summary_path, self.summary)
         for name, value in result.items():
             if value is not None:
@@ -1113,6 +1116,7 @@ class Run:
         ):  # for benchmarks/premise.py
             save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
+            self.summary["wall_s"] = self.wall_s()
             run = {
                 "summary": self.summary,
                 "rng": rng_state(self.env),
@@ -1129,10 +1133,14 @@ class Run:
             )
             sys.exit(130)
 
+    def wall_s(self) -> float:
+        """Wall-clock seconds of the run, over all its resumptions, from step `wall_s_since_step` of summary.json."""
+        return self.wall_before + time.time() - self.start_time
+
     def finish(self):
         self.progress.close()
         save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
-        self.summary["complete"] = True
+        self.summary["complete"], self.summary["wall_s"] = True, self.wall_s()
         write_json(self.summary_path, self.summary)
         print(f"{self.name}: final normalized score {self.score:.1f}; logs in {self.dir}")
         self.env.close()

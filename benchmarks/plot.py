@@ -250,12 +250,21 @@ def draw_switch(runs: dict, out_dir: str) -> list:
     return written
 
 
+def wall_clock(summaries: list) -> str:
+    """Median wall-clock hours of the fine-tuning runs, from summary.json's `wall_s`; "-" where a run has none, and
+    ">=" where some were counted only from a resumption (runs from before `wall_s` was recorded)."""
+    if not summaries or any("wall_s" not in s for s in summaries):
+        return "-"
+    partial = any(s.get("wall_s_since_step", 0) > s["args"]["offline_steps"] for s in summaries)
+    return f"{'>=' if partial else ''}{np.median([s['wall_s'] for s in summaries]) / 3600:.2f}"
+
+
 def table(runs: dict) -> str:
     """Every variant and task: IQM over seeds [95% CI] at the switch and at the end of fine-tuning."""
     lines = [
         "| variant | task | seeds | eval. episodes | at the switch: IQM [95% CI] "
-        "| end of fine-tuning: IQM [95% CI] | change |",
-        "|---|---|---|---|---|---|---|",
+        "| end of fine-tuning: IQM [95% CI] | change | hours per run (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant in runs:
         for env_id, summaries in sorted(runs[variant].items()):
@@ -265,7 +274,7 @@ def table(runs: dict) -> str:
             lines.append(
                 f"| {LABELS.get(variant, variant)} | {env_id} | {len(summaries)} | {', '.join(map(str, episodes))} "
                 f"| {switch[0]:.1f} [{switch[1]:.1f}, {switch[2]:.1f}] | {end[0]:.1f} [{end[1]:.1f}, {end[2]:.1f}] "
-                f"| {end[0] - switch[0]:+.1f} |"
+                f"| {end[0] - switch[0]:+.1f} | {wall_clock(summaries)} |"
             )
     return "\n".join(lines)
 

@@ -19,15 +19,15 @@ ARGS = SimpleNamespace(
 
 
 def make_agent(optimizer=None, obs_dim=4, act_dim=2):
-    """A whole AWAC agent on hand-made spaces (Adam at 3e-4, or `optimizer` at 1e-2)."""
+    """A whole AWAC agent on hand-made spaces (Adam at 3e-4, or `optimizer` at 1e-4)."""
     torch.manual_seed(0)
     env = SimpleNamespace(
         observation_space=gym.spaces.Box(-1, 1, (obs_dim,)), action_space=gym.spaces.Box(-1, 1, (act_dim,))
     )
     agent = awac.Agent(env, SimpleNamespace(learning_rate=3e-4, compile=False, cudagraphs=False), torch.device("cpu"))
     if optimizer is not None:  # SGD: Adam's first steps are +-lr wherever a gradient is ~0, so rounding would flip them
-        agent.actor_optimizer = optimizer(agent.actor.parameters(), lr=1e-2)
-        agent.q_optimizer = optimizer(agent.qf.parameters(), lr=1e-2)
+        agent.actor_optimizer = optimizer(agent.actor.parameters(), lr=1e-4)
+        agent.q_optimizer = optimizer(agent.qf.parameters(), lr=1e-4)
     return agent
 
 
@@ -48,13 +48,23 @@ def test_the_weights_are_a_softmax_of_the_advantage_over_lambda_that_averages_on
     assert sharper.tolist() == pytest.approx([2 / 5, 8 / 5])
 
 
+def test_the_policys_std_starts_at_exp_minus_3_and_stays_inside_exp_minus_6_and_1_as_d3rlpys():
+    agent = make_agent()
+    assert torch.allclose(agent.actor.std(), torch.full((2,), math.exp(-3.0)))
+    agent.actor.std_logit.data = torch.tensor([-100.0, 100.0])
+    assert torch.allclose(agent.actor.std(), torch.tensor([math.exp(-6.0), 1.0]))
+    agent.actor.std_logit.data = torch.tensor([-8.0, 8.0])
+    agent.actor.std().sum().backward()  # a gradient near the bounds too: no clamp that cuts it off
+    assert (agent.actor.std_logit.grad != 0).all()
+
+
 def test_the_squashed_sample_and_its_log_density_are_sacs():
     agent = make_agent()
     obs = torch.randn(5, 4)
     torch.manual_seed(3)
     action, log_prob = agent.actor.squashed_sample(obs)
     torch.manual_seed(3)
-    mu, std = agent.actor.net(obs), agent.actor.log_std.clamp(-6, 0).exp()
+    mu, std = agent.actor.net(obs), (-6 + 6 * torch.sigmoid(agent.actor.std_logit)).exp()
     u = mu + std * torch.randn_like(mu)
     expected = Normal(mu, std).log_prob(u).sum(-1) - torch.log(1 - torch.tanh(u) ** 2).sum(-1)  # change of variables
     assert torch.allclose(action, torch.tanh(u)) and torch.allclose(log_prob, expected, atol=1e-4)
@@ -76,10 +86,11 @@ def test_the_update_matches_hand_computed_losses_and_polyak_targets():
         q = before.qf(obs, actions)
         expected_qf = ((q[0] - td_target) ** 2).mean() + ((q[1] - td_target) ** 2).mean()
         # The actor's weights use the critics after their step (agent.qf holds them) and a ~ N(tanh mu, std).
-        sampled = Normal(torch.tanh(before.actor.net(obs)), before.actor.log_std.clamp(-6, 0).exp()).sample()
+        policy = Normal(torch.tanh(before.actor.net(obs)), (-6 + 6 * torch.sigmoid(before.actor.std_logit)).exp())
+        sampled = policy.sample()
         advantage = agent.qf(obs, actions).min(0).values - agent.qf(obs, sampled).min(0).values
         weights = torch.softmax(advantage / 0.5, 0) * len(obs)
-        log_prob = Normal(torch.tanh(before.actor.net(obs)), before.actor.log_std.clamp(-6, 0).exp()).log_prob(actions)
+        log_prob = policy.log_prob(actions)
         expected_actor = -(weights * log_prob.sum(-1)).sum()
     assert losses["qf_loss"].item() == pytest.approx(expected_qf.item(), rel=1e-5)
     assert losses["actor_loss"].item() == pytest.approx(expected_actor.item(), rel=1e-5)
@@ -127,6 +138,7 @@ def test_without_an_online_lambda_the_offline_one_stays():
 def test_online_actions_are_draws_of_the_policy_inside_the_bounds():
     agent = make_agent()
     agent.low, agent.high = torch.tensor([-0.1, -1.0]), torch.tensor([0.1, 1.0])
+    agent.actor.std_logit.data.fill_(30.0)  # log std at its top, 0: std 1
     draws = torch.stack([awac.select_action(agent, torch.zeros(1, 4), ARGS) for _ in range(500)])
     assert (draws >= agent.low).all() and (draws <= agent.high).all()
     assert (draws[:, 0] == 0.1).any() and (draws[:, 0] == -0.1).any()  # std 1 around tanh(mu): clipped, not resampled
@@ -165,3 +177,28 @@ def test_impossible_lambda_is_one_line(run_script, small_dataset):
     assert (
         result.returncode == 2 and "--online-lambda must be > 0" in result.stderr and "Traceback" not in result.stderr
     )
+
+
+def test_one_update_from_d3rlpys_networks_batch_and_seed_is_d3rlpys_update():
+    """tests/data/d3rlpy_awac_update.pt: d3rlpy 2.8.1's AWAC (its defaults) before and after one update on a batch of
+    the embedded data, made by `benchmarks/awac_vs_d3rlpy.py --same-update --keep` in d3rlpy's environment."""
+    import os
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import awac_vs_d3rlpy
+
+    record = torch.load(os.path.join(ROOT, "tests", "data", "d3rlpy_awac_update.pt"), weights_only=True)
+    result = awac_vs_d3rlpy.same_update(record)
+    assert result["critic_loss"][0] == pytest.approx(result["critic_loss"][1], rel=1e-6)
+    assert result["actor_loss"][0] == pytest.approx(result["actor_loss"][1], rel=1e-6)
+    assert result["after_sums_max_relative_difference"] < 1e-4
+    # A std clamped to [-6, 0] from log std 0 (this script's before it followed d3rlpy's sigmoid) is not d3rlpy's.
+    clamped = awac.Actor.std
+    try:
+        awac.Actor.std = lambda self: self.std_logit.clamp(-6.0, 0.0).exp()
+        assert awac_vs_d3rlpy.same_update(record)["critic_loss"][0] != pytest.approx(result["critic_loss"][1], rel=1e-3)
+    finally:
+        awac.Actor.std = clamped

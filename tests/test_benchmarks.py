@@ -114,7 +114,8 @@ def png_size(path):
 def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
     results = tmp_path / "results"
     for seed, offset in ((1, 0.0), (2, 2.0)):
-        write_fake(results, "o3f_iql", seed, fake_summary("o3f_iql", seed, [10, 20 + offset, 30 + offset, 40 + offset]))
+        timed = fake_summary("o3f_iql", seed, [10, 20 + offset, 30 + offset, 40 + offset])
+        write_fake(results, "o3f_iql", seed, {**timed, "wall_s": 3600.0 * seed, "wall_s_since_step": 100})
         write_fake(
             results, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20 + offset, 22 + offset, 24 + offset])
         )
@@ -141,10 +142,11 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
     )  # score, Q bias, loss
     # The table: IQM over the two seeds (of two, their mean) at the switch (step 100) and at the end (step 200), with
     # the bootstrap's 95% CI: resampling two seeds gives means from the lower score to the higher one.
-    row = "| IQL + O3F | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 41.0 [40.0, 42.0] | +20.0 |"
+    # The runs took 1 and 2 hours (summary.json's wall_s, counted from the switch): median 1.5; noise's have none.
+    row = "| IQL + O3F | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 41.0 [40.0, 42.0] | +20.0 | 1.50 |"
     assert row in result.stdout
     assert (
-        "| IQL + noise | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 25.0 [24.0, 26.0] | +4.0 |"
+        "| IQL + noise | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 25.0 [24.0, 26.0] | +4.0 | - |"
         in result.stdout
     )
     # O3F's two end scores (40, 42) both beat noise's (24, 26): probability of improvement 1, in every resample.
@@ -275,3 +277,31 @@ def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path):
         "| IQL (same objective) vs IQL, expectile",
     ):
         assert row in result.stdout
+
+
+def test_the_awac_comparison_sets_d3rlpys_evaluations_beside_awac_pys(tmp_path):
+    d3rlpy = [{"step": 5000 + 1000 * i, "normalized_score": s} for i, s in enumerate([30.0, 20.0, 4.0, 6.0])]
+    (tmp_path / "d3" / "embedded-halfcheetah-medium").mkdir(parents=True)
+    (tmp_path / "d3" / "embedded-halfcheetah-medium" / "seed1.json").write_text(json.dumps({"evaluations": d3rlpy}))
+    ours = fake_summary("awac", 1, [31.0, 33.0, 2.0, 1.0], switch=5000)
+    ours["evaluations"] = [{**e, "step": 5000 + 1000 * i} for i, e in enumerate(ours["evaluations"])]
+    write_fake(tmp_path / "ours", "awac", 1, ours)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "awac_vs_d3rlpy.py"),
+            "--report-only",
+            "--output-dir",
+            str(tmp_path / "d3"),
+            "--awac-dir",
+            str(tmp_path / "ours"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    # at the switch (step 5000), the mean, lowest and last of the online evaluations (steps after 5000)
+    assert "| d3rlpy 2.8.1 AWAC | 1 | 30.0 | 10.0 | 4.0 | 6.0 |" in result.stdout
+    assert "| awac.py (awac) | 1 | 31.0 | 12.0 | 1.0 | 1.0 |" in result.stdout
+    assert "temperature0" not in result.stdout  # no such runs: no row

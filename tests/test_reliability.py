@@ -192,6 +192,13 @@ def test_resuming_from_a_mid_run_checkpoint_replays_the_same_history(run_script,
     (run_dir,) = glob.glob(str(tmp_path / "a" / "*"))
     assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["step"] == 40
     copy = shutil.copytree(run_dir, tmp_path / "b" / os.path.basename(run_dir))
+    state = torch.load(os.path.join(copy, "checkpoint.pt"), weights_only=True)
+    assert state["summary"]["wall_s_since_step"] == 0 and 0 < state["summary"]["wall_s"]
+    state["summary"]["wall_s"] = 1e6  # as if the first 40 steps had taken 1e6 s: the resumed run adds its own time
+    torch.save(state, os.path.join(copy, "checkpoint.pt"))
+    started = time.time()
     result = run_script(script, "--resume", copy)  # steps 41 to 60 again, from the checkpoint at 40
     assert result.returncode == 0, result.stderr[-2000:]
-    assert evaluations(tmp_path / "b")["evaluations"] == evaluations(tmp_path / "a")["evaluations"]
+    resumed = evaluations(tmp_path / "b")
+    assert resumed["evaluations"] == evaluations(tmp_path / "a")["evaluations"]
+    assert 1e6 < resumed["wall_s"] < 1e6 + time.time() - started and resumed["wall_s_since_step"] == 0

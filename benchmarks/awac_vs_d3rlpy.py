@@ -1,0 +1,229 @@
+"""d3rlpy's own AWAC beside awac.py, on the same data, budget and evaluation: does d3rlpy's AWAC collapse online too?
+
+    python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --seeds 1 2 3
+    python benchmarks/awac_vs_d3rlpy.py --report-only      # the table from what is under --output-dir
+    python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --same-update
+
+--same-update: d3rlpy's AWAC makes one update from its initial networks on a batch of the data; awac.py's
+`awac_update` makes one from the same networks, batch and random seed; the losses and the networks after it are
+compared (OUTPUT_DIR/ENV/same_update.json; `--keep FILE` keeps what the comparison needs, as tests/data's fixture).
+
+Each seed runs benchmarks/d3rlpy_awac.py with that interpreter (d3rlpy 2.8.1, its defaults: batch 1024, lambda 1,
+SAC's critic target at temperature 1) for --offline-steps updates and --online-steps steps, and writes
+OUTPUT_DIR/ENV/seedK.json (skipped when it exists). The table sets each seed's evaluations beside those of awac.py's
+runs found under --awac-dir (benchmarks/run.py's layout: AWAC_DIR/VARIANT/ENV/seedK/*/summary.json).
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import awac  # noqa: E402
+
+
+@dataclass
+class Args:
+    python: str | None = None
+    """the interpreter of an environment with d3rlpy 2.8.1 (and gymnasium, mujoco) installed"""
+    env_id: str = "embedded-halfcheetah-medium"
+    seeds: list[int] = field(default_factory=lambda: [1])
+    offline_steps: int = 5000
+    online_steps: int = 10000
+    eval_freq: int = 1000
+    eval_episodes: int = 5
+    output_dir: str = "results/awac_d3rlpy"
+    awac_dir: str = "results"
+    """where awac.py's runs are (the variants awac and awac_temperature0 are read from it)"""
+    report_only: bool = False
+    same_update: bool = False
+    """compare one update of d3rlpy's AWAC and of awac.py's from the same networks, batch and seed"""
+    keep: str | None = None
+    """with --same-update: write the record the comparison used here (networks before, batch, losses, sums after)"""
+
+
+def run_d3rlpy(args: Args, seed: int, out: str):
+    task = awac.TASKS[args.env_id]
+    raw = awac.read_hdf5(awac.dataset_file(args.env_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data.npz")
+        np.savez(
+            data,
+            observations=raw["observations"],
+            actions=raw["actions"],
+            rewards=raw["rewards"],
+            terminals=raw["terminals"].astype(np.float32),
+            timeouts=raw["timeouts"].astype(np.float32),
+        )
+        command = [
+            args.python,
+            os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py"),
+            data,
+            task.env,
+            str(task.ref_min),
+            str(task.ref_max),
+            str(args.offline_steps),
+            str(args.online_steps),
+            str(args.eval_freq),
+            str(args.eval_episodes),
+            str(seed),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        try:
+            child = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)  # progress goes to stderr
+        except OSError as e:
+            sys.exit(f"error: --python {args.python}: cannot run it ({e.strerror})")
+    if child.returncode != 0:
+        sys.exit(f"error: --python {args.python}: d3rlpy's AWAC did not run (exit {child.returncode}, see above)")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result["args"] = {k: v for k, v in vars(args).items() if k not in ("seeds", "report_only")} | {"seed": seed}
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+def d3rlpy_names(agent) -> dict:
+    """awac.py's agent as d3rlpy's AWAC modules' state dicts (the same tensors, renamed; critics' layers transposed)."""
+    net, layers = agent.actor.net, ("_encoder._layers.0", "_encoder._layers.2", "_fc")
+    policy = {"_logstd": agent.actor.std_logit[None]}
+    for i, name in zip((0, 2, 4), ("_encoder._layers.0", "_encoder._layers.2", "_mu")):
+        policy |= {f"{name}.weight": net[i].weight, f"{name}.bias": net[i].bias}
+    critics = {}
+    for part, ensemble in (("q_funcs", agent.qf), ("targ_q_funcs", agent.qf_target)):
+        critics[part] = {}
+        for layer, name in zip(ensemble.layers, layers):
+            for j in range(ensemble.num_critics):
+                critics[part] |= {f"{j}.{name}.weight": layer.weight[j].T, f"{j}.{name}.bias": layer.bias[j, 0]}
+    return {"policy": policy, **critics}
+
+
+def same_update(record: dict) -> dict:
+    """awac.py's update from d3rlpy's networks `record["before"]`, on its batch, after torch.manual_seed(seed): the
+    losses beside d3rlpy's, and the largest relative difference of the sums of the networks' tensors after it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    obs_dim, act_dim = record["batch"]["observations"].shape[1], record["batch"]["actions"].shape[1]
+    env = SimpleNamespace(
+        observation_space=awac.gym.spaces.Box(-1, 1, (obs_dim,)), action_space=awac.gym.spaces.Box(-1, 1, (act_dim,))
+    )
+    agent = awac.Agent(env, SimpleNamespace(learning_rate=3e-4, compile=False, cudagraphs=False), torch.device("cpu"))
+    with torch.no_grad():
+        for part, tensors in d3rlpy_names(agent).items():
+            for name, tensor in tensors.items():
+                tensor.copy_(record["before"][part][name])
+    b = record["batch"]
+    batch = (b["observations"], b["actions"], b["rewards"][:, 0], b["next_observations"], b["terminals"][:, 0])
+    config = SimpleNamespace(gamma=record["config"]["gamma"], tau=record["config"]["tau"], temperature=1.0)
+    torch.manual_seed(record["seed"])
+    losses = awac.awac_update(agent, batch, record["config"]["lam"], config)
+    worst = 0.0
+    for part, tensors in d3rlpy_names(agent).items():
+        for name, tensor in tensors.items():
+            theirs = record["after_sums"][part][name]
+            worst = max(worst, abs(tensor.sum().item() - theirs) / max(abs(theirs), 1e-6))
+    return {
+        "d3rlpy_version": record["version"],
+        "critic_loss": [losses["qf_loss"].item(), record["losses"]["critic_loss"]],
+        "actor_loss": [losses["actor_loss"].item(), record["losses"]["actor_loss"]],
+        "after_sums_max_relative_difference": worst,
+    }
+
+
+def compact(record: dict, seed: int) -> dict:
+    """The record as the comparison needs it: the networks after the update only as the sum of each tensor."""
+    sums = {part: {k: v.sum().item() for k, v in sd.items()} for part, sd in record.pop("after").items()}
+    return {**record, "after_sums": sums, "seed": seed}
+
+
+def run_same_update(args: Args) -> dict:
+    import torch
+
+    raw = awac.read_hdf5(awac.dataset_file(args.env_id))
+    seed = args.seeds[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = os.path.join(tmp, "data.npz"), os.path.join(tmp, "update.pt")
+        np.savez(
+            data,
+            observations=raw["observations"],
+            actions=raw["actions"],
+            rewards=raw["rewards"],
+            terminals=raw["terminals"].astype(np.float32),
+            timeouts=raw["timeouts"].astype(np.float32),
+        )
+        script = os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        try:
+            child = subprocess.run([args.python, script, "--one-update", data, out, str(seed)], env=env)
+        except OSError as e:
+            sys.exit(f"error: --python {args.python}: cannot run it ({e.strerror})")
+        if child.returncode != 0:
+            sys.exit(f"error: --python {args.python}: d3rlpy's AWAC update did not run (exit {child.returncode})")
+        record = compact(torch.load(out, weights_only=True), seed)
+    if args.keep:
+        torch.save(record, args.keep)
+    result = same_update(record) | {"seed": seed, "env_id": args.env_id}
+    path = os.path.join(args.output_dir, args.env_id, "same_update.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f)
+    return result
+
+
+def ours(args: Args, variant: str, seed: int) -> list[dict] | None:
+    found = sorted(glob.glob(os.path.join(args.awac_dir, variant, args.env_id, f"seed{seed}", "*", "summary.json")))
+    return json.load(open(found[-1]))["evaluations"] if found else None
+
+
+def report(args: Args):
+    print(
+        f"| run | seed | {args.env_id}: D4RL-normalised score at the switch | mean of the online evaluations "
+        "| lowest online | at the end |\n|---|---|---|---|---|---|"
+    )
+    for seed in args.seeds:
+        path = os.path.join(args.output_dir, args.env_id, f"seed{seed}.json")
+        rows = [("d3rlpy 2.8.1 AWAC", json.load(open(path))["evaluations"] if os.path.isfile(path) else None)]
+        rows += [(f"awac.py ({variant})", ours(args, variant, seed)) for variant in ("awac", "awac_temperature0")]
+        for name, evaluations in rows:
+            if not evaluations:
+                continue
+            switch = [e for e in evaluations if e["step"] == args.offline_steps]
+            online = [e["normalized_score"] for e in evaluations if e["step"] > args.offline_steps]
+            if not online:
+                continue
+            at_switch = f"{switch[-1]['normalized_score']:.1f}" if switch else "-"
+            print(f"| {name} | {seed} | {at_switch} | {np.mean(online):.1f} | {min(online):.1f} | {online[-1]:.1f} |")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if args.same_update:
+        if args.python is None:
+            sys.exit("error: --python: give the interpreter of an environment with d3rlpy installed")
+        result = run_same_update(args)
+        print(
+            f"one AWAC update from the same networks, batch and seed: critic loss {result['critic_loss'][0]:.6g} "
+            f"(awac.py) vs {result['critic_loss'][1]:.6g} (d3rlpy {result['d3rlpy_version']}); actor loss "
+            f"{result['actor_loss'][0]:.6g} vs {result['actor_loss'][1]:.6g}; networks after it: sums of every tensor "
+            f"agree to {result['after_sums_max_relative_difference']:.1e} (relative)"
+        )
+        sys.exit(0)
+    if not args.report_only:
+        if args.python is None:
+            sys.exit("error: --python: give the interpreter of an environment with d3rlpy installed")
+        for seed in args.seeds:
+            out = os.path.join(args.output_dir, args.env_id, f"seed{seed}.json")
+            if os.path.isfile(out):
+                print(f"seed {seed}: {out} exists, skipped", file=sys.stderr)
+                continue
+            run_d3rlpy(args, seed, out)
+    report(args)
