@@ -8,11 +8,14 @@ Every base algorithm is pretrained once per task and seed (`--save-offline`), an
 fine-tunes that one model (`--load-offline`), as in the paper's Figures 5 and 6. Results go to
 `{output_dir}/{variant}/{env_id}/seed{seed}/`; a run whose summary.json says complete is skipped and
 one that was stopped is resumed from its checkpoint, so a second invocation finishes what the first left.
+Runs go seed by seed (every variant of seed 1, then of seed 2, ...), fine-tuning runs whose model exists first:
+a study stopped part-way leaves whole seeds to compare.
 On a Ray cluster, `output_dir` must be on a file
 system every node sees.
 """
 
 import glob
+import itertools
 import json
 import os
 import shlex
@@ -119,92 +122,91 @@ def plan(args: Args):
     """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done."""
     out = os.path.abspath(args.output_dir)
     pretrain, finetune = {}, []
-    for variant in args.variants:
+    # seed by seed (every variant of seed 1, then of seed 2, ...): a study stopped part-way has whole seeds to compare
+    for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
         script, base, flags = VARIANTS[variant]
-        for env_id in args.env_ids:
-            for seed in args.seeds:
-                model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
-                run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
-                pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
-                stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
-                if (
-                    not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir)
-                ):  # a pretraining that was stopped: continue it
-                    pretrain[model] = (
-                        f"pretrain {base} {env_id} seed {seed} (resumed)",
-                        [
-                            sys.executable,
-                            os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
-                            "--resume",
-                            stopped[-1],
-                            "--output-dir",
-                            pretrain_dir,
-                        ],
-                    )
-                elif not os.path.isfile(model) and model not in pretrain:
-                    pretrain[model] = (
-                        f"pretrain {base} {env_id} seed {seed}",
-                        [
-                            sys.executable,
-                            os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
-                            "--env-id",
-                            env_id,
-                            "--seed",
-                            str(seed),
-                            "--offline-steps",
-                            str(args.offline_steps),
-                            "--online-steps",
-                            "0",
-                            "--save-offline",
-                            model,
-                            "--output-dir",
-                            pretrain_dir,
-                            *shlex.split(args.extra),
-                            *shlex.split(args.pretrain_extra),
-                        ],
-                    )
-                interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
-                if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
-                    finetune.append(
-                        (
-                            f"{variant} {env_id} seed {seed} (resumed)",
-                            [
-                                sys.executable,
-                                os.path.join(ROOT, script),
-                                "--resume",
-                                interrupted[-1],
-                                "--output-dir",
-                                run_dir,
-                            ],
-                            model,
-                        )
-                    )
-                elif not complete(run_dir):
-                    finetune.append(
-                        (
-                            f"{variant} {env_id} seed {seed}",
-                            [
-                                sys.executable,
-                                os.path.join(ROOT, script),
-                                "--env-id",
-                                env_id,
-                                "--seed",
-                                str(seed),
-                                "--load-offline",
-                                model,
-                                "--online-steps",
-                                str(args.online_steps),
-                                "--exp-name",
-                                variant,
-                                "--output-dir",
-                                run_dir,
-                                *flags,
-                                *shlex.split(args.extra),
-                                *shlex.split(args.finetune_extra),
-                            ],
-                            model,
-                        )
-                    )
+        model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
+        run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
+        pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
+        stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
+        if (
+            not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir)
+        ):  # a pretraining that was stopped: continue it
+            pretrain[model] = (
+                f"pretrain {base} {env_id} seed {seed} (resumed)",
+                [
+                    sys.executable,
+                    os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
+                    "--resume",
+                    stopped[-1],
+                    "--output-dir",
+                    pretrain_dir,
+                ],
+            )
+        elif not os.path.isfile(model) and model not in pretrain:
+            pretrain[model] = (
+                f"pretrain {base} {env_id} seed {seed}",
+                [
+                    sys.executable,
+                    os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
+                    "--env-id",
+                    env_id,
+                    "--seed",
+                    str(seed),
+                    "--offline-steps",
+                    str(args.offline_steps),
+                    "--online-steps",
+                    "0",
+                    "--save-offline",
+                    model,
+                    "--output-dir",
+                    pretrain_dir,
+                    *shlex.split(args.extra),
+                    *shlex.split(args.pretrain_extra),
+                ],
+            )
+        interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
+        if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
+            finetune.append(
+                (
+                    f"{variant} {env_id} seed {seed} (resumed)",
+                    [
+                        sys.executable,
+                        os.path.join(ROOT, script),
+                        "--resume",
+                        interrupted[-1],
+                        "--output-dir",
+                        run_dir,
+                    ],
+                    model,
+                )
+            )
+        elif not complete(run_dir):
+            finetune.append(
+                (
+                    f"{variant} {env_id} seed {seed}",
+                    [
+                        sys.executable,
+                        os.path.join(ROOT, script),
+                        "--env-id",
+                        env_id,
+                        "--seed",
+                        str(seed),
+                        "--load-offline",
+                        model,
+                        "--online-steps",
+                        str(args.online_steps),
+                        "--exp-name",
+                        variant,
+                        "--output-dir",
+                        run_dir,
+                        *flags,
+                        *shlex.split(args.extra),
+                        *shlex.split(args.finetune_extra),
+                    ],
+                    model,
+                )
+            )
     return pretrain, [] if args.pretrain_only else finetune
 
 
@@ -225,17 +227,19 @@ def execute(pretrain: dict, finetune: list, args: Args):
             then.remote(command, args.threads, models.get(model, 0)) for _, command, model in finetune
         ]  # Ray waits for the model
         return ray.get(list(models.values())), ray.get(tunes)
-    with ThreadPoolExecutor(
-        args.workers
-    ) as pool:  # first in, first out: every pretraining job starts before any fine-tuning
+    # First in, first out: fine-tuning jobs whose model exists, then the pretraining jobs, then the fine-tuning jobs
+    # that wait for them (each started after its own pretraining, so a waiting job never holds a worker for long).
+    with ThreadPoolExecutor(args.workers) as pool:
+        tunes = {
+            i: pool.submit(run_command, command, args.threads)
+            for i, (_, command, model) in enumerate(finetune)
+            if model not in pretrain
+        }
         models = {model: pool.submit(run_command, command, args.threads) for model, (_, command) in pretrain.items()}
-        tunes = [
-            pool.submit(
-                lambda c, m: run_after(c, args.threads, models[m].result() if m in models else 0), command, model
-            )
-            for _, command, model in finetune
-        ]
-        return [f.result() for f in models.values()], [f.result() for f in tunes]
+        for i, (_, command, model) in enumerate(finetune):
+            if model in pretrain:
+                tunes[i] = pool.submit(lambda c, m: run_after(c, args.threads, models[m].result()), command, model)
+        return [f.result() for f in models.values()], [tunes[i].result() for i in range(len(finetune))]
 
 
 if __name__ == "__main__":

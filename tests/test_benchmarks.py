@@ -305,3 +305,28 @@ def test_the_awac_comparison_sets_d3rlpys_evaluations_beside_awac_pys(tmp_path):
     assert "| d3rlpy 2.8.1 AWAC | 1 | 30.0 | 10.0 | 4.0 | 6.0 |" in result.stdout
     assert "| awac.py (awac) | 1 | 31.0 | 12.0 | 1.0 | 1.0 |" in result.stdout
     assert "temperature0" not in result.stdout  # no such runs: no row
+
+
+def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exists(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "iql__embedded-halfcheetah-medium__seed2.pt").write_bytes(b"")  # seed 2's model exists
+    args = run.Args(variants=["o3f_iql", "iql_noise"], seeds=[1, 2], output_dir=str(tmp_path), workers=1)
+    pretrain, finetune = run.plan(args)
+    assert [name for name, _ in pretrain.values()] == ["pretrain iql embedded-halfcheetah-medium seed 1"]
+    names = [name for name, _, _ in finetune]
+    assert names == [f"{v} embedded-halfcheetah-medium seed {s}" for s in (1, 2) for v in ("o3f_iql", "iql_noise")]
+    started = []
+    monkeypatch.setattr(run, "run_command", lambda command, threads: started.append(command) or 0)
+    pretrain_codes, finetune_codes = run.execute(pretrain, finetune, args)
+    by_command = {id(command): name for name, command, _ in finetune} | {
+        id(command): name for name, command in pretrain.values()
+    }
+    assert [by_command[id(c)] for c in started] == [
+        names[2],
+        names[3],
+        "pretrain iql embedded-halfcheetah-medium seed 1",
+    ] + names[:2]
+    assert pretrain_codes == [0] and finetune_codes == [0, 0, 0, 0]
