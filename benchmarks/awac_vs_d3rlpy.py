@@ -50,19 +50,24 @@ class Args:
     """with --same-update: write the record the comparison used here (networks before, batch, losses, sums after)"""
 
 
+def write_data(env_id: str, path: str):
+    """The task's dataset as the arrays d3rlpy's MDPDataset takes (it splits episodes at terminals and timeouts)."""
+    raw = awac.read_hdf5(awac.dataset_file(env_id))
+    np.savez(
+        path,
+        observations=raw["observations"],
+        actions=raw["actions"],
+        rewards=raw["rewards"],
+        terminals=raw["terminals"].astype(np.float32),
+        timeouts=raw["timeouts"].astype(np.float32),
+    )
+
+
 def run_d3rlpy(args: Args, seed: int, out: str):
     task = awac.TASKS[args.env_id]
-    raw = awac.read_hdf5(awac.dataset_file(args.env_id))
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data.npz")
-        np.savez(
-            data,
-            observations=raw["observations"],
-            actions=raw["actions"],
-            rewards=raw["rewards"],
-            terminals=raw["terminals"].astype(np.float32),
-            timeouts=raw["timeouts"].astype(np.float32),
-        )
+        write_data(args.env_id, data)
         command = [
             args.python,
             os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py"),
@@ -148,18 +153,10 @@ def compact(record: dict, seed: int) -> dict:
 def run_same_update(args: Args) -> dict:
     import torch
 
-    raw = awac.read_hdf5(awac.dataset_file(args.env_id))
     seed = args.seeds[0]
     with tempfile.TemporaryDirectory() as tmp:
         data, out = os.path.join(tmp, "data.npz"), os.path.join(tmp, "update.pt")
-        np.savez(
-            data,
-            observations=raw["observations"],
-            actions=raw["actions"],
-            rewards=raw["rewards"],
-            terminals=raw["terminals"].astype(np.float32),
-            timeouts=raw["timeouts"].astype(np.float32),
-        )
+        write_data(args.env_id, data)
         script = os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
