@@ -194,7 +194,7 @@ class Agent:
             fail(
                 f"{path}: trained on {self.env_id}; the diagnostic restores MuJoCo states of the locomotion tasks only"
             )
-        self.offline_steps, self.gamma = args["offline_steps"], args["gamma"]
+        self.offline_steps, self.gamma, self.train_seed = args["offline_steps"], args["gamma"], args["seed"]
         s, run_args = (
             self.script,
             self.script.Args(**{k: v for k, v in args.items() if k in self.script.Args.__dataclass_fields__}),
@@ -444,6 +444,7 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         "phase": "offline" if agent.step <= agent.offline_steps else "online",
         "online_steps": max(0, agent.step - agent.offline_steps),
         "dataset_size": agent.dataset_size,
+        "train_seed": agent.train_seed,  # the run's --seed: its model's initialisation and batches
         "seed": args.seed,
         "episodes": args.episodes,
         "states": args.states,
@@ -536,14 +537,17 @@ def measure(args: Measure):
 def summary_table(results: list) -> str:
     """One row per model and sigma: the frozen rules' episode scores, O3F's gains over noise, the rank correlation."""
     lines = [
-        "| algorithm | data | updates | sigma | policy mean | noise | O3F N10 | O3F N100 | episode gain N100 "
-        "| true gain N100 | predicted gain N100 | rank corr. | control | distance to the mean: noise, O3F N100 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| algorithm | data | training seed | updates | sigma | policy mean | noise | O3F N10 | O3F N100 "
+        "| episode gain N100 | true gain N100 | predicted gain N100 | rank corr. | control "
+        "| distance to the mean: noise, O3F N100 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     pm = lambda row, key, d=1: f"{row[key]:+.{d}f} ± {row[key + '_se']:.{d}f}" if row and key in row else ""  # noqa: E731
     score = lambda row: f"{row['episode_score']:.1f} ± {row['episode_score_se']:.1f}" if row else ""  # noqa: E731
     distance = lambda row: f"{row['distance']:.2f}" if row and "distance" in row else ""  # noqa: E731
-    for r in sorted(results, key=lambda r: (r["algorithm"], r["dataset_size"], r["phase"], r["step"], r["model"])):
+    for r in sorted(
+        results, key=lambda r: (r["algorithm"], r["dataset_size"], r["phase"], r["step"], r["train_seed"], r["model"])
+    ):
         rows = {(x["kind"], x["n"], x["sigma"], x["omega"]): x for x in r["rules"]}
         for rank in r["rank"]:
             s = rank["sigma"]
@@ -554,7 +558,7 @@ def summary_table(results: list) -> str:
                 else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online"
             )
             lines.append(
-                f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {updates} | {s:g} "
+                f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {r['train_seed']} | {updates} | {s:g} "
                 f"| {score(rows.get(('policy', 1, 0.0, 0.0)))} "
                 f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
                 f"| {pm(o3f, 'episode_gain')} | {pm(o3f, 'true_gain', 2)} | {pm(o3f, 'predicted_gain', 2)} "
@@ -577,7 +581,7 @@ def plot(args: Plot):
     offline = [r for r in results if r["phase"] == "offline"]
     if not offline:
         fail(f"{args.results}: no offline models to draw")
-    series = sorted({(r["algorithm"], r["dataset_size"]) for r in offline})
+    series = sorted({(r["algorithm"], r["dataset_size"], r["train_seed"]) for r in offline})
     panels = [
         ("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
         ("true_gain", "true return gain of the executed action,\nO3F - noise (critic units, H steps)"),
@@ -588,12 +592,13 @@ def plot(args: Plot):
     ]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, (key, title) in zip(axes, panels):
-        for s, (algorithm, size) in enumerate(series):
-            style = dict(marker="os^D"[s % 4], ls=["-", "--", ":", "-."][s % 4], capsize=3)
+        for s, (algorithm, size, train_seed) in enumerate(series):
+            style = dict(marker="os^Dv"[s % 5], ls=["-", "--", ":", "-.", "-"][s % 5], capsize=3)
             runs = sorted(
-                (r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)),
+                (r for r in offline if (r["algorithm"], r["dataset_size"], r["train_seed"]) == series[s]),
                 key=lambda r: r["step"],
             )
+            name = f"{algorithm.upper()}, {size // 1000}k data, seed {train_seed}"
             if key == "spearman":  # sigma 0.2, the paper's for locomotion; one colour per horizon h
                 for c, h in enumerate(sorted({y["horizon"] for r in runs for x in r["rank"] for y in x["by_horizon"]})):
                     pts = [
@@ -612,7 +617,7 @@ def plot(args: Plot):
                         [p[1]["spearman"] for p in pts],
                         [p[1]["spearman_se"] for p in pts],
                         color=f"C{c}",
-                        label=f"{algorithm.upper()}, {size // 1000}k data, h {h}",
+                        label=f"{name}, h {h}",
                         **style,
                     )
                     ax.errorbar(
@@ -641,7 +646,7 @@ def plot(args: Plot):
                         y,
                         e,
                         color=f"C{c}",
-                        label=f"{algorithm.upper()}, {size // 1000}k data, N 100, sigma {sigma:g}",
+                        label=f"{name}, N 100, sigma {sigma:g}",
                         **style,
                     )
         ax.axhline(0, color="k", lw=0.8)

@@ -192,6 +192,7 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
     assert first.returncode == 0, first.stderr[-2000:]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["step"] for r in lines] == [10, 20] and "| O3F N3 s0.2 |" in first.stdout
+    assert [r["train_seed"] for r in lines] == [1, 1]  # the run's --seed (the script's default)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped") == 2 and len(out.read_text().splitlines()) == 2
     plotted = subprocess.run(
@@ -202,6 +203,7 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
     )
     assert plotted.returncode == 0, plotted.stderr[-2000:]
     assert os.path.getsize(tmp_path / "premise.png") > 10_000
+    assert "| LAPO | 3k | 1 | 10 | 0.2 |" in plotted.stdout  # one row per model and sigma, with its training seed
 
 
 def test_a_model_of_another_algorithm_is_one_line(tmp_path):
