@@ -181,7 +181,8 @@ def panel(ax, runs, variants, env_id, key="normalized_score", online_only=True, 
             continue
         x, mid, low, high = iqm_curve(summaries, key)
         keep = x >= 0 if online_only else np.ones_like(x, bool)
-        (line,) = ax.plot(x[keep], mid[keep], label=f"{LABELS.get(variant, variant)} ({len(summaries)} seeds, IQM)")
+        seeds = f"{len(summaries)} seed{'s' if len(summaries) != 1 else ''}"
+        (line,) = ax.plot(x[keep], mid[keep], label=f"{LABELS.get(variant, variant)} ({seeds}, IQM)")
         ax.fill_between(x[keep], low[keep], high[keep], alpha=0.2)  # 95% bootstrap CI
         collected = behaviour_curve(summaries, x[keep].astype(float)) if behaviour else None
         if collected is not None:  # what the agent's own acting scored while it trained, beside its evaluations
