@@ -195,6 +195,7 @@ class Agent:
                 f"{path}: trained on {self.env_id}; the diagnostic restores MuJoCo states of the locomotion tasks only"
             )
         self.offline_steps, self.gamma, self.train_seed = args["offline_steps"], args["gamma"], args["seed"]
+        self.exp_name = args.get("exp_name")  # which run the model comes from (benchmarks/run.py: the variant)
         s, run_args = (
             self.script,
             self.script.Args(**{k: v for k, v in args.items() if k in self.script.Args.__dataclass_fields__}),
@@ -445,6 +446,7 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         "online_steps": max(0, agent.step - agent.offline_steps),
         "dataset_size": agent.dataset_size,
         "train_seed": agent.train_seed,  # the run's --seed: its model's initialisation and batches
+        "exp_name": agent.exp_name,
         "seed": args.seed,
         "episodes": args.episodes,
         "states": args.states,
@@ -555,7 +557,7 @@ def summary_table(results: list) -> str:
             updates = (
                 f"{r['step']:,}"
                 if r["phase"] == "offline"
-                else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online"
+                else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online ({r.get('exp_name')})"
             )
             lines.append(
                 f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {r['train_seed']} | {updates} | {s:g} "
@@ -573,14 +575,26 @@ def plot(args: Plot):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     if not os.path.isfile(args.results):
         fail(f"--results {args.results}: no such file")
     results = [json.loads(line) for line in open(args.results) if line.strip()]
     offline = [r for r in results if r["phase"] == "offline"]
-    if not offline:
-        fail(f"{args.results}: no offline models to draw")
+    online = [r for r in results if r["phase"] == "online"]
+    if not results:
+        fail(f"{args.results}: no models to draw")
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results)), "premise.png")
+    if offline:
+        print(plot_offline(offline, out))
+    if online:
+        print(plot_online(online, offline, os.path.join(os.path.dirname(out), "premise_online.png")))
+    print(summary_table(results))
+
+
+def plot_offline(offline: list, out: str) -> str:
+    """Frozen models along pretraining, one line per algorithm, data size and training seed."""
+    import matplotlib.pyplot as plt
+
     series = sorted({(r["algorithm"], r["dataset_size"], r["train_seed"]) for r in offline})
     panels = [
         ("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
@@ -656,10 +670,73 @@ def plot(args: Plot):
         ax.legend(fontsize=6)
     fig.suptitle("Does O3F's premise hold? Frozen models along pretraining (± 1 standard error)")
     fig.tight_layout()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.results)), "premise.png")
     fig.savefig(out, dpi=110)
-    print(out)
-    print(summary_table(results))
+    plt.close(fig)
+    return out
+
+
+def plot_online(online: list, offline: list, out: str) -> str:
+    """Frozen models along fine-tuning, one line per run (its variant and training seed), from the switch (the
+    pretrained model, where it was measured) on: O3F's gain over noise, and the episode scores of the rules, at
+    N 100 and sigma 0.2 (the paper's)."""
+    import matplotlib.pyplot as plt
+
+    def pick(r, kind, n=1):
+        return next((x for x in r["rules"] if (x["kind"], x["n"], x["sigma"], x["omega"]) == (kind, n, 0.2, 0.0)), None)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    runs = sorted({(r["algorithm"], r["dataset_size"], r["train_seed"], r.get("exp_name")) for r in online}, key=str)
+    for c, (algorithm, size, seed, name) in enumerate(runs):
+        models = sorted(
+            (r for r in online if (r["algorithm"], r["dataset_size"], r["train_seed"], r.get("exp_name")) == runs[c]),
+            key=lambda r: r["step"],
+        )
+        switch = models[0]["step"] - models[0]["online_steps"]
+        start = [
+            r
+            for r in offline
+            if (r["algorithm"], r["dataset_size"], r["train_seed"], r["step"]) == (*runs[c][:3], switch)
+        ]
+        models = [r for r in start[-1:] + models if pick(r, "o3f", 100) and pick(r, "noise")]  # measured at N 100
+        if not models:
+            continue
+        x = [r["online_steps"] for r in models]
+        label = f"{name}, {algorithm.upper()}, {size // 1000}k data, seed {seed}"
+        gain = [pick(r, "o3f", 100) for r in models]
+        axes[0].errorbar(
+            x,
+            [g["episode_gain"] for g in gain],
+            [g["episode_gain_se"] for g in gain],
+            color=f"C{c}",
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+        for kind, n, ls in (("policy", 1, ":"), ("noise", 1, "--"), ("o3f", 100, "-")):
+            rows = [
+                pick(r, kind, n) if kind != "policy" else next(x for x in r["rules"] if x["kind"] == "policy")
+                for r in models
+            ]
+            axes[1].plot(
+                x,
+                [y["episode_score"] for y in rows],
+                color=f"C{c}",
+                ls=ls,
+                marker=".",
+                label=f"{label}: {'O3F N 100' if kind == 'o3f' else kind}",
+            )
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_title("episode score gain, O3F N 100 - noise (sigma 0.2), frozen model", fontsize=10)
+    axes[1].set_title("episode score of each rule (policy mean, noise, O3F), frozen model", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("online steps of the run the model comes from (0: the switch)")
+        ax.set_ylabel("D4RL-normalised")
+        ax.legend(fontsize=6)
+    fig.suptitle("The premise along fine-tuning (± 1 standard error)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 if __name__ == "__main__":

@@ -284,3 +284,27 @@ def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, 
     )
     snapshots = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*" / "snapshots" / "*.pt")))
     assert snapshots == ["step0000500.pt", "step0001000.pt"]  # --snapshot-every, online too
+
+    # The diagnostic along fine-tuning: each online snapshot is one line, with the run it comes from, and a figure.
+    premise_py = os.path.join(ROOT, "benchmarks", "premise.py")
+    out = tmp_path / "d.jsonl"
+    flags = ["--sigmas", "0.2", "--n-candidates", "100", "--episodes", "1", "--states", "2", "--horizon", "2"]
+    paths = sorted(glob.glob(str(tmp_path / "*" / "snapshots" / "*.pt")))
+    measured = subprocess.run(
+        [sys.executable, premise_py, "measure", *paths, "--out", str(out), *flags, "--rank-candidates", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["phase"], r["online_steps"], r["exp_name"]) for r in lines] == [
+        ("online", 495, "iql_noise"),
+        ("online", 995, "iql_noise"),
+    ]
+    plotted = subprocess.run(
+        [sys.executable, premise_py, "plot", "--results", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert plotted.returncode == 0, plotted.stderr[-2000:]
+    assert os.path.getsize(tmp_path / "premise_online.png") > 10_000 and not os.path.exists(tmp_path / "premise.png")
+    assert "| IQL | 3k | 1 | 5 + 495 online (iql_noise) | 0.2 |" in plotted.stdout
