@@ -51,8 +51,11 @@ class Args:
 
 
 def write_data(env_id: str, path: str):
-    """The task's dataset as the arrays d3rlpy's MDPDataset takes (it splits episodes at terminals and timeouts)."""
-    raw = awac.read_hdf5(awac.dataset_file(env_id))
+    write_npz(awac.read_hdf5(awac.dataset_file(env_id)), path)
+
+
+def write_npz(raw: dict, path: str):
+    """D4RL-format arrays as d3rlpy's MDPDataset takes them (it splits episodes at terminals and timeouts)."""
     np.savez(
         path,
         observations=raw["observations"],

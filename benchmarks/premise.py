@@ -668,11 +668,7 @@ def plot_offline(offline: list, out: str) -> str:
         ax.set_xlabel("offline updates")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=6)
-    fig.suptitle("Does O3F's premise hold? Frozen models along pretraining (± 1 standard error)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, "Does O3F's premise hold? Frozen models along pretraining (± 1 standard error)", out)
 
 
 def plot_online(online: list, offline: list, out: str) -> str:
@@ -732,7 +728,13 @@ def plot_online(online: list, offline: list, out: str) -> str:
         ax.set_xlabel("online steps of the run the model comes from (0: the switch)")
         ax.set_ylabel("D4RL-normalised")
         ax.legend(fontsize=6)
-    fig.suptitle("The premise along fine-tuning (± 1 standard error)")
+    return save_figure(fig, "The premise along fine-tuning (± 1 standard error)", out)
+
+
+def save_figure(fig, title: str, out: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

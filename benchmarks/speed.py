@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import tyro
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -298,16 +297,11 @@ def bench_d3rlpy(bench: Bench, python: str, threads: int, repeats: int) -> dict:
     raw = o3f_iql.read_hdf5(
         bench.args.dataset_path or o3f_iql.dataset_file(ENV_ID)
     )  # D4RL's format: d3rlpy splits episodes at terminals and timeouts
+    from awac_vs_d3rlpy import write_npz  # benchmarks/, beside this file
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "data.npz")
-        np.savez(
-            path,
-            observations=raw["observations"],
-            actions=raw["actions"],
-            rewards=raw["rewards"],
-            terminals=raw["terminals"].astype(np.float32),
-            timeouts=raw["timeouts"].astype(np.float32),
-        )
+        write_npz(raw, path)
         program = os.path.join(os.path.dirname(os.path.abspath(__file__)), "d3rlpy_iql.py")
         command = [
             python,
