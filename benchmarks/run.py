@@ -21,6 +21,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -96,6 +97,9 @@ class Args:
     """flags passed to the pretraining runs only, e.g. --pretrain-extra "--snapshot-steps 10000 100000" """
     finetune_extra: str = ""
     """flags passed to the fine-tuning runs only, e.g. --finetune-extra "--snapshot-every 5000" """
+    status: bool = False
+    """if toggled, run nothing: print where each run of the study stands (complete, stopped at a step, not started),
+    its wall-clock and an estimate of the hours left, from the runs' own checkpoints and summaries"""
 
 
 def run_command(command: list[str], threads: int) -> int:
@@ -210,6 +214,104 @@ def plan(args: Args):
     return pretrain, [] if args.pretrain_only else finetune
 
 
+def pace(summary: dict, step: int) -> dict:
+    """Wall-clock seconds and seconds per step of a run, from its summary.json's `wall_s` (counted from step
+    `wall_s_since_step`; runs from before it have neither)."""
+    wall, since = summary.get("wall_s"), summary.get("wall_s_since_step")
+    if wall is None or since is None or step <= since:
+        return {"wall_s": wall}
+    return {"wall_s": wall, "s_per_step": wall / (step - since)}
+
+
+def progress(run_dir: str) -> dict:
+    """Where the newest run under `run_dir` stands: its state, step, wall-clock, seconds per step and, for a stopped
+    (or still running) one, the age of its checkpoint."""
+    for path in glob.glob(os.path.join(run_dir, "*", "summary.json")):
+        summary = json.load(open(path))
+        if summary.get("complete"):
+            step = summary["args"]["offline_steps"] + summary["args"]["online_steps"]
+            return {"state": "complete", "step": step, **pace(summary, step)}
+    stopped = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")), key=os.path.getmtime)
+    if not stopped:
+        return {"state": "not started", "step": 0}
+    import torch  # only here: planning and launching runs needs no torch
+
+    checkpoint = torch.load(stopped[-1], map_location="cpu", weights_only=True)
+    age = time.time() - os.path.getmtime(stopped[-1])
+    return {
+        "state": "stopped",
+        "step": checkpoint["step"],
+        "age_s": age,
+        **pace(checkpoint.get("summary", {}), checkpoint["step"]),
+    }
+
+
+def study_status(args: Args) -> tuple[list[dict], str]:
+    """One row per run of the study (pretraining once per base algorithm, task and seed; then each variant) and a
+    closing line: what is left, in run-hours at the pace each run (or, not started, its kind's median) kept so far."""
+    out = os.path.abspath(args.output_dir)
+    rows, seen = [], set()
+    for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
+        _, base, _ = VARIANTS[variant]
+        if (base, env_id, seed) not in seen:
+            seen.add((base, env_id, seed))
+            model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
+            row = progress(os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}"))
+            if os.path.isfile(model):
+                row |= {"state": "complete", "step": args.offline_steps}
+            rows.append(
+                {
+                    "run": f"pretrain {base} {env_id} seed {seed}",
+                    "kind": f"pretrain {base}",
+                    "target": args.offline_steps,
+                    **row,
+                }
+            )
+        if not args.pretrain_only:
+            row = progress(os.path.join(out, variant, env_id, f"seed{seed}"))
+            target = args.offline_steps + args.online_steps
+            rows.append({"run": f"{variant} {env_id} seed {seed}", "kind": variant, "target": target, **row})
+    paces = {}
+    for row in rows:
+        if "s_per_step" in row:
+            paces.setdefault(row["kind"], []).append(row["s_per_step"])
+    left, unknown = 0.0, 0
+    for row in rows:
+        if row["state"] == "complete":
+            row["left_s"] = 0.0
+            continue
+        # a fine-tuning run starts at the switch (its model's step); a pretraining at 0
+        start = 0 if row["kind"].startswith("pretrain") else args.offline_steps
+        s_per_step = row.get("s_per_step") or (
+            sorted(paces[row["kind"]])[len(paces[row["kind"]]) // 2] if row["kind"] in paces else None
+        )
+        if s_per_step is None:
+            unknown += 1
+            continue
+        row["left_s"] = (row["target"] - max(row["step"], start)) * s_per_step
+        left += row["left_s"]
+    to_do = sum(row["state"] != "complete" for row in rows)
+    closing = (
+        f"{to_do} of {len(rows)} runs to finish: {left / 3600:.1f} run-hours left at the pace kept so far, about "
+        f"{left / 3600 / max(args.workers, 1):.1f} hours with --workers {args.workers}"
+        + (f"; {unknown} of them with no pace measured yet, not counted" if unknown else "")
+    )
+    return rows, closing
+
+
+def print_status(args: Args):
+    rows, closing = study_status(args)
+    print("| run | state | step | of | hours so far | hours left (est.) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        state = row["state"] + (f" (checkpoint {row['age_s'] / 60:.0f} min old)" if "age_s" in row else "")
+        hours = "-" if row.get("wall_s") is None else f"{row['wall_s'] / 3600:.2f}"
+        left = "?" if "left_s" not in row else f"{row['left_s'] / 3600:.2f}"
+        step = "-" if row["state"] == "not started" else f"{row['step']:,}"
+        print(f"| {row['run']} | {state} | {step} | {row['target']:,} | {hours} | {left} |")
+    print(closing)
+
+
 def execute(pretrain: dict, finetune: list, args: Args):
     """Exit codes of the pretraining and the fine-tuning jobs; a fine-tuning job starts once its own model exists."""
     if args.ray_address:
@@ -248,6 +350,9 @@ if __name__ == "__main__":
     if unknown:
         print(f"error: unknown variant {', '.join(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
         sys.exit(2)
+    if args.status:
+        print_status(args)
+        sys.exit(0)
     pretrain, finetune = plan(args)
     print(
         f"{len(pretrain)} pretraining and {len(finetune)} fine-tuning runs to do; logs next to each run's directory",

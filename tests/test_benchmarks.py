@@ -330,3 +330,49 @@ def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exist
         "pretrain iql embedded-halfcheetah-medium seed 1",
     ] + names[:2]
     assert pretrain_codes == [0] and finetune_codes == [0, 0, 0, 0]
+
+
+def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys):
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    env = "embedded-halfcheetah-medium"
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / f"iql__{env}__seed1.pt").write_bytes(b"")  # seed 1's model exists
+    done = tmp_path / "o3f_iql" / env / "seed1" / "run"
+    done.mkdir(parents=True)
+    args = {"offline_steps": 300, "online_steps": 100}
+    summary = {"complete": True, "args": args, "wall_s": 3600.0, "wall_s_since_step": 300}  # 36 s per step
+    (done / "summary.json").write_text(json.dumps(summary))
+    stopped = tmp_path / "iql_noise" / env / "seed1" / "run"
+    stopped.mkdir(parents=True)
+    (stopped / "summary.json").write_text(json.dumps({"complete": False, "args": args}))
+    summary = {"complete": False, "wall_s": 900.0, "wall_s_since_step": 300}  # 50 steps in 900 s: 18 s per step
+    torch.save({"algorithm": "iql", "step": 350, "summary": summary}, stopped / "checkpoint.pt")
+    status = run.Args(
+        variants=["o3f_iql", "iql_noise"], seeds=[1, 2], offline_steps=300, online_steps=100, output_dir=str(tmp_path)
+    )
+    rows, closing = run.study_status(status)
+    by_run = {row["run"]: row for row in rows}
+    assert [row["run"] for row in rows] == [
+        f"pretrain iql {env} seed 1",
+        f"o3f_iql {env} seed 1",
+        f"iql_noise {env} seed 1",
+        f"pretrain iql {env} seed 2",
+        f"o3f_iql {env} seed 2",
+        f"iql_noise {env} seed 2",
+    ]
+    assert by_run[f"pretrain iql {env} seed 1"]["state"] == "complete"
+    assert by_run[f"o3f_iql {env} seed 1"]["left_s"] == 0.0
+    assert by_run[f"iql_noise {env} seed 1"]["state"] == "stopped" and by_run[f"iql_noise {env} seed 1"]["step"] == 350
+    assert by_run[f"iql_noise {env} seed 1"]["left_s"] == pytest.approx(50 * 18.0)  # its own pace
+    assert by_run[f"o3f_iql {env} seed 2"]["left_s"] == pytest.approx(100 * 36.0)  # its variant's pace
+    assert by_run[f"iql_noise {env} seed 2"]["left_s"] == pytest.approx(100 * 18.0)
+    assert "left_s" not in by_run[f"pretrain iql {env} seed 2"]  # no pretraining pace measured
+    assert closing.startswith("4 of 6 runs to finish: 1.8 run-hours left") and "1 of them with no pace" in closing
+    run.print_status(status)
+    printed = capsys.readouterr().out
+    assert f"| iql_noise {env} seed 1 | stopped (checkpoint 0 min old) | 350 | 400 | 0.25 | 0.25 |" in printed
+    assert f"| pretrain iql {env} seed 2 | not started | - | 300 | - | ? |" in printed
