@@ -8,8 +8,9 @@ Every base algorithm is pretrained once per task and seed (`--save-offline`), an
 fine-tunes that one model (`--load-offline`), as in the paper's Figures 5 and 6. Results go to
 `{output_dir}/{variant}/{env_id}/seed{seed}/`; a run whose summary.json says complete is skipped and
 one that was stopped is resumed from its checkpoint, so a second invocation finishes what the first left.
-Runs go seed by seed (every variant of seed 1, then of seed 2, ...), fine-tuning runs whose model exists first:
-a study stopped part-way leaves whole seeds to compare.
+Runs go seed by seed (every variant of seed 1, then of seed 2, ...), fine-tuning runs whose model exists first,
+each seed's as soon as its pretraining ends: a study stopped part-way leaves whole seeds to compare.
+`--status` prints where each run stands and the hours left, running nothing.
 On a Ray cluster, `output_dir` must be on a file
 system every node sees.
 """
@@ -22,7 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import tyro
@@ -329,19 +330,30 @@ def execute(pretrain: dict, finetune: list, args: Args):
             then.remote(command, args.threads, models.get(model, 0)) for _, command, model in finetune
         ]  # Ray waits for the model
         return ray.get(list(models.values())), ray.get(tunes)
-    # First in, first out: fine-tuning jobs whose model exists, then the pretraining jobs, then the fine-tuning jobs
-    # that wait for them (each started after its own pretraining, so a waiting job never holds a worker for long).
+    # Seed by seed, in plan()'s order: a free worker takes the first fine-tuning job whose model exists, else the first
+    # pretraining job, so each seed's fine-tuning starts as soon as its model does and no job holds a worker waiting.
+    pending = [("pretrain", model) for model in pretrain] + [("finetune", i) for i in range(len(finetune))]
+    codes, running = {}, {}
+
+    def startable(job) -> bool:
+        return job[0] == "pretrain" or ("pretrain", finetune[job[1]][2]) in codes or finetune[job[1]][2] not in pretrain
+
     with ThreadPoolExecutor(args.workers) as pool:
-        tunes = {
-            i: pool.submit(run_command, command, args.threads)
-            for i, (_, command, model) in enumerate(finetune)
-            if model not in pretrain
-        }
-        models = {model: pool.submit(run_command, command, args.threads) for model, (_, command) in pretrain.items()}
-        for i, (_, command, model) in enumerate(finetune):
-            if model in pretrain:
-                tunes[i] = pool.submit(lambda c, m: run_after(c, args.threads, models[m].result()), command, model)
-        return [f.result() for f in models.values()], [tunes[i].result() for i in range(len(finetune))]
+        while pending or running:
+            while len(running) < args.workers and any(startable(job) for job in pending):
+                ready = [job for job in pending if startable(job)]
+                job = next((job for job in ready if job[0] == "finetune"), ready[0])
+                pending.remove(job)
+                if job[0] == "pretrain":
+                    running[pool.submit(run_command, pretrain[job[1]][1], args.threads)] = job
+                elif codes.get(("pretrain", finetune[job[1]][2]), 0):  # its pretraining failed: skipped, failed
+                    codes[job] = codes[("pretrain", finetune[job[1]][2])]
+                else:
+                    running[pool.submit(run_command, finetune[job[1]][1], args.threads)] = job
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                codes[running.pop(future)] = future.result()
+    return [codes[("pretrain", model)] for model in pretrain], [codes[("finetune", i)] for i in range(len(finetune))]
 
 
 if __name__ == "__main__":

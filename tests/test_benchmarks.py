@@ -332,6 +332,34 @@ def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exist
     assert pretrain_codes == [0] and finetune_codes == [0, 0, 0, 0]
 
 
+def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_seeds_pretraining(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    args = run.Args(variants=["o3f_iql"], seeds=[1, 2, 3], output_dir=str(tmp_path), workers=1)
+    pretrain, finetune = run.plan(args)
+    names = {id(command): name for name, command in pretrain.values()} | {
+        id(command): name for name, command, _ in finetune
+    }
+    started = []
+
+    def fake_run(command, threads):
+        started.append(names[id(command)])
+        return 3 if names[id(command)] == "pretrain iql embedded-halfcheetah-medium seed 2" else 0
+
+    monkeypatch.setattr(run, "run_command", fake_run)
+    pretrain_codes, finetune_codes = run.execute(pretrain, finetune, args)
+    env = "embedded-halfcheetah-medium"
+    assert started == [  # not every pretraining first: seed 1 is whole before seed 2 starts
+        f"pretrain iql {env} seed 1",
+        f"o3f_iql {env} seed 1",
+        f"pretrain iql {env} seed 2",
+        f"pretrain iql {env} seed 3",  # seed 2's fine-tuning is skipped: its pretraining failed
+        f"o3f_iql {env} seed 3",
+    ]
+    assert pretrain_codes == [0, 3, 0] and finetune_codes == [0, 3, 0]
+
+
 def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys):
     import torch
 
