@@ -719,15 +719,17 @@ def plot_online(online: list, offline: list, out: str) -> str:
                 color=f"C{c}",
                 ls=ls,
                 marker=".",
-                label=f"{label}: {'O3F N 100' if kind == 'o3f' else kind}",
-            )
+            )  # the colour is the run's (left legend), the line style the rule's (right legend)
+    for kind, ls in (("O3F N 100", "-"), ("policy mean", ":"), ("noise", "--")):
+        axes[1].plot([], [], color="k", ls=ls, label=kind)
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_title("episode score gain, O3F N 100 - noise (sigma 0.2), frozen model", fontsize=10)
     axes[1].set_title("episode score of each rule (policy mean, noise, O3F), frozen model", fontsize=10)
     for ax in axes:
         ax.set_xlabel("online steps of the run the model comes from (0: the switch)")
         ax.set_ylabel("D4RL-normalised")
-        ax.legend(fontsize=6)
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=8, loc="center right")
     return save_figure(fig, "The premise along fine-tuning (± 1 standard error)", out)
 
 
