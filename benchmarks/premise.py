@@ -571,6 +571,62 @@ def summary_table(results: list) -> str:
     return "\n".join(lines)
 
 
+def online_table(online: list, offline: list) -> str:
+    """Frozen models along fine-tuning, one row per rule that fine-tuned and online step, the training seeds
+    pooled: mean ± standard error over the seeds' models (one model: its own standard error) of O3F N 100's
+    episode gain over noise at each sigma, and at sigma 0.2 the rules' episode scores and the rank correlation
+    with the 10-step return. The first row is the pretrained models those runs started from, where measured."""
+    lines = [
+        "| fine-tuned by | online steps | training seeds | policy mean | noise | O3F N100 "
+        "| episode gain N100, sigma 0.05 | sigma 0.1 | sigma 0.2 | rank corr. h 10, sigma 0.2 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def measured(row, key):
+        return (row[key], row[key + "_se"]) if row and key in row else None
+
+    def rule(kind, n=1, sigma=0.2):
+        return lambda r: next(
+            (x for x in r["rules"] if (x["kind"], x["n"], x["sigma"], x["omega"]) == (kind, n, sigma, 0.0)), None
+        )
+
+    def rank_h10(r):
+        rank = next((x for x in r["rank"] if x["sigma"] == 0.2), {"by_horizon": []})
+        return measured(next((y for y in rank["by_horizon"] if y["horizon"] == 10), None), "spearman")
+
+    def pooled(models, get, d=1, sign=""):
+        """The mean over the models; its standard error over them, or the one model's own."""
+        values = [v for v in map(get, models) if v is not None]
+        if not values:
+            return ""
+        mean, se = mean_se([v for v, _ in values])
+        return f"{mean:{sign}.{d}f} ± {se if len(values) > 1 else values[0][1]:.{d}f}"
+
+    policy = lambda r: measured(next(x for x in r["rules"] if x["kind"] == "policy"), "episode_score")  # noqa: E731
+    score = lambda kind, n=1: lambda r: measured(rule(kind, n)(r), "episode_score")  # noqa: E731
+    gain = lambda sigma: lambda r: measured(rule("o3f", 100, sigma)(r), "episode_gain")  # noqa: E731
+
+    groups = {}
+    for r in online:
+        name = r.get("exp_name") or "?"
+        groups.setdefault((r["algorithm"], r["dataset_size"], name, r["online_steps"]), []).append(r)
+        switch = (r["algorithm"], r["dataset_size"], r["train_seed"], r["step"] - r["online_steps"])
+        for start in offline:  # the pretrained model the run started from
+            if (start["algorithm"], start["dataset_size"], start["train_seed"], start["step"]) == switch:
+                group = groups.setdefault((r["algorithm"], r["dataset_size"], "pretrained model, at the switch", 0), [])
+                group += [start] if start not in group else []
+    for (algorithm, size, name, steps), models in sorted(groups.items(), key=lambda g: (*g[0][:2], g[0][3] > 0, g[0])):
+        models = sorted(models, key=lambda r: r["train_seed"])
+        lines.append(
+            f"| {name} ({algorithm.upper()}, {size // 1000}k data) | {steps:,} "
+            f"| {', '.join(str(r['train_seed']) for r in models)} | {pooled(models, policy)} "
+            f"| {pooled(models, score('noise'))} | {pooled(models, score('o3f', 100))} "
+            f"| {pooled(models, gain(0.05), sign='+')} | {pooled(models, gain(0.1), sign='+')} "
+            f"| {pooled(models, gain(0.2), sign='+')} | {pooled(models, rank_h10, d=2, sign='+')} |"
+        )
+    return "\n".join(lines)
+
+
 def plot(args: Plot):
     import matplotlib
 
@@ -588,7 +644,10 @@ def plot(args: Plot):
         print(plot_offline(offline, out))
     if online:
         print(plot_online(online, offline, os.path.join(os.path.dirname(out), "premise_online.png")))
-    print(summary_table(results))
+    if offline:
+        print("\nAlong pretraining (one row per model and sigma):\n" + summary_table(offline))
+    if online:
+        print("\nAlong fine-tuning (training seeds pooled; N 100):\n" + online_table(online, offline))
 
 
 def plot_offline(offline: list, out: str) -> str:

@@ -79,6 +79,55 @@ def test_statistics_on_hand_made_numbers():
     assert premise.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
+def hand_made_model(seed, online_steps, policy, gain, gain_se=0.5, h10=0.1, exp_name="o3f_iql"):
+    """One diagnostic line: the policy mean's score, O3F N 100's gain at sigma 0.2, the 10-step rank correlation."""
+    rule = lambda kind, n, sigma, **x: {"kind": kind, "n": n, "sigma": sigma, "omega": 0.0, **x}  # noqa: E731
+    return {
+        "algorithm": "iql",
+        "dataset_size": 1_000_000,
+        "train_seed": seed,
+        "step": 300_000 + online_steps,
+        "online_steps": online_steps,
+        "phase": "online" if online_steps else "offline",
+        "exp_name": exp_name if online_steps else None,
+        "rules": [
+            rule("policy", 1, 0.0, episode_score=policy, episode_score_se=0.3),
+            rule(
+                "o3f",
+                100,
+                0.2,
+                episode_score=policy + gain,
+                episode_score_se=0.2,
+                episode_gain=gain,
+                episode_gain_se=gain_se,
+            ),
+        ],
+        "rank": [{"sigma": 0.2, "by_horizon": [{"horizon": 10, "spearman": h10, "spearman_se": 0.05}]}],
+    }
+
+
+def test_the_fine_tuning_table_pools_the_training_seeds_and_shows_the_switch_once():
+    switch = [hand_made_model(1, 0, 38.0, 9.0), hand_made_model(2, 0, 39.0, 11.0)]
+    online = [
+        hand_made_model(1, 100_000, 41.0, 10.0),
+        hand_made_model(2, 100_000, 42.0, 12.0),
+        hand_made_model(2, 20_000, 40.0, 10.5, gain_se=0.4),  # one seed: its own standard error
+        hand_made_model(1, 100_000, 38.5, 10.7, exp_name="iql_noise"),
+    ]
+    rows = premise.online_table(online, switch + [hand_made_model(3, 0, 30.0, 0.0)]).splitlines()[2:]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[:3] for c in cells] == [
+        ["pretrained model, at the switch (IQL, 1000k data)", "0", "1, 2"],  # once, and only the runs' seeds
+        ["iql_noise (IQL, 1000k data)", "100,000", "1"],
+        ["o3f_iql (IQL, 1000k data)", "20,000", "2"],
+        ["o3f_iql (IQL, 1000k data)", "100,000", "1, 2"],
+    ]
+    # two seeds: the mean, and the standard error over the seeds (values 1 apart: 0.5)
+    assert cells[3][3] == "41.5 ± 0.5" and cells[3][8] == "+11.0 ± 1.0" and cells[0][8] == "+10.0 ± 1.0"
+    assert cells[2][8] == "+10.5 ± 0.4" and cells[2][9] == "+0.10 ± 0.05"
+    assert cells[3][4] == "" and cells[3][6] == ""  # not measured: noise's score, the gain at sigma 0.05
+
+
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory, small_dataset, data_dir):
     """Tiny IQL and LAPO runs on the small HalfCheetah data, keeping snapshots at steps 10 and 20."""
