@@ -224,9 +224,29 @@ def pace(summary: dict, step: int) -> dict:
     return {"wall_s": wall, "s_per_step": wall / (step - since)}
 
 
+PROC = "/proc"  # Linux: what runs here, with its command line
+RUNNING_S = 300  # elsewhere: a run whose log (its progress bar writes every 30 s) changed this recently
+
+
+def running(run_dir: str) -> bool:
+    """Whether a process on this machine works in `run_dir` (every run this tool starts has `--output-dir run_dir`
+    on its command line); without /proc, whether the run's log next to `run_dir` changed in the last RUNNING_S s."""
+    if not os.path.isdir(PROC):
+        log = run_dir + ".log"
+        return os.path.isfile(log) and time.time() - os.path.getmtime(log) < RUNNING_S
+    for pid in filter(str.isdigit, os.listdir(PROC)):
+        try:
+            argv = open(os.path.join(PROC, pid, "cmdline"), "rb").read().decode(errors="replace").split("\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if any(a == "--output-dir" and b == run_dir for a, b in zip(argv, argv[1:])):
+            return True
+    return False
+
+
 def progress(run_dir: str) -> dict:
-    """Where the newest run under `run_dir` stands: its state, step, wall-clock, seconds per step and, for a stopped
-    (or still running) one, the age of its checkpoint."""
+    """Where the newest run under `run_dir` stands: its state (running, see `running`), step, wall-clock, seconds
+    per step and, unless complete, the age of its checkpoint."""
     for path in glob.glob(os.path.join(run_dir, "*", "summary.json")):
         summary = json.load(open(path))
         if summary.get("complete"):
@@ -240,7 +260,7 @@ def progress(run_dir: str) -> dict:
     checkpoint = torch.load(stopped[-1], map_location="cpu", weights_only=True)
     age = time.time() - os.path.getmtime(stopped[-1])
     return {
-        "state": "stopped",
+        "state": "running" if running(run_dir) else "stopped",
         "step": checkpoint["step"],
         "age_s": age,
         **pace(checkpoint.get("summary", {}), checkpoint["step"]),
@@ -249,7 +269,8 @@ def progress(run_dir: str) -> dict:
 
 def study_status(args: Args) -> tuple[list[dict], str]:
     """One row per run of the study (pretraining once per base algorithm, task and seed; then each variant) and a
-    closing line: what is left, in run-hours at the pace each run (or, not started, its kind's median) kept so far."""
+    closing line: what is left, in run-hours at the pace each run kept so far (not started: the median of its kind,
+    else of the fine-tuning runs of the same base algorithm)."""
     out = os.path.abspath(args.output_dir)
     rows, seen = [], set()
     for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
@@ -264,6 +285,7 @@ def study_status(args: Args) -> tuple[list[dict], str]:
                 {
                     "run": f"pretrain {base} {env_id} seed {seed}",
                     "kind": f"pretrain {base}",
+                    "base": f"pretrain {base}",
                     "target": args.offline_steps,
                     **row,
                 }
@@ -271,11 +293,13 @@ def study_status(args: Args) -> tuple[list[dict], str]:
         if not args.pretrain_only:
             row = progress(os.path.join(out, variant, env_id, f"seed{seed}"))
             target = args.offline_steps + args.online_steps
-            rows.append({"run": f"{variant} {env_id} seed {seed}", "kind": variant, "target": target, **row})
+            run = {"run": f"{variant} {env_id} seed {seed}", "kind": variant, "base": f"fine-tune {base}"}
+            rows.append({**run, "target": target, **row})
     paces = {}
     for row in rows:
         if "s_per_step" in row:
             paces.setdefault(row["kind"], []).append(row["s_per_step"])
+            paces.setdefault(row["base"], []).append(row["s_per_step"])
     left, unknown = 0.0, 0
     for row in rows:
         if row["state"] == "complete":
@@ -283,9 +307,8 @@ def study_status(args: Args) -> tuple[list[dict], str]:
             continue
         # a fine-tuning run starts at the switch (its model's step); a pretraining at 0
         start = 0 if row["kind"].startswith("pretrain") else args.offline_steps
-        s_per_step = row.get("s_per_step") or (
-            sorted(paces[row["kind"]])[len(paces[row["kind"]]) // 2] if row["kind"] in paces else None
-        )
+        like = next((paces[key] for key in (row["kind"], row["base"]) if key in paces), None)
+        s_per_step = row.get("s_per_step") or (sorted(like)[len(like) // 2] if like else None)
         if s_per_step is None:
             unknown += 1
             continue

@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -360,7 +361,7 @@ def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_see
     assert pretrain_codes == [0, 3, 0] and finetune_codes == [0, 3, 0]
 
 
-def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys):
+def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys, monkeypatch):
     import torch
 
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -404,3 +405,37 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     printed = capsys.readouterr().out
     assert f"| iql_noise {env} seed 1 | stopped (checkpoint 0 min old) | 350 | 400 | 0.25 | 0.25 |" in printed
     assert f"| pretrain iql {env} seed 2 | not started | - | 300 | - | ? |" in printed
+    # a process working in the run's directory: running (another directory's process does not count)
+    run_dir = str(stopped.parent)
+    for where, state in ((run_dir + "-other", "stopped"), (run_dir, "running")):
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output-dir", where])
+        try:
+            deadline = time.time() + 10
+            while b"--output-dir" not in open(f"/proc/{worker.pid}/cmdline", "rb").read() and time.time() < deadline:
+                time.sleep(0.05)  # until its command line is visible
+            assert run.progress(run_dir)["state"] == state
+        finally:
+            worker.kill()
+    # without /proc: its log next to the directory, written in the last 5 minutes
+    monkeypatch.setattr(run, "PROC", str(tmp_path / "no-proc"))
+    log = tmp_path / "iql_noise" / env / "seed1.log"
+    log.write_text("online: 88%")
+    assert run.progress(run_dir)["state"] == "running"
+    os.utime(log, (time.time() - 600, time.time() - 600))
+    assert run.progress(run_dir)["state"] == "stopped"
+    # a variant with no run yet takes the pace of the fine-tuning runs of its base algorithm (the median)
+    status.variants = ["o3f_iql", "iql_noise", "o3f_iql_omega1"]
+    by_run = {row["run"]: row for row in run.study_status(status)[0]}
+    assert by_run[f"o3f_iql_omega1 {env} seed 2"]["left_s"] == pytest.approx(100 * 36.0)  # of 18 and 36 s
+
+
+def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command():
+    script = os.path.join(ROOT, "benchmarks", "studies.sh")
+    wrong = subprocess.run(["bash", script, "begin"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.strip() == "usage: bash benchmarks/studies.sh start|status|stop"
+    status = subprocess.run(["bash", script, "status"], capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr[-2000:]
+    studies = [line for line in status.stdout.splitlines() if line.startswith("## ")]
+    assert studies == ["## decide", "## lapo_utd20", "## premise_iql_100k", "## premise_lapo", "## premise_iql_1m"]
+    assert status.stdout.count("runs to finish") == 5  # each study's closing line from benchmarks/run.py --status
+    assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5

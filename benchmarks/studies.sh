@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The README's long studies, started or resumed in the background in one command, in priority order on a
+# small machine: each is a `benchmarks/run.py` command of the README (finished runs are skipped, stopped
+# ones resume from their checkpoints), one torch thread per run, the lower priorities niced so that they
+# only take what the first leaves.
+#
+#   bash benchmarks/studies.sh start    # start every study not running yet (whoever started it); logs in logs/studies/
+#   bash benchmarks/studies.sh status   # where each run stands and the hours left (benchmarks/run.py --status)
+#   bash benchmarks/studies.sh stop     # stop them; each run saves a checkpoint on SIGTERM
+#
+# 1. decide (nice 0, 2 workers): "Figures 5 and 6 at a budget that can decide", IQL, 5 seeds x 3 rules.
+# 2. lapo_utd20 (nice 10): the same section's LAPO comparison at UTD 20.
+# 3. premise (nice 15, one after the other): "Does O3F's premise hold?": IQL on the 100k-transition data
+#    to 300k updates, LAPO to 300k, IQL to 1M updates and its two 20k-step fine-tunings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOGS=logs/studies
+export OMP_NUM_THREADS=1
+
+D4RL_1M=embedded-halfcheetah-medium-1m
+PRE=(--extra="--eval-episodes 5 --checkpoint-every 5000" --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
+
+decide=(--variants o3f_iql iql_noise o3f_iql_omega1 --env-ids $D4RL_1M --seeds 1 2 3 4 5 --offline-steps 300000
+  --online-steps 100000 --output-dir results/decide --workers 2 --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 25000 --eval-episodes 5" --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
+lapo_utd20=(--variants o3f_lapo lapo_noise --env-ids $D4RL_1M --seeds 1 2 3 --offline-steps 100000 --online-steps 5000
+  --output-dir results/lapo_utd20 --workers 1 --extra="--eval-episodes 10 --checkpoint-every 1000"
+  --finetune-extra="--eval-freq 1000 --snapshot-every 2500")
+premise_iql_100k=(--variants o3f_iql --env-ids embedded-halfcheetah-medium --seeds 1 --offline-steps 300000
+  --pretrain-only --output-dir results/premise --workers 1 "${PRE[@]}")
+premise_lapo=(--variants o3f_lapo --env-ids $D4RL_1M --seeds 1 --offline-steps 300000 --pretrain-only
+  --output-dir results/premise --workers 1 "${PRE[@]}")
+premise_iql_1m=(--variants o3f_iql iql_noise --env-ids $D4RL_1M --seeds 1 --offline-steps 1000000 --online-steps 20000
+  --output-dir results/premise --workers 1 --extra="--eval-episodes 5 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000 300000"
+  --finetune-extra="--eval-freq 2000 --snapshot-every 5000")
+
+# the benchmarks/run.py processes working in an output directory, whoever started them
+runners() { pgrep -f "benchmarks/run.py .*--output-dir $1 " || true; }
+
+launch() {  # launch NAME NICE OUTPUT_DIR COMMAND: in the background, unless something already works in OUTPUT_DIR
+  local name=$1 level=$2 dir=$3
+  if [[ -n "$(runners "$dir")" ]]; then
+    echo "$name: already running ($dir)"
+    return
+  fi
+  mkdir -p "$LOGS"
+  nohup nice -n "$level" bash -c "$4" >"$LOGS/$name.log" 2>&1 &
+  echo "$name: started (nice $level), log $LOGS/$name.log"
+}
+
+q() { printf '%q ' "$@"; }  # one command line, quoted, for bash -c
+
+case "${1:-}" in
+  start)
+    launch decide 0 results/decide "$(q python benchmarks/run.py "${decide[@]}")"
+    launch lapo_utd20 10 results/lapo_utd20 "$(q python benchmarks/run.py "${lapo_utd20[@]}")"
+    launch premise 15 results/premise "$(q python benchmarks/run.py "${premise_iql_100k[@]}") && $(q python \
+      benchmarks/run.py "${premise_lapo[@]}") && $(q python benchmarks/run.py "${premise_iql_1m[@]}")"
+    ;;
+  status)
+    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m; do
+      declare -n flags=$study
+      echo "## $study"
+      python benchmarks/run.py "${flags[@]}" --status
+    done
+    ;;
+  stop)  # run.py first (so that it starts nothing more), then the runs it started, which save their checkpoints
+    for dir in results/decide results/lapo_utd20 results/premise; do
+      for pid in $(runners "$dir"); do
+        children=$(pgrep -P "$pid" || true)
+        kill -TERM "$pid" $children 2>/dev/null && echo "stopped the runs in $dir"
+      done
+    done
+    ;;
+  *)
+    echo "usage: bash benchmarks/studies.sh start|status|stop" >&2
+    exit 2
+    ;;
+esac
