@@ -8,8 +8,9 @@ are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical p
 `rliable` package: the interquartile mean (IQM) over seeds (and tasks), with 95% stratified-bootstrap
 confidence intervals, and the probability that a run of one variant beats a run of the other. Curves
 show the IQM with its CI band against online environment steps (0 is the switch). A figure is drawn
-when its runs exist; the tables list every variant's score at the switch and at the end, and each
-comparison's probability of improvement.
+when its runs exist; the tables list every variant's score at the switch, at the end (the paper's measure)
+and its mean over fine-tuning, and each comparison's probability of improvement; they are also written to
+tables.md and, machine-readable with every seed's scores, statistics.json, next to the figures.
 """
 
 import glob
@@ -29,7 +30,7 @@ import tyro  # noqa: E402
 from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
 
-REPS = 2000  # bootstrap resamples
+REPS = 2000  # bootstrap resamples (--reps)
 # rliable hands arch a seeded RandomState (what makes the CIs repeatable); arch warns that it prefers a Generator.
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
@@ -79,6 +80,8 @@ class Args:
     """the output directory of benchmarks/run.py"""
     out_dir: str | None = None
     """where to write the PNGs (default: {results_dir}/figures)"""
+    reps: int = REPS
+    """bootstrap resamples of every confidence interval"""
 
 
 def load(results_dir: str) -> dict:
@@ -115,47 +118,53 @@ def iqm(scores: np.ndarray) -> np.ndarray:
     return np.array([metrics.aggregate_iqm(scores)])
 
 
-def iqm_ci(scores: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple:
+def iqm_ci(scores: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
     """IQM and 95% stratified-bootstrap CI (runs resampled within each task) of a (runs, tasks) matrix."""
     point, interval = rly.get_interval_estimates(
-        {"x": scores}, iqm, reps=reps, random_state=np.random.RandomState(seed)
+        {"x": scores}, iqm, reps=reps or REPS, random_state=np.random.RandomState(seed)
     )
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
-def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple:
+def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
     """P(X > Y): the probability that a run of X scores above a run of Y on the same task (ties count one half),
     averaged over tasks, with its 95% stratified-bootstrap CI; x and y are (runs, tasks) matrices."""
     point, interval = rly.get_interval_estimates(
         {"x,y": [x, y]},
         lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-        reps=reps,
+        reps=reps or REPS,
         random_state=np.random.RandomState(seed),
     )
     return float(point["x,y"][0]), float(interval["x,y"][0, 0]), float(interval["x,y"][1, 0])
 
 
-def iqm_curve(summaries: list, key: str = "normalized_score", reps: int = REPS):
+def iqm_curve(summaries: list, key: str = "normalized_score", reps: int | None = None):
     """Per evaluation step (those every seed has): the IQM over seeds and its 95% bootstrap CI."""
     curves = [curve(s, key) for s in summaries]
     common = sorted(set.intersection(*(set(x.tolist()) for x, _ in curves)))
     values = np.array([[dict(zip(x.tolist(), y))[step] for step in common] for x, y in curves])  # (seeds, steps)
     per_step = lambda v: np.array([metrics.aggregate_iqm(v[:, :, t]) for t in range(v.shape[2])])  # noqa: E731
     point, interval = rly.get_interval_estimates(
-        {"x": values[:, None, :]}, per_step, reps=reps, random_state=np.random.RandomState(0)
+        {"x": values[:, None, :]}, per_step, reps=reps or REPS, random_state=np.random.RandomState(0)
     )
     return np.array(common), point["x"], interval["x"][0], interval["x"][1]
 
 
+AT = {  # where a run's score is read, from its evaluations (x: online steps from the switch, y: scores)
+    "switch": lambda x, y: y[int(np.argmin(np.abs(x)))],  # the evaluation at the switch
+    "end": lambda x, y: y[-1],  # the last: the paper's measure, and this project's primary one
+    "mean": lambda x, y: y[x > 0].mean(),  # the mean of the online evaluations: less noisy, the area under the curve
+}
+
+
 def score_matrix(runs: dict, variant: str, env_ids: list, at: str) -> np.ndarray:
-    """(seeds, tasks): each run's score at the switch (`at="switch"`) or at the end of fine-tuning (`"end"`),
-    over the seeds that every task has."""
+    """(seeds, tasks): each run's score at the switch (`at="switch"`), at the end of fine-tuning (`"end"`) or the
+    mean of its online evaluations (`"mean"`), over the seeds that every task has."""
     columns = []
     for env_id in env_ids:
         by_seed = {}
         for summary in runs[variant][env_id]:
-            x, y = curve(summary)
-            by_seed[summary["args"]["seed"]] = y[int(np.argmin(np.abs(x)))] if at == "switch" else y[-1]
+            by_seed[summary["args"]["seed"]] = float(AT[at](*curve(summary)))
         columns.append(by_seed)
     seeds = sorted(set.intersection(*(set(c) for c in columns)))
     return np.array([[c[seed] for c in columns] for seed in seeds])
@@ -260,23 +269,67 @@ def wall_clock(summaries: list) -> str:
     return f"{'>=' if partial else ''}{np.median([s['wall_s'] for s in summaries]) / 3600:.2f}"
 
 
-def table(runs: dict) -> str:
-    """Every variant and task: IQM over seeds [95% CI] at the switch and at the end of fine-tuning."""
-    lines = [
-        "| variant | task | seeds | eval. episodes | at the switch: IQM [95% CI] "
-        "| end of fine-tuning: IQM [95% CI] | change | hours per run (median) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def statistics(runs: dict) -> dict:
+    """Everything the tables say, machine-readable: per variant and task the seeds, each seed's scores and the IQM
+    [95% CI] at the switch, at the end and of the mean over fine-tuning; per comparison P(first > second) [95% CI]
+    at the end and of the mean, over the tasks both ran."""
+
+    def estimate(scores):
+        point, low, high = iqm_ci(scores)
+        return {"iqm": point, "ci": [low, high]}
+
+    variants = []
     for variant in runs:
         for env_id, summaries in sorted(runs[variant].items()):
-            switch = iqm_ci(score_matrix(runs, variant, [env_id], "switch"))
-            end = iqm_ci(score_matrix(runs, variant, [env_id], "end"))
-            episodes = sorted({s["args"].get("eval_episodes", "?") for s in summaries}, key=str)
-            lines.append(
-                f"| {LABELS.get(variant, variant)} | {env_id} | {len(summaries)} | {', '.join(map(str, episodes))} "
-                f"| {switch[0]:.1f} [{switch[1]:.1f}, {switch[2]:.1f}] | {end[0]:.1f} [{end[1]:.1f}, {end[2]:.1f}] "
-                f"| {end[0] - switch[0]:+.1f} | {wall_clock(summaries)} |"
+            scores = {at: score_matrix(runs, variant, [env_id], at) for at in AT}
+            variants.append(
+                {
+                    "variant": variant,
+                    "label": LABELS.get(variant, variant),
+                    "task": env_id,
+                    "seeds": sorted(s["args"]["seed"] for s in summaries),
+                    "eval_episodes": sorted({s["args"].get("eval_episodes", "?") for s in summaries}, key=str),
+                    "hours_per_run": wall_clock(summaries),
+                    **{at: {**estimate(m), "per_seed": m[:, 0].tolist()} for at, m in scores.items()},
+                }
             )
+    pairs = []
+    for first, second, tasks in comparisons(runs):
+        pair = {"first": first, "second": second, "tasks": tasks}
+        for at in ("end", "mean"):
+            x, y = score_matrix(runs, first, tasks, at), score_matrix(runs, second, tasks, at)
+            p, low, high = improvement_ci(x, y)
+            pair |= {
+                "seeds": [len(x), len(y)],
+                at: {"first": estimate(x), "second": estimate(y), "p": p, "p_ci": [low, high]},
+            }
+        pairs.append(pair)
+    return {
+        "statistics": "IQM over seeds, 95% stratified-bootstrap CIs (rliable)",
+        "reps": REPS,
+        "variants": variants,
+        "comparisons": pairs,
+    }
+
+
+def ci(x: dict) -> str:
+    return f"{x['iqm']:.1f} [{x['ci'][0]:.1f}, {x['ci'][1]:.1f}]"
+
+
+def table(stats: dict) -> str:
+    """Every variant and task: IQM over seeds [95% CI] at the switch, at the end of fine-tuning (the paper's measure)
+    and of the mean over fine-tuning's evaluations."""
+    lines = [
+        "| variant | task | seeds | eval. episodes | at the switch: IQM [95% CI] "
+        "| end of fine-tuning: IQM [95% CI] | change | mean over fine-tuning: IQM [95% CI] | hours per run (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in stats["variants"]:
+        lines.append(
+            f"| {v['label']} | {v['task']} | {len(v['seeds'])} | {', '.join(map(str, v['eval_episodes']))} "
+            f"| {ci(v['switch'])} | {ci(v['end'])} | {v['end']['iqm'] - v['switch']['iqm']:+.1f} | {ci(v['mean'])} "
+            f"| {v['hours_per_run']} |"
+        )
     return "\n".join(lines)
 
 
@@ -292,19 +345,27 @@ def comparisons(runs: dict) -> list:
     return pairs
 
 
-def improvement_table(runs: dict) -> str:
-    """Each comparison, per task and over all its tasks: P(first > second) at the end of fine-tuning [95% CI]."""
+def improvement_table(stats: dict) -> str:
+    """Each comparison over the tasks both ran: P(first > second) [95% CI] at the end of fine-tuning, and of the
+    mean over fine-tuning."""
     lines = [
-        "| comparison | tasks | seeds | end of fine-tuning: IQM [95% CI] of each | P(first > second) [95% CI] |",
-        "|---|---|---|---|---|",
+        "| comparison | tasks | seeds | end of fine-tuning: IQM [95% CI] of each | P(first > second) [95% CI] "
+        "| mean over fine-tuning: IQM of each | P(first > second) [95% CI] |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for first, second, tasks in comparisons(runs):
-        x, y = score_matrix(runs, first, tasks, "end"), score_matrix(runs, second, tasks, "end")
-        p, (a, b) = improvement_ci(x, y), (iqm_ci(x), iqm_ci(y))
+    for c in stats["comparisons"]:
+        end, mean, first, second = (
+            c["end"],
+            c["mean"],
+            LABELS.get(c["first"], c["first"]),
+            LABELS.get(c["second"], c["second"]),
+        )
         lines.append(
-            f"| {LABELS.get(first, first)} vs {LABELS.get(second, second)} | {', '.join(tasks)} | {len(x)}, {len(y)} "
-            f"| {a[0]:.1f} [{a[1]:.1f}, {a[2]:.1f}] vs {b[0]:.1f} [{b[1]:.1f}, {b[2]:.1f}] "
-            f"| {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}] |"
+            f"| {first} vs {second} | {', '.join(c['tasks'])} "
+            f"| {c['seeds'][0]}, {c['seeds'][1]} | {ci(end['first'])} vs {ci(end['second'])} "
+            f"| {end['p']:.2f} [{end['p_ci'][0]:.2f}, {end['p_ci'][1]:.2f}] "
+            f"| {mean['first']['iqm']:.1f} vs {mean['second']['iqm']:.1f} "
+            f"| {mean['p']:.2f} [{mean['p_ci'][0]:.2f}, {mean['p_ci'][1]:.2f}] |"
         )
     return "\n".join(lines)
 
@@ -338,6 +399,10 @@ def draw_aggregate(runs: dict, out_dir: str) -> list:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.reps < 100:
+        print(f"error: --reps {args.reps}: at least 100 resamples are needed for a 95% interval", file=sys.stderr)
+        raise SystemExit(2)
+    REPS = args.reps
     runs = load(args.results_dir)
     if not runs:
         print(
@@ -350,6 +415,12 @@ if __name__ == "__main__":
     os.makedirs(out_dir, exist_ok=True)
     for filename in draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir):
         print(os.path.join(out_dir, filename))
-    print(table(runs))
-    print()
-    print(improvement_table(runs))
+    stats = statistics(runs)
+    tables = table(stats) + "\n\n" + improvement_table(stats)
+    with open(os.path.join(out_dir, "statistics.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    with open(os.path.join(out_dir, "tables.md"), "w") as f:
+        f.write(tables + "\n")
+    print(os.path.join(out_dir, "statistics.json"))
+    print(os.path.join(out_dir, "tables.md"))
+    print(tables)

@@ -124,7 +124,7 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
         write_fake(results, "lapo_noise", seed, fake_summary("lapo_noise", seed, [5, 5, 5, 5]))
     write_fake(results, "cql_to_sac", 1, fake_summary("cql_to_sac", 1, [30, 40, 20, 35], q_bias=[1, 2, 40, 5]))
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results), "--reps", "200"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -135,6 +135,8 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
         "aggregate.png",
         "figure2_cql_to_sac_embedded-halfcheetah-medium.png",
         "figure5_o3f_vs_noise.png",
+        "statistics.json",
+        "tables.md",
     ]
     assert png_size(figures / "figure5_o3f_vs_noise.png") == (1200, 432)  # two panels: IQL and LAPO
     assert png_size(figures / "figure2_cql_to_sac_embedded-halfcheetah-medium.png") == (
@@ -144,15 +146,25 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
     # The table: IQM over the two seeds (of two, their mean) at the switch (step 100) and at the end (step 200), with
     # the bootstrap's 95% CI: resampling two seeds gives means from the lower score to the higher one.
     # The runs took 1 and 2 hours (summary.json's wall_s, counted from the switch): median 1.5; noise's have none.
-    row = "| IQL + O3F | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 41.0 [40.0, 42.0] | +20.0 | 1.50 |"
-    assert row in result.stdout
-    assert (
-        "| IQL + noise | embedded-halfcheetah-medium | 2 | 5 | 21.0 [20.0, 22.0] | 25.0 [24.0, 26.0] | +4.0 | - |"
-        in result.stdout
-    )
+    # The mean over fine-tuning: of the online evaluations (steps 150 and 200), 35 and 37 for O3F, 23 and 25 for noise.
+    row = "| 2 | 5 | 21.0 [20.0, 22.0] | 41.0 [40.0, 42.0] | +20.0 | 36.0 [35.0, 37.0] | 1.50 |"
+    assert f"| IQL + O3F | embedded-halfcheetah-medium {row}" in result.stdout
+    row = "| 2 | 5 | 21.0 [20.0, 22.0] | 25.0 [24.0, 26.0] | +4.0 | 24.0 [23.0, 25.0] | - |"
+    assert f"| IQL + noise | embedded-halfcheetah-medium {row}" in result.stdout
     # O3F's two end scores (40, 42) both beat noise's (24, 26): probability of improvement 1, in every resample.
     assert "| IQL + O3F vs IQL + noise | embedded-halfcheetah-medium | 2, 2 |" in result.stdout
-    assert "| 41.0 [40.0, 42.0] vs 25.0 [24.0, 26.0] | 1.00 [1.00, 1.00] |" in result.stdout
+    assert (
+        "| 41.0 [40.0, 42.0] vs 25.0 [24.0, 26.0] | 1.00 [1.00, 1.00] | 36.0 vs 24.0 | 1.00 [1.00, 1.00] |"
+        in result.stdout
+    )
+    # the same tables in tables.md, and every number with each seed's scores in statistics.json
+    assert (figures / "tables.md").read_text().strip() in result.stdout
+    stats = json.loads((figures / "statistics.json").read_text())
+    o3f = next(v for v in stats["variants"] if v["variant"] == "o3f_iql")
+    assert o3f["seeds"] == [1, 2] and o3f["end"]["per_seed"] == [40.0, 42.0] and o3f["mean"]["per_seed"] == [35.0, 37.0]
+    assert o3f["end"]["iqm"] == pytest.approx(41.0) and o3f["end"]["ci"] == pytest.approx([40.0, 42.0])
+    pair = next(c for c in stats["comparisons"] if (c["first"], c["second"]) == ("o3f_iql", "iql_noise"))
+    assert pair["end"]["p"] == pytest.approx(1.0) and pair["mean"]["p_ci"] == pytest.approx([1.0, 1.0])
 
 
 def plot_module():
@@ -193,9 +205,11 @@ def test_the_score_matrix_holds_each_seeds_score_at_the_switch_and_at_the_end():
     runs = {"v": {"a": [fake_summary("v", 1, [10, 20, 30]), fake_summary("v", 2, [10, 22, 33])]}}
     assert plot.score_matrix(runs, "v", ["a"], "switch").tolist() == [[20.0], [22.0]]  # the evaluation at step 100
     assert plot.score_matrix(runs, "v", ["a"], "end").tolist() == [[30.0], [33.0]]
+    runs = {"v": {"a": [fake_summary("v", 1, [10, 20, 30, 50]), fake_summary("v", 2, [10, 22, 33, 34])]}}
+    assert plot.score_matrix(runs, "v", ["a"], "mean").tolist() == [[40.0], [33.5]]  # of the online evaluations only
 
 
-def test_the_plotter_says_so_when_there_is_nothing_to_draw(tmp_path):
+def test_the_plotter_says_so_when_there_is_nothing_to_draw_or_too_few_resamples(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
         capture_output=True,
@@ -203,6 +217,15 @@ def test_the_plotter_says_so_when_there_is_nothing_to_draw(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and "no complete runs" in result.stderr
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path), "--reps", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --reps 10: at least 100 resamples are needed for a 95% interval"
+    ]
 
 
 def test_the_plotter_draws_the_training_episodes_beside_the_evaluations():
@@ -266,7 +289,7 @@ def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path):
     ):
         write_fake(results, variant, 1, fake_summary(variant, 1, scores))
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results), "--reps", "200"],
         capture_output=True,
         text=True,
         timeout=120,
