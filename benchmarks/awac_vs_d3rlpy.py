@@ -115,7 +115,9 @@ def d3rlpy_names(agent) -> dict:
 
 def same_update(record: dict) -> dict:
     """awac.py's update from d3rlpy's networks `record["before"]`, on its batch, after torch.manual_seed(seed): the
-    losses beside d3rlpy's, and the largest relative difference of the sums of the networks' tensors after it."""
+    losses beside d3rlpy's, and the largest difference of the sums of the networks' tensors after it, relative and
+    in learning rates: Adam's first step moves every weight by about +-lr whatever its gradient's size, so a weight
+    whose gradient is ~0 can step the other way on another CPU (its sign is float32 rounding), 2 lr apart."""
     from types import SimpleNamespace
 
     import torch
@@ -134,16 +136,18 @@ def same_update(record: dict) -> dict:
     config = SimpleNamespace(gamma=record["config"]["gamma"], tau=record["config"]["tau"], temperature=1.0)
     torch.manual_seed(record["seed"])
     losses = awac.awac_update(agent, batch, record["config"]["lam"], config)
-    worst = 0.0
+    worst, worst_lr = 0.0, 0.0
     for part, tensors in d3rlpy_names(agent).items():
         for name, tensor in tensors.items():
             theirs = record["after_sums"][part][name]
             worst = max(worst, abs(tensor.sum().item() - theirs) / max(abs(theirs), 1e-6))
+            worst_lr = max(worst_lr, abs(tensor.sum().item() - theirs) / 3e-4)
     return {
         "d3rlpy_version": record["version"],
         "critic_loss": [losses["qf_loss"].item(), record["losses"]["critic_loss"]],
         "actor_loss": [losses["actor_loss"].item(), record["losses"]["actor_loss"]],
         "after_sums_max_relative_difference": worst,
+        "after_sums_max_difference_in_lr": worst_lr,
     }
 
 
@@ -214,7 +218,8 @@ if __name__ == "__main__":
             f"one AWAC update from the same networks, batch and seed: critic loss {result['critic_loss'][0]:.6g} "
             f"(awac.py) vs {result['critic_loss'][1]:.6g} (d3rlpy {result['d3rlpy_version']}); actor loss "
             f"{result['actor_loss'][0]:.6g} vs {result['actor_loss'][1]:.6g}; networks after it: sums of every tensor "
-            f"agree to {result['after_sums_max_relative_difference']:.1e} (relative)"
+            f"agree to {result['after_sums_max_relative_difference']:.1e} (relative), "
+            f"{result['after_sums_max_difference_in_lr']:.2f} learning rates at most"
         )
         sys.exit(0)
     if not args.report_only:

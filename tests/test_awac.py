@@ -192,9 +192,12 @@ def test_one_update_from_d3rlpys_networks_batch_and_seed_is_d3rlpys_update():
 
     record = torch.load(os.path.join(ROOT, "tests", "data", "d3rlpy_awac_update.pt"), weights_only=True)
     result = awac_vs_d3rlpy.same_update(record)
+    # Equal up to float32 rounding, which differs between CPUs (the record's and an AVX-512 one: the actor loss, a
+    # weighted sum over 1024 samples near 8e5, by 1.4e-6 relative; one weight with a ~0 gradient stepping the other
+    # way, 2 learning rates).
     assert result["critic_loss"][0] == pytest.approx(result["critic_loss"][1], rel=1e-6)
-    assert result["actor_loss"][0] == pytest.approx(result["actor_loss"][1], rel=1e-6)
-    assert result["after_sums_max_relative_difference"] < 1e-4
+    assert result["actor_loss"][0] == pytest.approx(result["actor_loss"][1], rel=1e-5)
+    assert result["after_sums_max_difference_in_lr"] < 2.5
     # A std clamped to [-6, 0] from log std 0 (this script's before it followed d3rlpy's sigmoid) is not d3rlpy's.
     clamped = awac.Actor.std
     try:
