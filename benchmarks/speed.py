@@ -152,7 +152,26 @@ def seconds(fn) -> float:
 
 def wrap(fn, suffix: str):
     """`fn` as the scripts run it with no flag, with --compile, or with --cudagraphs."""
-    return fn if not suffix else torch.compile(fn, mode="reduce-overhead" if suffix == "_cudagraphs" else None)
+    if not suffix:
+        return fn
+    compiled = torch.compile(fn, mode="reduce-overhead" if suffix == "_cudagraphs" else None)
+    if suffix != "_cudagraphs":
+        return compiled
+
+    def replay(*args, **kwargs):
+        # As the scripts mark each step: the previous call's outputs are no longer read, so its graph's memory
+        # may be reused (without it, LAPO's actor update after a critic update fails on the GPU).
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args, **kwargs)
+
+    return replay
+
+
+def graph_breaks(fn, *args) -> int:
+    """Graph breaks torch.compile meets in one call of `fn(*args)`: each one ends a graph, so with --cudagraphs one
+    update replays that many more CUDA graphs, with Python (and, where `backward()` broke it, eager autograd) between
+    them. Runs `fn` once."""
+    return torch._dynamo.explain(fn)(*args).graph_break_count
 
 
 def script_args(script, suffix: str, **values):
@@ -187,6 +206,10 @@ def bench_iql(bench: Bench, data, env, repeats):
                 lambda: online_step(noise, update, env, rb, scale_reward, state), repeats // 2
             )
             results["iql_eval_episode_s"] = seconds(lambda: o3f_iql.evaluate(agent, bench.eval_env, ENV_ID, 1, 0))
+            if bench.args.compile:
+                results["iql_update_graph_breaks"] = graph_breaks(
+                    o3f_iql.iql_update, agent, rb.sample(args.batch_size), args.expectile, args
+                )
     return results
 
 
@@ -228,6 +251,13 @@ def bench_lapo(bench: Bench, data, env, repeats):
         }
         if not suffix:
             results["lapo_eval_episode_s"] = seconds(lambda: o3f_lapo.evaluate(agent, bench.eval_env, ENV_ID, 1, 0))
+            if bench.args.compile:
+                results["lapo_critic_update_graph_breaks"] = graph_breaks(
+                    o3f_lapo.critic_update, agent, rb.sample(args.batch_size), args
+                )
+                results["lapo_actor_update_graph_breaks"] = graph_breaks(
+                    o3f_lapo.actor_update, agent, rb.sample(args.batch_size), args
+                )
     return results
 
 
@@ -269,6 +299,16 @@ def bench_cql(bench: Bench, data, env, repeats):
                 lambda: online_step(act, lambda: update(False), env, rb, scale_reward, state), repeats // 2
             )
             results["cql_eval_episode_s"] = seconds(evaluate)
+            if bench.args.compile:
+                for name, conservative in (("cql_update", True), ("sac_update", False)):
+                    results[f"{name}_graph_breaks"] = graph_breaks(
+                        cql_to_sac.cql_update,
+                        agent,
+                        rb.sample(args.batch_size),
+                        conservative,
+                        args.cql_target_gap,
+                        args,
+                    )
     return results
 
 
@@ -351,9 +391,10 @@ def main(args: Args) -> dict:
         "iql_num_critics": args.num_critics,
     }
     d3rlpy = bench_d3rlpy(bench, args.vs_d3rlpy, torch.get_num_threads(), args.repeats) if args.vs_d3rlpy else {}
-    results |= bench_iql(bench, data, env, args.repeats)
-    results |= bench_lapo(bench, data, env, args.repeats)
-    results |= bench_cql(bench, data, env, args.repeats)
+    for measure in (bench_iql, bench_lapo, bench_cql):  # each script's numbers as soon as they are measured
+        part = measure(bench, data, env, args.repeats)
+        print(f"{measure.__name__[len('bench_') :]}: {json.dumps(part)}", file=sys.stderr, flush=True)
+        results |= part
     results |= d3rlpy
     results |= projected_hours(results)
     report(results, args, device_name)
@@ -389,6 +430,11 @@ def report(results: dict, args: Args, device_name: str):
             if f"{name}{suffix}_ms" in results:
                 results[f"{name}{suffix}_speedup"] = results[f"{name}_ms"] / results[f"{name}{suffix}_ms"]
                 print(f"{name}{suffix}: {results[f'{name}{suffix}_speedup']:.2f}x the eager speed")
+    for key, value in results.items():
+        if key.endswith("_graph_breaks"):
+            print(
+                f"{key[: -len('_graph_breaks')]}: {value} graph breaks under torch.compile ({value + 1} graphs a call)"
+            )
     for suffix in ("", "_compiled", "_cudagraphs"):
         if f"lapo_online_step_utd20{suffix}_ms" in results:
             steps_per_s = 1000 / results[f"lapo_online_step_utd20{suffix}_ms"]

@@ -39,6 +39,40 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     assert sum(matmul_flops(func, a) for func, a, _ in recorder.calls) == counter.get_total_flops()
 
 
+def test_the_cuda_graph_path_marks_a_new_step_before_every_call_as_the_scripts_do(monkeypatch):
+    import speed
+
+    marks, calls = [], []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: fn)  # the wrapping alone, no compilation
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(calls)))
+
+    def update(x):
+        calls.append(x)
+        return x + 1
+
+    replay = speed.wrap(update, "_cudagraphs")
+    assert [replay(1), replay(2), replay(3)] == [2, 3, 4]
+    assert marks == [0, 1, 2]  # one mark before each call, none after
+    assert speed.wrap(update, "_compiled")(5) == 6 and marks == [0, 1, 2]  # --compile marks nothing
+    assert speed.wrap(update, "") is update
+
+
+def test_graph_breaks_counts_where_torch_compile_has_to_stop():
+    import speed
+
+    def pure(x):
+        return (x * 2).relu().sum()
+
+    def with_a_host_read(x):
+        y = (x * 2).relu()
+        print(f"{y.sum().item():.0f}")  # a host round trip: compile stops here, and again after
+        return y.sum()
+
+    x = torch.ones(4)
+    assert speed.graph_breaks(pure, x) == 0
+    assert speed.graph_breaks(with_a_host_read, x) >= 1
+
+
 def test_speed_benchmark_reports_every_measurement_and_the_projection(small_dataset, data_dir):
     env = {**os.environ, "O3F_DATA_DIR": data_dir}
     result = subprocess.run(
