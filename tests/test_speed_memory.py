@@ -105,8 +105,10 @@ def test_speed_benchmark_reports_every_measurement_and_the_projection(small_data
         "sac_online_step",
     ):
         assert results[f"{name}_ms"] > 0, name
-    # One LAPO online step at UTD 20 is 20 critic updates and an actor update, at least.
-    assert results["lapo_online_step_utd20_ms"] > 15 * results["lapo_critic_update_ms"]
+    # One LAPO online step at UTD 20 is 20 critic updates and an actor update, at least; medians timed apart
+    # move with what else runs (14x was seen next to the other test process), so the bound leaves room, and
+    # still fails at UTD 5 or less.
+    assert results["lapo_online_step_utd20_ms"] > 10 * results["lapo_critic_update_ms"]
     assert results["iql_update_floor_ratio"] > 1 and results["iql_update_matmul_ratio"] > 0.5
     assert set(k for k in results if k.endswith("_paper_scale_hours")) == {
         f"{s}_paper_scale_hours" for s in ("o3f_iql", "iql_noise", "o3f_lapo", "cql_to_sac")
