@@ -312,11 +312,40 @@ def rollout_envs(agent: Agent, count: int) -> list:
     return envs
 
 
-def progress(start: float, done: int, total: int, what: str):
-    eta = (time.time() - start) / max(done, 1) * (total - done)
-    print(
-        f"  [{done}/{total}] {what} ({time.time() - start:.0f} s, about {eta:.0f} s left)", file=sys.stderr, flush=True
-    )
+class Progress:
+    """`[i/n] phase (elapsed, about ETA left)` on stderr. The phases differ in cost (a rank-correlation phase steps the
+    environment some 30x as often as a rule's), so the ETA times each kind of phase by its own finished phases, and a
+    kind with none finished yet by the seconds per environment step seen so far."""
+
+    def __init__(self, phases: list[tuple[str, int]]):  # (kind, environment steps) of every phase, in order
+        self.phases, self.took = phases, {}
+        self.start = self.last = time.time()
+
+    def eta(self, i: int) -> float | None:
+        steps = sum(n for _, n in self.phases[:i])
+        per_step = (self.last - self.start) / steps if steps else None
+        left = 0.0
+        for kind, n in self.phases[i:]:
+            if kind in self.took:
+                left += float(np.mean(self.took[kind]))
+            elif per_step is None:
+                return None
+            else:
+                left += per_step * n
+        return left
+
+    def __call__(self, i: int, what: str):
+        now = time.time()
+        if i > 0:
+            self.took.setdefault(self.phases[i - 1][0], []).append(now - self.last)
+        self.last = now
+        eta = self.eta(i)
+        left = "?" if eta is None else f"{eta:.0f}"
+        print(
+            f"  [{i}/{len(self.phases)}] {what} ({now - self.start:.0f} s, about {left} s left)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def measure_model(agent: Agent, args: Measure) -> dict:
@@ -328,9 +357,13 @@ def measure_model(agent: Agent, args: Measure) -> dict:
     obs, states = visited_states(agent, args.states, args.seed)
     envs = rollout_envs(agent, max(args.states, args.rank_candidates))
     rows, per_state, per_episode = [], {}, {}
-    steps = len(rules) + len(args.sigmas)
+    episode_steps = envs[0].spec.max_episode_steps or 1000
+    progress = Progress(
+        [("rule", args.episodes * episode_steps + args.states * (args.horizon + 1))] * len(rules)
+        + [("rank", 2 * args.rank_candidates * args.states * (args.horizon + 1))] * len(args.sigmas)
+    )
     for i, rule in enumerate(rules):
-        progress(start, i, steps, f"{rule.name}: {args.episodes} episodes, {args.states} states")
+        progress(i, f"{rule.name}: {args.episodes} episodes, {args.states} states")
         per_episode[rule.name] = episode_scores(agent, rule, args.episodes, args.seed)
         actions = []
         for k in range(args.states):
@@ -377,9 +410,7 @@ def measure_model(agent: Agent, args: Measure) -> dict:
     rank = []
     for j, sigma in enumerate(args.sigmas):  # can the critic rank R candidates of one state as their true values do?
         progress(
-            start,
             len(rules) + j,
-            steps,
             f"rank correlation at sigma {sigma:g}: {args.rank_candidates} candidates x {args.states} states",
         )
         horizons = tuple(sorted({h for h in (10, 30, 100) if h < args.horizon} | {args.horizon}))

@@ -79,6 +79,19 @@ def test_statistics_on_hand_made_numbers():
     assert premise.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_the_eta_times_each_kind_of_phase_by_its_own_finished_phases(monkeypatch, capsys):
+    clock = iter([0.0, 0.0, 10.0, 20.0, 120.0])  # created; then phases 0, 1, 2 and 3 begin
+    monkeypatch.setattr(premise.time, "time", lambda: next(clock))
+    progress = premise.Progress([("rule", 100), ("rule", 100), ("rank", 1000), ("rank", 1000)])
+    progress(0, "a")  # nothing finished: no ETA
+    progress(1, "b")  # one rule phase took 10 s: 10 s for the other, 0.1 s per step for each rank phase
+    progress(2, "c")
+    progress(3, "d")  # the rank phase took 100 s
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("about ")[1] for line in lines] == ["? s left)", "210 s left)", "200 s left)", "100 s left)"]
+    assert lines[3].startswith("  [3/4] d (120 s,")
+
+
 def hand_made_model(seed, online_steps, policy, gain, gain_se=0.5, h10=0.1, exp_name="o3f_iql"):
     """One diagnostic line: the policy mean's score, O3F N 100's gain at sigma 0.2, the 10-step rank correlation."""
     rule = lambda kind, n, sigma, **x: {"kind": kind, "n": n, "sigma": sigma, "omega": 0.0, **x}  # noqa: E731
