@@ -5,9 +5,21 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+def random_batch(obs_dim: int, act_dim: int = 2, n: int = 32):
+    """A replay batch (obs, actions in [-1, 1], rewards, next_obs, dones with ~30% ones) from torch's global RNG."""
+    return (
+        torch.randn(n, obs_dim),
+        torch.rand(n, act_dim) * 2 - 1,
+        torch.randn(n),
+        torch.randn(n, obs_dim),
+        (torch.rand(n) < 0.3).float(),
+    )
 
 
 def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more):

@@ -12,6 +12,7 @@ import torch
 from torch.distributions import Normal
 
 import awac
+from conftest import random_batch
 
 ARGS = SimpleNamespace(
     gamma=0.99, tau=0.005, temperature=1.0, lam=1.0, online_lam=0.1, online_steps=100, schedule="linear"
@@ -29,16 +30,6 @@ def make_agent(optimizer=None, obs_dim=4, act_dim=2):
         agent.actor_optimizer = optimizer(agent.actor.parameters(), lr=1e-4)
         agent.q_optimizer = optimizer(agent.qf.parameters(), lr=1e-4)
     return agent
-
-
-def batch_of(obs_dim=4, act_dim=2, n=32):
-    return (
-        torch.randn(n, obs_dim),
-        torch.rand(n, act_dim) * 2 - 1,
-        torch.randn(n),
-        torch.randn(n, obs_dim),
-        (torch.rand(n) < 0.3).float(),
-    )
 
 
 def test_the_weights_are_a_softmax_of_the_advantage_over_lambda_that_averages_one():
@@ -72,7 +63,7 @@ def test_the_squashed_sample_and_its_log_density_are_sacs():
 
 def test_the_update_matches_hand_computed_losses_and_polyak_targets():
     agent = make_agent()
-    batch = obs, actions, rewards, next_obs, dones = batch_of()
+    batch = obs, actions, rewards, next_obs, dones = random_batch(4)
     before = copy.deepcopy(agent)
     torch.manual_seed(9)
     losses = awac.awac_update(agent, batch, 0.5, ARGS)
@@ -107,7 +98,7 @@ def test_the_compiled_update_equals_the_eager_update(monkeypatch):
     compiled = copy.deepcopy(eager)
     update = torch.compile(awac.awac_update)
     for i in range(3):
-        batch = batch_of()
+        batch = random_batch(4)
         torch.manual_seed(i)
         expected = awac.awac_update(eager, batch, 1.0, ARGS)
         torch.manual_seed(i)

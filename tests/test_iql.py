@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import o3f_iql
-from conftest import write_d4rl
+from conftest import random_batch, write_d4rl
 
 
 def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
@@ -107,19 +107,9 @@ def iql_agent(obs_dim=4, act_dim=2, optimizer=None):
     return agent, args
 
 
-def batch_of(obs_dim=4, act_dim=2, n=32):
-    return (
-        torch.randn(n, obs_dim),
-        torch.rand(n, act_dim) * 2 - 1,
-        torch.randn(n),
-        torch.randn(n, obs_dim),
-        (torch.rand(n) < 0.3).float(),
-    )
-
-
 def test_iql_update_matches_hand_computed_losses_and_polyak_targets():
     agent, args = iql_agent()
-    batch = obs, actions, rewards, next_obs, dones = batch_of()
+    batch = obs, actions, rewards, next_obs, dones = random_batch(4)
     before = copy.deepcopy(agent)
 
     losses = o3f_iql.iql_update(agent, batch, 0.7, args)
@@ -162,7 +152,7 @@ def test_compiled_update_equals_the_eager_update():
     compiled = copy.deepcopy(eager)
     update = torch.compile(o3f_iql.iql_update)
     for _ in range(3):
-        batch = batch_of()
+        batch = random_batch(4)
         expected = o3f_iql.iql_update(eager, batch, 0.7, args)
         got = update(compiled, batch, 0.7, args)
         for name in expected:
@@ -196,7 +186,7 @@ def test_without_an_online_expectile_the_offline_one_stays():
 
 def test_the_update_regresses_v_at_the_expectile_it_is_given():
     agent, args = iql_agent()
-    batch = obs, actions, *_ = batch_of()
+    batch = obs, actions, *_ = random_batch(4)
     before = copy.deepcopy(agent)
     losses = o3f_iql.iql_update(agent, batch, 0.85, args)  # args.expectile is 0.7: the argument wins
     with torch.no_grad():

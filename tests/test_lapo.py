@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 import o3f_lapo
+from conftest import random_batch
 
 
 class HandBuiltEnsemble(nn.Module):
@@ -155,19 +156,9 @@ def full_agent(obs_dim=3, act_dim=2, v_min=-10.0, v_max=10.0, optimizer=torch.op
     return agent, args
 
 
-def batch_of(obs_dim=3, act_dim=2, n=32):
-    return (
-        torch.randn(n, obs_dim),
-        torch.rand(n, act_dim) * 2 - 1,
-        torch.randn(n),
-        torch.randn(n, obs_dim),
-        (torch.rand(n) < 0.3).float(),
-    )
-
-
 def test_critic_update_matches_hand_computed_losses_and_polyak_targets():
     agent, args = full_agent(v_min=-0.02, v_max=0.02)  # clamps tight enough to bind
-    batch = batch_of()
+    batch = random_batch(3)
     before = copy.deepcopy(agent)
     torch.manual_seed(7)
     losses = o3f_lapo.critic_update(agent, batch, args)
@@ -196,7 +187,7 @@ def test_critic_update_matches_hand_computed_losses_and_polyak_targets():
 
 def test_actor_update_matches_hand_computed_losses_and_polyak_targets():
     agent, args = full_agent()
-    batch = batch_of()
+    batch = random_batch(3)
     before = copy.deepcopy(agent)
     torch.manual_seed(8)
     losses = o3f_lapo.actor_update(agent, batch, args)
@@ -244,7 +235,7 @@ def test_compiled_updates_equal_the_eager_updates(monkeypatch):
     compiled = copy.deepcopy(eager)
     critic, actor = torch.compile(o3f_lapo.critic_update), torch.compile(o3f_lapo.actor_update)
     for i in range(3):
-        batch = batch_of()
+        batch = random_batch(3)
         torch.manual_seed(i)
         expected = o3f_lapo.critic_update(eager, batch, args) | o3f_lapo.actor_update(eager, batch, args)
         torch.manual_seed(i)
