@@ -762,9 +762,9 @@ def plot_offline(offline: list, out: str) -> str:
 
 
 def plot_online(online: list, offline: list, out: str) -> str:
-    """Frozen models along fine-tuning, one line per run (its variant and training seed), from the switch (the
-    pretrained model, where it was measured) on: O3F's gain over noise, and the episode scores of the rules, at
-    N 100 and sigma 0.2 (the paper's)."""
+    """Frozen models along fine-tuning, one line per run, from the switch (the pretrained model, where it was
+    measured) on: O3F's gain over noise, and the episode scores of the rules, at N 100 and sigma 0.2 (the
+    paper's). The colour is the rule that fine-tuned the run, the marker its training seed."""
     import matplotlib.pyplot as plt
 
     def pick(r, kind, n=1):
@@ -772,7 +772,11 @@ def plot_online(online: list, offline: list, out: str) -> str:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     runs = sorted({(r["algorithm"], r["dataset_size"], r["train_seed"], r.get("exp_name")) for r in online}, key=str)
+    groups = sorted({(a, size, name) for a, size, _, name in runs}, key=str)
+    seeds = sorted({seed for _, _, seed, _ in runs})
+    markers = "os^Dv<>PX*"
     for c, (algorithm, size, seed, name) in enumerate(runs):
+        colour, marker = f"C{groups.index((algorithm, size, name)) % 10}", markers[seeds.index(seed) % len(markers)]
         models = sorted(
             (r for r in online if (r["algorithm"], r["dataset_size"], r["train_seed"], r.get("exp_name")) == runs[c]),
             key=lambda r: r["step"],
@@ -787,16 +791,15 @@ def plot_online(online: list, offline: list, out: str) -> str:
         if not models:
             continue
         x = [r["online_steps"] for r in models]
-        label = f"{name}, {algorithm.upper()}, {size // 1000}k data, seed {seed}"
         gain = [pick(r, "o3f", 100) for r in models]
         axes[0].errorbar(
             x,
             [g["episode_gain"] for g in gain],
             [g["episode_gain_se"] for g in gain],
-            color=f"C{c}",
-            marker="o",
+            color=colour,
+            marker=marker,
             capsize=3,
-            label=label,
+            alpha=0.8,
         )
         for kind, n, ls in (("policy", 1, ":"), ("noise", 1, "--"), ("o3f", 100, "-")):
             rows = [
@@ -806,11 +809,19 @@ def plot_online(online: list, offline: list, out: str) -> str:
             axes[1].plot(
                 x,
                 [y["episode_score"] for y in rows],
-                color=f"C{c}",
+                color=colour,
                 ls=ls,
-                marker=".",
-            )  # the colour is the run's (left legend), the line style the rule's (right legend)
-    for kind, ls in (("O3F N 100", "-"), ("policy mean", ":"), ("noise", "--")):
+                marker=marker,
+                markersize=4,
+                alpha=0.8,
+            )  # the colour: the rule that fine-tuned the model; the line style: the rule measured on it
+    for c, (algorithm, size, name) in enumerate(groups):
+        axes[0].plot(
+            [], [], color=f"C{c % 10}", lw=3, label=f"fine-tuned by {name} ({algorithm.upper()}, {size // 1000}k data)"
+        )
+    for seed, marker in zip(seeds, markers * len(seeds)):
+        axes[0].plot([], [], color="k", marker=marker, ls="none", label=f"training seed {seed}")
+    for kind, ls in (("measured: O3F N 100", "-"), ("measured: policy mean", ":"), ("measured: noise", "--")):
         axes[1].plot([], [], color="k", ls=ls, label=kind)
     axes[0].axhline(0, color="k", lw=0.8)
     axes[0].set_title("episode score gain, O3F N 100 - noise (sigma 0.2), frozen model", fontsize=10)
