@@ -138,6 +138,25 @@ def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int | None = None, seed: 
     return float(point["x,y"][0]), float(interval["x,y"][0, 0]), float(interval["x,y"][1, 0])
 
 
+def paired_difference_ci(d: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
+    """Mean of paired differences (first - second, one per seed and task: runs fine-tuned from the same pretrained
+    model) with its 95% stratified-bootstrap CI (seeds resampled within each task); d is a (seeds, tasks) matrix."""
+    point, interval = rly.get_interval_estimates(
+        {"d": d}, lambda x: np.array([x.mean()]), reps=reps or REPS, random_state=np.random.RandomState(seed)
+    )
+    return float(point["d"][0]), float(interval["d"][0, 0]), float(interval["d"][1, 0])
+
+
+def paired_matrix(runs: dict, first: str, second: str, tasks: list, at: str) -> np.ndarray:
+    """(seeds, tasks): first's score minus second's, for the seeds both ran on every task (`at` as score_matrix)."""
+    by_seed = [
+        [{s["args"]["seed"]: float(AT[at](*curve(s))) for s in runs[v][task]} for task in tasks]
+        for v in (first, second)
+    ]
+    seeds = sorted(set.intersection(*(set(c) for columns in by_seed for c in columns)))
+    return np.array([[by_seed[0][t][seed] - by_seed[1][t][seed] for t in range(len(tasks))] for seed in seeds])
+
+
 def iqm_curve(summaries: list, key: str = "normalized_score", reps: int | None = None):
     """Per evaluation step (those every seed has): the IQM over seeds and its 95% bootstrap CI."""
     curves = [curve(s, key) for s in summaries]
@@ -272,7 +291,7 @@ def wall_clock(summaries: list) -> str:
 def statistics(runs: dict) -> dict:
     """Everything the tables say, machine-readable: per variant and task the seeds, each seed's scores and the IQM
     [95% CI] at the switch, at the end and of the mean over fine-tuning; per comparison P(first > second) [95% CI]
-    at the end and of the mean, over the tasks both ran."""
+    and the paired difference by seed [95% CI] at the end and of the mean, over the tasks both ran."""
 
     def estimate(scores):
         point, low, high = iqm_ci(scores)
@@ -299,9 +318,12 @@ def statistics(runs: dict) -> dict:
         for at in ("end", "mean"):
             x, y = score_matrix(runs, first, tasks, at), score_matrix(runs, second, tasks, at)
             p, low, high = improvement_ci(x, y)
+            d = paired_matrix(runs, first, second, tasks, at)
+            diff, d_low, d_high = paired_difference_ci(d) if d.size else (float("nan"),) * 3
+            paired = {"pairs": int(d.size), "mean": diff, "ci": [d_low, d_high], "first_higher": int((d > 0).sum())}
             pair |= {
                 "seeds": [len(x), len(y)],
-                at: {"first": estimate(x), "second": estimate(y), "p": p, "p_ci": [low, high]},
+                at: {"first": estimate(x), "second": estimate(y), "p": p, "p_ci": [low, high], "paired": paired},
             }
         pairs.append(pair)
     return {
@@ -370,6 +392,28 @@ def improvement_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(stats: dict) -> str:
+    """Each comparison paired by seed (both runs of a seed start from the same pretrained model): the mean of first
+    minus second [95% CI] at the end of fine-tuning and of the mean over fine-tuning, and in how many pairs the
+    first was higher."""
+    lines = [
+        "| comparison, paired by seed | tasks | pairs | end of fine-tuning: first - second [95% CI] | first higher in "
+        "| mean over fine-tuning: first - second [95% CI] | first higher in |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in stats["comparisons"]:
+        end, mean = c["end"]["paired"], c["mean"]["paired"]
+        if not end["pairs"]:
+            continue
+        first, second = LABELS.get(c["first"], c["first"]), LABELS.get(c["second"], c["second"])
+        cells = [
+            f"{x['mean']:+.2f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}] | {x['first_higher']} of {x['pairs']}"
+            for x in (end, mean)
+        ]
+        lines.append(f"| {first} vs {second} | {', '.join(c['tasks'])} | {end['pairs']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def draw_aggregate(runs: dict, out_dir: str) -> list:
     """One panel per comparison: each variant's IQM at the end of fine-tuning over seeds and tasks, with its 95% CI,
     and the probability of improvement."""
@@ -416,7 +460,7 @@ if __name__ == "__main__":
     for filename in draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir):
         print(os.path.join(out_dir, filename))
     stats = statistics(runs)
-    tables = table(stats) + "\n\n" + improvement_table(stats)
+    tables = table(stats) + "\n\n" + improvement_table(stats) + "\n\n" + paired_table(stats)
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
     with open(os.path.join(out_dir, "tables.md"), "w") as f:

@@ -209,6 +209,22 @@ def test_the_score_matrix_holds_each_seeds_score_at_the_switch_and_at_the_end():
     assert plot.score_matrix(runs, "v", ["a"], "mean").tolist() == [[40.0], [33.5]]  # of the online evaluations only
 
 
+def test_the_paired_difference_matches_seeds_and_its_interval_contains_the_mean():
+    plot = plot_module()
+    runs = {
+        "o3f": {"a": [fake_summary("o3f", 1, [10, 20, 31]), fake_summary("o3f", 2, [10, 22, 30])]},
+        "noise": {
+            "a": [fake_summary("noise", 2, [10, 22, 27]), fake_summary("noise", 1, [10, 20, 30])]
+            + [fake_summary("noise", 3, [10, 25, 99])]  # no O3F run of seed 3: left out
+        },
+    }
+    assert plot.paired_matrix(runs, "o3f", "noise", ["a"], "end").tolist() == [[1.0], [3.0]]  # seed 1, seed 2
+    point, low, high = plot.paired_difference_ci(np.array([[1.0], [2.0], [6.0]]))
+    assert point == pytest.approx(3.0)
+    assert 1.0 <= low < point < high <= 6.0
+    assert plot.paired_difference_ci(np.array([[0.5], [0.5], [0.5]])) == pytest.approx((0.5, 0.5, 0.5))
+
+
 def test_the_plotter_says_so_when_there_is_nothing_to_draw_or_too_few_resamples(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
