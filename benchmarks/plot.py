@@ -9,7 +9,8 @@ are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical p
 confidence intervals, and the probability that a run of one variant beats a run of the other. Curves
 show the IQM with its CI band against online environment steps (0 is the switch). A figure is drawn
 when its runs exist; the tables list every variant's score at the switch, at the end (the paper's measure)
-and its mean over fine-tuning, and each comparison's probability of improvement; they are also written to
+and its mean over fine-tuning, each comparison's probability of improvement and paired difference, and every
+run (its scores and the mean return of the data it collected); they are also written to
 tables.md and, machine-readable with every seed's scores, statistics.json, next to the figures.
 """
 
@@ -31,7 +32,7 @@ from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
 
 REPS = 2000  # bootstrap resamples (--reps)
-# rliable hands arch a seeded RandomState (what makes the CIs repeatable); arch warns that it prefers a Generator.
+# rliable hands arch the RandomState it is given (see interval_estimates); arch warns that it prefers a Generator.
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
 LABELS = {
@@ -118,22 +119,29 @@ def iqm(scores: np.ndarray) -> np.ndarray:
     return np.array([metrics.aggregate_iqm(scores)])
 
 
+def interval_estimates(scores: dict, func, reps: int | None, seed: int):
+    """rliable's get_interval_estimates, repeatable: rliable 1.2's stratified bootstraps draw their resamples from
+    NumPy's global generator (np.random.choice), not from the random_state they are handed, so the same seed gave
+    different CIs from one process to the next. The global generator is seeded here and put back afterwards."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return rly.get_interval_estimates(scores, func, reps=reps or REPS, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
+
+
 def iqm_ci(scores: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
     """IQM and 95% stratified-bootstrap CI (runs resampled within each task) of a (runs, tasks) matrix."""
-    point, interval = rly.get_interval_estimates(
-        {"x": scores}, iqm, reps=reps or REPS, random_state=np.random.RandomState(seed)
-    )
+    point, interval = interval_estimates({"x": scores}, iqm, reps, seed)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
 def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
     """P(X > Y): the probability that a run of X scores above a run of Y on the same task (ties count one half),
     averaged over tasks, with its 95% stratified-bootstrap CI; x and y are (runs, tasks) matrices."""
-    point, interval = rly.get_interval_estimates(
-        {"x,y": [x, y]},
-        lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
-        reps=reps or REPS,
-        random_state=np.random.RandomState(seed),
+    point, interval = interval_estimates(
+        {"x,y": [x, y]}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps, seed
     )
     return float(point["x,y"][0]), float(interval["x,y"][0, 0]), float(interval["x,y"][1, 0])
 
@@ -141,9 +149,7 @@ def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int | None = None, seed: 
 def paired_difference_ci(d: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
     """Mean of paired differences (first - second, one per seed and task: runs fine-tuned from the same pretrained
     model) with its 95% stratified-bootstrap CI (seeds resampled within each task); d is a (seeds, tasks) matrix."""
-    point, interval = rly.get_interval_estimates(
-        {"d": d}, lambda x: np.array([x.mean()]), reps=reps or REPS, random_state=np.random.RandomState(seed)
-    )
+    point, interval = interval_estimates({"d": d}, lambda x: np.array([x.mean()]), reps, seed)
     return float(point["d"][0]), float(interval["d"][0, 0]), float(interval["d"][1, 0])
 
 
@@ -163,9 +169,7 @@ def iqm_curve(summaries: list, key: str = "normalized_score", reps: int | None =
     common = sorted(set.intersection(*(set(x.tolist()) for x, _ in curves)))
     values = np.array([[dict(zip(x.tolist(), y))[step] for step in common] for x, y in curves])  # (seeds, steps)
     per_step = lambda v: np.array([metrics.aggregate_iqm(v[:, :, t]) for t in range(v.shape[2])])  # noqa: E731
-    point, interval = rly.get_interval_estimates(
-        {"x": values[:, None, :]}, per_step, reps=reps or REPS, random_state=np.random.RandomState(0)
-    )
+    point, interval = interval_estimates({"x": values[:, None, :]}, per_step, reps, 0)
     return np.array(common), point["x"], interval["x"][0], interval["x"][1]
 
 
@@ -414,6 +418,42 @@ def paired_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def per_run_table(runs: dict) -> str:
+    """Every run, by task and seed: its score at the switch, at the end and the mean over fine-tuning, the mean
+    normalised return of its training episodes (the data it collected) and its wall-clock hours. Runs of one seed
+    that loaded the same model file must score the same at the switch (evaluations are deterministic): where they
+    do not, the row says so, as they did not start from the same model."""
+    lines = [
+        "| task | seed | variant | at the switch | end of fine-tuning | mean over fine-tuning "
+        "| training episodes: mean (count) | hours |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    tasks = sorted({task for variant in runs for task in runs[variant]})
+    for task in tasks:
+        by_seed = defaultdict(list)
+        for variant in runs:
+            for summary in runs[variant].get(task, []):
+                by_seed[summary["args"]["seed"]].append((variant, summary))
+        for seed in sorted(by_seed):
+            switch_by_model = defaultdict(set)
+            for _, s in by_seed[seed]:
+                switch_by_model[s["args"].get("load_offline")].add(round(float(AT["switch"](*curve(s))), 6))
+            for variant, s in by_seed[seed]:
+                switch, end, mean = (float(AT[at](*curve(s))) for at in ("switch", "end", "mean"))
+                model = s["args"].get("load_offline")
+                flag = " (differs from another run of this model)" if model and len(switch_by_model[model]) > 1 else ""
+                episodes = [e["normalized_score"] for e in s.get("train_episodes") or []]
+                behaviour = f"{np.mean(episodes):.1f} ({len(episodes)})" if episodes else "-"
+                hours = f"{s['wall_s'] / 3600:.2f}" if "wall_s" in s else "-"
+                if s.get("wall_s_since_step", 0) > s["args"]["offline_steps"] and "wall_s" in s:
+                    hours = ">=" + hours  # counted only from a resumption
+                lines.append(
+                    f"| {task} | {seed} | {LABELS.get(variant, variant)} | {switch:.1f}{flag} | {end:.1f} | {mean:.1f} "
+                    f"| {behaviour} | {hours} |"
+                )
+    return "\n".join(lines)
+
+
 def draw_aggregate(runs: dict, out_dir: str) -> list:
     """One panel per comparison: each variant's IQM at the end of fine-tuning over seeds and tasks, with its 95% CI,
     and the probability of improvement."""
@@ -460,7 +500,7 @@ if __name__ == "__main__":
     for filename in draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir):
         print(os.path.join(out_dir, filename))
     stats = statistics(runs)
-    tables = table(stats) + "\n\n" + improvement_table(stats) + "\n\n" + paired_table(stats)
+    tables = "\n\n".join([table(stats), improvement_table(stats), paired_table(stats), per_run_table(runs)])
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
     with open(os.path.join(out_dir, "tables.md"), "w") as f:

@@ -200,6 +200,23 @@ def test_probability_of_improvement_counts_the_pairs_of_runs_one_beats_the_other
     assert plot.improvement_ci(np.ones((3, 1)), np.ones((3, 1)))[0] == pytest.approx(0.5)  # ties count one half
 
 
+def test_the_confidence_intervals_do_not_depend_on_numpys_global_random_state():
+    # rliable's bootstraps draw from NumPy's global generator: whatever drew from it before must not move a CI
+    plot = plot_module()
+    x, y = np.array([[38.8], [39.1], [39.2], [39.1], [39.3]]), np.array([[38.0], [39.5], [38.2], [39.0], [38.6]])
+    estimates = []
+    for state in (1, 2):
+        np.random.seed(state)
+        estimates.append(
+            (plot.iqm_ci(x, reps=500), plot.improvement_ci(x, y, reps=500), plot.paired_difference_ci(x - y, reps=500))
+        )
+    assert estimates[0] == estimates[1]
+    np.random.seed(3)
+    before = np.random.get_state()[1].copy()
+    plot.iqm_ci(x, reps=500)
+    assert (np.random.get_state()[1] == before).all()  # and the caller's global state is left as it was
+
+
 def test_the_score_matrix_holds_each_seeds_score_at_the_switch_and_at_the_end():
     plot = plot_module()
     runs = {"v": {"a": [fake_summary("v", 1, [10, 20, 30]), fake_summary("v", 2, [10, 22, 33])]}}
@@ -223,6 +240,30 @@ def test_the_paired_difference_matches_seeds_and_its_interval_contains_the_mean(
     assert point == pytest.approx(3.0)
     assert 1.0 <= low < point < high <= 6.0
     assert plot.paired_difference_ci(np.array([[0.5], [0.5], [0.5]])) == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_the_per_run_table_lists_each_run_and_flags_runs_of_one_model_that_differ_at_the_switch():
+    plot = plot_module()
+    o3f, noise, other = (
+        fake_summary(v, seed, scores)
+        for v, seed, scores in (
+            ("o3f", 1, [10, 20, 31, 33]),
+            ("noise", 1, [10, 21, 30, 28]),
+            ("noise", 2, [10, 22, 25, 26]),
+        )
+    )
+    for s in (o3f, noise):
+        s["args"]["load_offline"] = "pretrained/seed1.pt"  # both runs of seed 1 loaded one model file
+    noise["train_episodes"] = [{"step": 200, "normalized_score": 10.0}, {"step": 300, "normalized_score": 13.0}]
+    noise |= {"wall_s": 7200.0, "wall_s_since_step": 100}
+    rows = plot.per_run_table({"o3f": {"a": [o3f]}, "noise": {"a": [noise, other]}}).splitlines()[2:]
+    assert rows == [
+        "| a | 1 | o3f | 20.0 (differs from another run of this model) | 33.0 | 32.0 | - | - |",
+        "| a | 1 | noise | 21.0 (differs from another run of this model) | 28.0 | 29.0 | 11.5 (2) | 2.00 |",
+        "| a | 2 | noise | 22.0 | 26.0 | 25.5 | - | - |",
+    ]
+    noise["evaluations"][1]["normalized_score"] = 20.0  # the same model, the same score at the switch: no flag
+    assert "differs" not in plot.per_run_table({"o3f": {"a": [o3f]}, "noise": {"a": [noise]}})
 
 
 def test_the_plotter_says_so_when_there_is_nothing_to_draw_or_too_few_resamples(tmp_path):
