@@ -421,8 +421,9 @@ def paired_table(stats: dict) -> str:
 def per_run_table(runs: dict) -> str:
     """Every run, by task and seed: its score at the switch, at the end and the mean over fine-tuning, the mean
     normalised return of its training episodes (the data it collected) and its wall-clock hours. Runs of one seed
-    that loaded the same model file must score the same at the switch (evaluations are deterministic): where they
-    do not, the row says so, as they did not start from the same model."""
+    that loaded the same model file score the same at the switch when they ran on one machine (evaluations are
+    deterministic there; across machines, float rounding can differ, and HalfCheetah's dynamics amplify it): where
+    they do not, the row says so, for a reader to check that they started from the same model."""
     lines = [
         "| task | seed | variant | at the switch | end of fine-tuning | mean over fine-tuning "
         "| training episodes: mean (count) | hours |",
@@ -441,7 +442,11 @@ def per_run_table(runs: dict) -> str:
             for variant, s in by_seed[seed]:
                 switch, end, mean = (float(AT[at](*curve(s))) for at in ("switch", "end", "mean"))
                 model = s["args"].get("load_offline")
-                flag = " (differs from another run of this model)" if model and len(switch_by_model[model]) > 1 else ""
+                flag = (
+                    " (differs from another run of this model file)"
+                    if model and len(switch_by_model[model]) > 1
+                    else ""
+                )
                 episodes = [e["normalized_score"] for e in s.get("train_episodes") or []]
                 behaviour = f"{np.mean(episodes):.1f} ({len(episodes)})" if episodes else "-"
                 hours = f"{s['wall_s'] / 3600:.2f}" if "wall_s" in s else "-"

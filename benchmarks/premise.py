@@ -682,82 +682,112 @@ def plot(args: Plot):
 
 
 def plot_offline(offline: list, out: str) -> str:
-    """Frozen models along pretraining, one line per algorithm, data size and training seed."""
+    """Frozen models along pretraining: one column per algorithm and data size, one row per measure (O3F N 100's
+    episode gain over noise at each sigma; the rules' episode scores, the true-return gain and the critics'
+    ranking at sigma 0.2); lines join a training seed's models, markers tell the training seeds apart."""
     import matplotlib.pyplot as plt
 
-    series = sorted({(r["algorithm"], r["dataset_size"], r["train_seed"]) for r in offline})
-    panels = [
-        ("episode_gain", "episode score gain, O3F - noise\n(frozen model, D4RL-normalised)"),
-        ("true_gain", "true return gain of the executed action,\nO3F - noise (critic units, H steps)"),
-        (
-            "spearman",
-            "rank corr. across candidates (sigma 0.2), predicted vs\ntrue return cut at h (faint: the control)",
-        ),
+    columns = sorted({(r["algorithm"], r["dataset_size"]) for r in offline}, key=lambda c: (c[0] != "iql", c))
+    seeds = sorted({r["train_seed"] for r in offline})
+    markers = "os^Dv<>PX*"
+    rows = [
+        "episode score gain, O3F N 100 - noise\n(D4RL-normalised)",
+        "episode score at sigma 0.2\n(D4RL-normalised)",
+        "true return gain, O3F N 100 - noise,\nsigma 0.2 (critic units, H steps)",
+        "rank corr. across candidates, sigma 0.2,\npredicted vs true return cut at h",
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for ax, (key, title) in zip(axes, panels):
-        for s, (algorithm, size, train_seed) in enumerate(series):
-            style = dict(marker="os^Dv"[s % 5], ls=["-", "--", ":", "-.", "-"][s % 5], capsize=3)
-            runs = sorted(
-                (r for r in offline if (r["algorithm"], r["dataset_size"], r["train_seed"]) == series[s]),
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(5 * len(columns), 13), squeeze=False, sharex=True, sharey="row"
+    )
+
+    def rule(r, kind, n=1, sigma=0.2):
+        return next((x for x in r["rules"] if (x["kind"], x["n"], x["sigma"], x["omega"]) == (kind, n, sigma, 0)), None)
+
+    def draw(ax, x, y, e, colour, marker, **kw):
+        ax.errorbar(x, y, e, color=colour, marker=marker, capsize=3, markersize=5, **kw)
+
+    for col, (algorithm, size) in enumerate(columns):
+        for seed in seeds:
+            models = sorted(
+                (r for r in offline if (r["algorithm"], r["dataset_size"], r["train_seed"]) == (algorithm, size, seed)),
                 key=lambda r: r["step"],
             )
-            name = f"{algorithm.upper()}, {size // 1000}k data, seed {train_seed}"
-            if key == "spearman":  # sigma 0.2, the paper's for locomotion; one colour per horizon h
-                for c, h in enumerate(sorted({y["horizon"] for r in runs for x in r["rank"] for y in x["by_horizon"]})):
-                    pts = [
-                        (r["step"], y)
-                        for r in runs
-                        for x in r["rank"]
-                        if x["sigma"] == 0.2
-                        for y in x["by_horizon"]
-                        if y["horizon"] == h
-                    ]
-                    if not pts:
-                        continue
-                    x = np.array([p[0] for p in pts]) * 1.06 ** (c - 1)
-                    ax.errorbar(
-                        x,
-                        [p[1]["spearman"] for p in pts],
-                        [p[1]["spearman_se"] for p in pts],
-                        color=f"C{c}",
-                        label=f"{name}, h {h}",
-                        **style,
-                    )
-                    ax.errorbar(
-                        x,
-                        [p[1]["replicate_spearman"] for p in pts],
-                        [p[1]["replicate_spearman_se"] for p in pts],
-                        color=f"C{c}",
-                        alpha=0.4,
-                        mfc="none",
-                        **{**style, "ls": ":"},
-                    )
+            if not models:
                 continue
-            for c, sigma in enumerate(
-                sorted({x["sigma"] for r in runs for x in r["rules"] if x["kind"] == "o3f"})
-            ):  # N = 100: the paper's
-                pts = [
-                    (r["step"], x[key], x[key + "_se"])
-                    for r in runs
-                    for x in r["rules"]
-                    if x["kind"] == "o3f" and (x["n"], x["sigma"], x["omega"]) == (100, sigma, 0)
-                ]
+            marker = markers[seeds.index(seed) % len(markers)]
+            sigmas = sorted({x["sigma"] for r in models for x in r["rules"] if x["kind"] == "o3f"})
+            for c, sigma in enumerate(sigmas):  # row 0: the gain at every sigma, N 100 (the paper's)
+                pts = [(r["step"], rule(r, "o3f", 100, sigma)) for r in models if rule(r, "o3f", 100, sigma)]
                 if pts:
-                    x, y, e = map(np.array, zip(*pts))
-                    ax.errorbar(
-                        x * 1.06 ** (c - 1),
-                        y,
-                        e,
-                        color=f"C{c}",
-                        label=f"{name}, N 100, sigma {sigma:g}",
-                        **style,
+                    x = np.array([p[0] for p in pts]) * 1.06 ** (c - 1)
+                    y, e = [p[1]["episode_gain"] for p in pts], [p[1]["episode_gain_se"] for p in pts]
+                    draw(axes[0, col], x, y, e, f"C{c}", marker)
+            for c, (kind, n) in enumerate((("policy", 1), ("noise", 1), ("o3f", 100))):  # row 1: the scores
+                pts = [
+                    (
+                        r["step"],
+                        next(x for x in r["rules"] if x["kind"] == "policy") if kind == "policy" else rule(r, kind, n),
                     )
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("offline updates")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=6)
+                    for r in models
+                ]
+                pts = [p for p in pts if p[1]]
+                x = np.array([p[0] for p in pts]) * 1.06 ** (c - 1)
+                y, e = [p[1]["episode_score"] for p in pts], [p[1]["episode_score_se"] for p in pts]
+                draw(axes[1, col], x, y, e, ["k", "C3", "C2"][c], marker)
+            pts = [(r["step"], rule(r, "o3f", 100)) for r in models if rule(r, "o3f", 100)]  # row 2: the true gain
+            if pts:
+                y, e = [p[1]["true_gain"] for p in pts], [p[1]["true_gain_se"] for p in pts]
+                draw(axes[2, col], [p[0] for p in pts], y, e, "C2", marker)
+            horizons = sorted({y["horizon"] for r in models for x in r["rank"] for y in x["by_horizon"]})
+            for c, h in enumerate(horizons):  # row 3: the ranking, with its control (faint)
+                pts = [
+                    (r["step"], y)
+                    for r in models
+                    for x in r["rank"]
+                    if x["sigma"] == 0.2
+                    for y in x["by_horizon"]
+                    if y["horizon"] == h
+                ]
+                if not pts:
+                    continue
+                x = np.array([p[0] for p in pts]) * 1.06 ** (c - 1)
+                y, e = [p[1]["spearman"] for p in pts], [p[1]["spearman_se"] for p in pts]
+                draw(axes[3, col], x, y, e, f"C{c}", marker)
+                y, e = [p[1]["replicate_spearman"] for p in pts], [p[1]["replicate_spearman_se"] for p in pts]
+                draw(axes[3, col], x, y, e, f"C{c}", marker, alpha=0.35, mfc="none", ls=":")
+        axes[0, col].set_title(f"{algorithm.upper()}, {size // 1000}k transitions", fontsize=11)
+        for row in range(len(rows)):
+            ax = axes[row, col]
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            if row != 1:
+                ax.axhline(0, color="k", lw=0.8)
+            if col == 0:
+                ax.set_ylabel(rows[row], fontsize=9)
+        axes[-1, col].set_xlabel("offline updates")
+    legends = [
+        [
+            (f"C{c}", "-", f"sigma {sigma:g}")
+            for c, sigma in enumerate(sorted({x["sigma"] for r in offline for x in r["rules"] if x["kind"] == "o3f"}))
+        ],
+        [("k", "-", "policy mean"), ("C3", "-", "noise"), ("C2", "-", "O3F N 100")],
+        [("C2", "-", "O3F N 100 - noise")],
+        [
+            (f"C{c}", "-", f"h {h}")
+            for c, h in enumerate(sorted({y["horizon"] for r in offline for x in r["rank"] for y in x["by_horizon"]}))
+        ]
+        + [("grey", ":", "faint: the control")],
+    ]
+    for row, entries in enumerate(legends):
+        handles = [plt.Line2D([], [], color=c, ls=ls, label=label) for c, ls, label in entries]
+        if row == 0:
+            handles += [
+                plt.Line2D(
+                    [], [], color="grey", marker=markers[i % len(markers)], ls="none", label=f"training seed {seed}"
+                )
+                for i, seed in enumerate(seeds)
+            ]
+        axes[row, -1].legend(handles=handles, fontsize=7, loc="best")
     return save_figure(fig, "Does O3F's premise hold? Frozen models along pretraining (± 1 standard error)", out)
 
 

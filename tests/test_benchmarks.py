@@ -258,8 +258,8 @@ def test_the_per_run_table_lists_each_run_and_flags_runs_of_one_model_that_diffe
     noise |= {"wall_s": 7200.0, "wall_s_since_step": 100}
     rows = plot.per_run_table({"o3f": {"a": [o3f]}, "noise": {"a": [noise, other]}}).splitlines()[2:]
     assert rows == [
-        "| a | 1 | o3f | 20.0 (differs from another run of this model) | 33.0 | 32.0 | - | - |",
-        "| a | 1 | noise | 21.0 (differs from another run of this model) | 28.0 | 29.0 | 11.5 (2) | 2.00 |",
+        "| a | 1 | o3f | 20.0 (differs from another run of this model file) | 33.0 | 32.0 | - | - |",
+        "| a | 1 | noise | 21.0 (differs from another run of this model file) | 28.0 | 29.0 | 11.5 (2) | 2.00 |",
         "| a | 2 | noise | 22.0 | 26.0 | 25.5 | - | - |",
     ]
     noise["evaluations"][1]["normalized_score"] = 20.0  # the same model, the same score at the switch: no flag
