@@ -32,6 +32,7 @@ from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
 
 REPS = 2000  # bootstrap resamples (--reps)
+MIN_SEEDS = 3  # below it no CI is given: a bootstrap over 1 seed gives a zero-width interval, over 2 the range
 # rliable hands arch the RandomState it is given (see interval_estimates); arch warns that it prefers a Generator.
 warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
 
@@ -215,7 +216,8 @@ def panel(ax, runs, variants, env_id, key="normalized_score", online_only=True, 
         keep = x >= 0 if online_only else np.ones_like(x, bool)
         seeds = f"{len(summaries)} seed{'s' if len(summaries) != 1 else ''}"
         (line,) = ax.plot(x[keep], mid[keep], label=f"{LABELS.get(variant, variant)} ({seeds}, IQM)")
-        ax.fill_between(x[keep], low[keep], high[keep], alpha=0.2)  # 95% bootstrap CI
+        if len(summaries) >= MIN_SEEDS:
+            ax.fill_between(x[keep], low[keep], high[keep], alpha=0.2)  # 95% bootstrap CI
         collected = behaviour_curve(summaries, x[keep].astype(float)) if behaviour else None
         if collected is not None:  # what the agent's own acting scored while it trained, beside its evaluations
             ax.plot(
@@ -299,7 +301,7 @@ def statistics(runs: dict) -> dict:
 
     def estimate(scores):
         point, low, high = iqm_ci(scores)
-        return {"iqm": point, "ci": [low, high]}
+        return {"iqm": point, "ci": [low, high] if len(scores) >= MIN_SEEDS else None, "seeds": len(scores)}
 
     variants = []
     for variant in runs:
@@ -324,10 +326,17 @@ def statistics(runs: dict) -> dict:
             p, low, high = improvement_ci(x, y)
             d = paired_matrix(runs, first, second, tasks, at)
             diff, d_low, d_high = paired_difference_ci(d) if d.size else (float("nan"),) * 3
-            paired = {"pairs": int(d.size), "mean": diff, "ci": [d_low, d_high], "first_higher": int((d > 0).sum())}
+            enough = len(d) >= MIN_SEEDS
+            paired = {
+                "pairs": int(d.size),
+                "mean": diff,
+                "ci": [d_low, d_high] if enough else None,
+                "first_higher": int((d > 0).sum()),
+            }
+            p_ci = [low, high] if min(len(x), len(y)) >= MIN_SEEDS else None
             pair |= {
                 "seeds": [len(x), len(y)],
-                at: {"first": estimate(x), "second": estimate(y), "p": p, "p_ci": [low, high], "paired": paired},
+                at: {"first": estimate(x), "second": estimate(y), "p": p, "p_ci": p_ci, "paired": paired},
             }
         pairs.append(pair)
     return {
@@ -338,8 +347,13 @@ def statistics(runs: dict) -> dict:
     }
 
 
+def interval(bounds: list | None, fmt: str) -> str:
+    """A 95% CI as the tables print it, or why there is none."""
+    return f"[{bounds[0]:{fmt}}, {bounds[1]:{fmt}}]" if bounds else f"[no CI: < {MIN_SEEDS} seeds]"
+
+
 def ci(x: dict) -> str:
-    return f"{x['iqm']:.1f} [{x['ci'][0]:.1f}, {x['ci'][1]:.1f}]"
+    return f"{x['iqm']:.1f} {interval(x['ci'], '.1f')}"
 
 
 def table(stats: dict) -> str:
@@ -389,9 +403,9 @@ def improvement_table(stats: dict) -> str:
         lines.append(
             f"| {first} vs {second} | {', '.join(c['tasks'])} "
             f"| {c['seeds'][0]}, {c['seeds'][1]} | {ci(end['first'])} vs {ci(end['second'])} "
-            f"| {end['p']:.2f} [{end['p_ci'][0]:.2f}, {end['p_ci'][1]:.2f}] "
+            f"| {end['p']:.2f} {interval(end['p_ci'], '.2f')} "
             f"| {mean['first']['iqm']:.1f} vs {mean['second']['iqm']:.1f} "
-            f"| {mean['p']:.2f} [{mean['p_ci'][0]:.2f}, {mean['p_ci'][1]:.2f}] |"
+            f"| {mean['p']:.2f} {interval(mean['p_ci'], '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -411,8 +425,7 @@ def paired_table(stats: dict) -> str:
             continue
         first, second = LABELS.get(c["first"], c["first"]), LABELS.get(c["second"], c["second"])
         cells = [
-            f"{x['mean']:+.2f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}] | {x['first_higher']} of {x['pairs']}"
-            for x in (end, mean)
+            f"{x['mean']:+.2f} {interval(x['ci'], '+.2f')} | {x['first_higher']} of {x['pairs']}" for x in (end, mean)
         ]
         lines.append(f"| {first} vs {second} | {', '.join(c['tasks'])} | {end['pairs']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
@@ -471,14 +484,18 @@ def draw_aggregate(runs: dict, out_dir: str) -> list:
     for ax in axes.flat[len(pairs) :]:
         ax.set_visible(False)
     for ax, (first, second, tasks) in zip(axes.flat, pairs):
-        for row, variant in enumerate((first, second)):
-            mid, low, high = iqm_ci(score_matrix(runs, variant, tasks, "end"))
-            ax.errorbar(mid, row, xerr=[[mid - low], [high - mid]], fmt="o", capsize=4, color=f"C{row}")
-        p = improvement_ci(score_matrix(runs, first, tasks, "end"), score_matrix(runs, second, tasks, "end"))
+        scores = [score_matrix(runs, variant, tasks, "end") for variant in (first, second)]
+        enough = min(len(x) for x in scores) >= MIN_SEEDS
+        for row, x in enumerate(scores):
+            mid, low, high = iqm_ci(x)
+            xerr = [[mid - low], [high - mid]] if len(x) >= MIN_SEEDS else None
+            ax.errorbar(mid, row, xerr=xerr, fmt="o", capsize=4, color=f"C{row}")
+        p = improvement_ci(*scores)
         ax.set_yticks([0, 1], [LABELS.get(first, first), LABELS.get(second, second)], fontsize=8)
         ax.set_ylim(-0.6, 1.6)
         ax.set_xlabel("IQM of the D4RL-normalised score at the end, 95% CI", fontsize=8)
-        ax.set_title(f"{len(tasks)} task(s); P(first > second) = {p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}]", fontsize=8)
+        p_interval = interval(list(p[1:]) if enough else None, ".2f")
+        ax.set_title(f"{len(tasks)} task(s); P(first > second) = {p[0]:.2f} {p_interval}", fontsize=8)
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "aggregate.png"), dpi=120)

@@ -266,6 +266,26 @@ def test_the_per_run_table_lists_each_run_and_flags_runs_of_one_model_that_diffe
     assert "differs" not in plot.per_run_table({"o3f": {"a": [o3f]}, "noise": {"a": [noise]}})
 
 
+def test_the_tables_give_no_interval_below_three_seeds():
+    # a bootstrap over one seed has zero width: the tables say there is no CI rather than print [x, x]
+    plot = plot_module()
+    runs = {
+        "o3f_lapo": {"a": [fake_summary("o3f_lapo", 1, [10, 20, 31])]},
+        "lapo_noise": {"a": [fake_summary("lapo_noise", 1, [10, 20, 30])]},
+        "o3f_iql": {"a": [fake_summary("o3f_iql", s, [10, 20, 30 + s]) for s in (1, 2, 3)]},
+        "iql_noise": {"a": [fake_summary("iql_noise", s, [10, 20, 29 + s]) for s in (1, 2, 3)]},
+    }
+    stats = plot.statistics(runs)
+    by_variant = {v["variant"]: v for v in stats["variants"]}
+    assert by_variant["o3f_lapo"]["end"]["ci"] is None and by_variant["o3f_iql"]["end"]["ci"] is not None
+    lapo = next(c for c in stats["comparisons"] if c["first"] == "o3f_lapo")
+    assert lapo["end"]["p"] == 1.0 and lapo["end"]["p_ci"] is None and lapo["end"]["paired"]["ci"] is None
+    tables = plot.table(stats) + plot.improvement_table(stats) + plot.paired_table(stats)
+    assert "| LAPO + O3F | a | 1 | 5 | 20.0 [no CI: < 3 seeds] | 31.0 [no CI: < 3 seeds] |" in tables
+    assert "| +1.00 [no CI: < 3 seeds] | 1 of 1 |" in tables
+    assert "| IQL + O3F | a | 3 | 5 | 20.0 [20.0, 20.0] | 32.0 [31.0, 33.0] |" in tables
+
+
 def test_the_plotter_says_so_when_there_is_nothing_to_draw_or_too_few_resamples(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
