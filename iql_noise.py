@@ -929,6 +929,16 @@ class Run:
             self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
             rb.restore_online_part(resumed["online_buffer"])
         self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
+        here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
+        last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}
+        if last and {**last, "host": None} != {**here, "host": None}:  # resumed elsewhere
+            print(
+                f"{self.name}: resumed with another CPU, GPU or library build than it last ran with: it carries on, "
+                "but not bitwise as it would have there (summary.json's `platforms` lists each)",
+                file=sys.stderr,
+            )
+        if last != here:  # each stretch of the run, from the step where it started
+            platforms.append({"from_step": self.start_step, **here})
         self.wall_before = self.summary.get("wall_s", 0.0)
 
         self.obs, _ = env.reset(seed=args.seed)
@@ -1134,6 +1144,26 @@ def stop_diverged(step: int, losses: dict, checkpoint: str):
         file=sys.stderr,
     )
     sys.exit(3)
+
+
+def platform_info(device: torch.device) -> dict:
+    """What a run's numbers depend on beyond its flags and seed: one model evaluates bitwise alike only where all of
+    this is the same (float rounding differs between CPUs and library builds, and the dynamics amplify it)."""
+    import importlib.metadata
+    import platform
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    versions = {}
+    for package in ("torch", "numpy", "gymnasium", "mujoco"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"host": platform.node(), "cpu": cpu, "gpu": gpu, "python": platform.python_version(), **versions}
 
 
 def write_json(path: str, content: dict):

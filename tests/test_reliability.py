@@ -1,6 +1,7 @@
 """Long runs: kill -9 and resume, Ctrl-C, the divergence guard, and bad paths."""
 
 import glob
+import importlib.metadata
 import json
 import os
 import random
@@ -87,6 +88,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_history(small_dataset
     after = evaluations(tmp_path)
     assert after["complete"]
     assert after["evaluations"] == uninterrupted["evaluations"]  # every score, to the last digit
+    assert len(after["platforms"]) == 1 and "resumed with another" not in err  # the same machine throughout
 
 
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(small_dataset, data_dir, tmp_path):
@@ -195,6 +197,9 @@ def test_resuming_from_a_mid_run_checkpoint_replays_the_same_history(run_script,
     state = torch.load(os.path.join(copy, "checkpoint.pt"), weights_only=True)
     assert state["summary"]["wall_s_since_step"] == 0 and 0 < state["summary"]["wall_s"]
     state["summary"]["wall_s"] = 1e6  # as if the first 40 steps had taken 1e6 s: the resumed run adds its own time
+    (here,) = state["summary"]["platforms"]  # where the run ran: this machine, from step 0
+    assert here["from_step"] == 0 and here["torch"] == importlib.metadata.version("torch") and here["gpu"] is None
+    state["summary"]["platforms"] = [{**here, "cpu": "another CPU"}]  # as if the first 40 steps ran elsewhere
     torch.save(state, os.path.join(copy, "checkpoint.pt"))
     started = time.time()
     result = run_script(script, "--resume", copy)  # steps 41 to 60 again, from the checkpoint at 40
@@ -202,3 +207,5 @@ def test_resuming_from_a_mid_run_checkpoint_replays_the_same_history(run_script,
     resumed = evaluations(tmp_path / "b")
     assert resumed["evaluations"] == evaluations(tmp_path / "a")["evaluations"]
     assert 1e6 < resumed["wall_s"] < 1e6 + time.time() - started and resumed["wall_s_since_step"] == 0
+    assert "resumed with another CPU, GPU or library build" in result.stderr  # said once, and recorded
+    assert resumed["platforms"] == [{**here, "cpu": "another CPU"}, {**here, "from_step": 40}]
