@@ -689,6 +689,8 @@ def plot_offline(offline: list, out: str) -> str:
 
     columns = sorted({(r["algorithm"], r["dataset_size"]) for r in offline}, key=lambda c: (c[0] != "iql", c))
     seeds = sorted({r["train_seed"] for r in offline})
+    sigmas = sorted({x["sigma"] for r in offline for x in r["rules"] if x["kind"] == "o3f"})  # one colour each
+    horizons = sorted({y["horizon"] for r in offline for x in r["rank"] for y in x["by_horizon"]})
     markers = "os^Dv<>PX*"
     rows = [
         "episode score gain, O3F N 100 - noise\n(D4RL-normalised)",
@@ -715,7 +717,6 @@ def plot_offline(offline: list, out: str) -> str:
             if not models:
                 continue
             marker = markers[seeds.index(seed) % len(markers)]
-            sigmas = sorted({x["sigma"] for r in models for x in r["rules"] if x["kind"] == "o3f"})
             for c, sigma in enumerate(sigmas):  # row 0: the gain at every sigma, N 100 (the paper's)
                 pts = [(r["step"], rule(r, "o3f", 100, sigma)) for r in models if rule(r, "o3f", 100, sigma)]
                 if pts:
@@ -738,7 +739,6 @@ def plot_offline(offline: list, out: str) -> str:
             if pts:
                 y, e = [p[1]["true_gain"] for p in pts], [p[1]["true_gain_se"] for p in pts]
                 draw(axes[2, col], [p[0] for p in pts], y, e, "C2", marker)
-            horizons = sorted({y["horizon"] for r in models for x in r["rank"] for y in x["by_horizon"]})
             for c, h in enumerate(horizons):  # row 3: the ranking, with its control (faint)
                 pts = [
                     (r["step"], y)
@@ -766,17 +766,10 @@ def plot_offline(offline: list, out: str) -> str:
                 ax.set_ylabel(rows[row], fontsize=9)
         axes[-1, col].set_xlabel("offline updates")
     legends = [
-        [
-            (f"C{c}", "-", f"sigma {sigma:g}")
-            for c, sigma in enumerate(sorted({x["sigma"] for r in offline for x in r["rules"] if x["kind"] == "o3f"}))
-        ],
+        [(f"C{c}", "-", f"sigma {sigma:g}") for c, sigma in enumerate(sigmas)],
         [("k", "-", "policy mean"), ("C3", "-", "noise"), ("C2", "-", "O3F N 100")],
         [("C2", "-", "O3F N 100 - noise")],
-        [
-            (f"C{c}", "-", f"h {h}")
-            for c, h in enumerate(sorted({y["horizon"] for r in offline for x in r["rank"] for y in x["by_horizon"]}))
-        ]
-        + [("grey", ":", "faint: the control")],
+        [(f"C{c}", "-", f"h {h}") for c, h in enumerate(horizons)] + [("grey", ":", "faint: the control")],
     ]
     for row, entries in enumerate(legends):
         handles = [plt.Line2D([], [], color=c, ls=ls, label=label) for c, ls, label in entries]
