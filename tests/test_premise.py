@@ -1,6 +1,7 @@
 """The selection diagnostic (benchmarks/premise.py) and the model snapshots it reads."""
 
 import glob
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -255,6 +256,8 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["step"] for r in lines] == [10, 20] and "| O3F N3 s0.2 |" in first.stdout
     assert [r["train_seed"] for r in lines] == [1, 1]  # the run's --seed (the script's default)
+    platform = lines[0]["platform"]  # where it was measured: the scores repeat bitwise only there
+    assert platform["torch"] == importlib.metadata.version("torch") and platform["gpu"] is None and platform["cpu"]
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped") == 2 and len(out.read_text().splitlines()) == 2
     plotted = subprocess.run(
