@@ -487,9 +487,8 @@ def measure_model(agent: Agent, args: Measure) -> dict:
         "rules": rows,
         "rank": rank,
         "wall_s": round(time.time() - start, 1),
-        "platform": agent.script.platform_info(
-            torch.device(agent.device)
-        ),  # scores repeat bitwise only where this is the same
+        # where it was measured: the scores repeat bitwise only where this is the same
+        "platform": agent.script.platform_info(torch.device(agent.device)),
     }
 
 
