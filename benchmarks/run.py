@@ -10,7 +10,9 @@ fine-tunes that one model (`--load-offline`), as in the paper's Figures 5 and 6.
 one that was stopped is resumed from its checkpoint, so a second invocation finishes what the first left.
 Runs go seed by seed (every variant of seed 1, then of seed 2, ...), fine-tuning runs whose model exists first,
 each seed's as soon as its pretraining ends: a study stopped part-way leaves whole seeds to compare.
-`--status` prints where each run stands and the hours left, running nothing.
+A run that another process on this machine already works on (or whose model it is pretraining) is left to it, so
+two invocations never resume one checkpoint twice. `--status` prints where each run stands and the hours left,
+running nothing.
 On a Ray cluster, `output_dir` must be on a file
 system every node sees.
 """
@@ -124,9 +126,11 @@ def complete(run_dir: str) -> bool:
 
 
 def plan(args: Args):
-    """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done."""
+    """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done,
+    and the names of the runs left to another process on this machine (one already working in their directory,
+    or pretraining their model): two processes resuming one checkpoint would overwrite each other's work."""
     out = os.path.abspath(args.output_dir)
-    pretrain, finetune = {}, []
+    pretrain, finetune, elsewhere = {}, [], []
     # seed by seed (every variant of seed 1, then of seed 2, ...): a study stopped part-way has whole seeds to compare
     for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
         script, base, flags = VARIANTS[variant]
@@ -134,7 +138,10 @@ def plan(args: Args):
         run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
         pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
         stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
-        if (
+        if model not in pretrain and not os.path.isfile(model) and running(pretrain_dir):
+            pretrain[model] = None  # made by another process: not planned here (dropped below)
+            elsewhere.append(f"pretrain {base} {env_id} seed {seed}")
+        elif (
             not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir)
         ):  # a pretraining that was stopped: continue it
             pretrain[model] = (
@@ -171,7 +178,11 @@ def plan(args: Args):
                 ],
             )
         interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
-        if not complete(run_dir) and interrupted:  # a run that was stopped: continue it
+        if args.pretrain_only or complete(run_dir):
+            continue
+        if running(run_dir) or pretrain.get(model, ()) is None:  # running, or waiting for a model made elsewhere
+            elsewhere.append(f"{variant} {env_id} seed {seed}")
+        elif interrupted:  # a run that was stopped: continue it
             finetune.append(
                 (
                     f"{variant} {env_id} seed {seed} (resumed)",
@@ -186,7 +197,7 @@ def plan(args: Args):
                     model,
                 )
             )
-        elif not complete(run_dir):
+        else:
             finetune.append(
                 (
                     f"{variant} {env_id} seed {seed}",
@@ -212,7 +223,7 @@ def plan(args: Args):
                     model,
                 )
             )
-    return pretrain, [] if args.pretrain_only else finetune
+    return {model: job for model, job in pretrain.items() if job is not None}, finetune, elsewhere
 
 
 def pace(summary: dict, step: int) -> dict:
@@ -388,11 +399,17 @@ if __name__ == "__main__":
     if args.status:
         print_status(args)
         sys.exit(0)
-    pretrain, finetune = plan(args)
+    pretrain, finetune, elsewhere = plan(args)
     print(
         f"{len(pretrain)} pretraining and {len(finetune)} fine-tuning runs to do; logs next to each run's directory",
         flush=True,
     )
+    if elsewhere:
+        print(
+            f"left to another process on this machine (running, or waiting for a model it pretrains; run this again "
+            f"once it ends): {'; '.join(elsewhere)}",
+            flush=True,
+        )
     pretrain_codes, finetune_codes = execute(pretrain, finetune, args) if pretrain or finetune else ([], [])
     failed = []
     for stage, names, codes in (

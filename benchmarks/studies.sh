@@ -4,14 +4,16 @@
 # ones resume from their checkpoints), one torch thread per run, the lower priorities niced so that they
 # only take what the first leaves.
 #
-#   bash benchmarks/studies.sh start    # start every study not running yet (whoever started it); logs in logs/studies/
+#   bash benchmarks/studies.sh start    # start every study not running yet; logs in logs/studies/
 #   bash benchmarks/studies.sh status   # where each run stands and the hours left (benchmarks/run.py --status)
 #   bash benchmarks/studies.sh stop     # stop them; each run saves a checkpoint on SIGTERM
 #
 # 1. decide (nice 0, 2 workers): "Figures 5 and 6 at a budget that can decide", IQL, 5 seeds x 3 rules.
 # 2. lapo_utd20 (nice 10): the same section's LAPO comparison at UTD 20.
 # 3. premise (nice 15, one after the other): "Does O3F's premise hold?": IQL on the 100k-transition data
-#    to 300k updates, LAPO to 300k, IQL to 1M updates and its two 20k-step fine-tunings.
+#    to 300k updates, then LAPO to 300k;
+# 4. premise_1m (nice 15), beside it: IQL to 1M updates, then its two 20k-step fine-tunings.
+# benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOGS=logs/studies
@@ -38,14 +40,15 @@ premise_iql_1m=(--variants o3f_iql iql_noise --env-ids $D4RL_1M --seeds 1 --offl
 # the benchmarks/run.py processes working in an output directory, whoever started them
 runners() { pgrep -f "benchmarks/run.py .*--output-dir $1 " || true; }
 
-launch() {  # launch NAME NICE OUTPUT_DIR COMMAND: in the background, unless something already works in OUTPUT_DIR
-  local name=$1 level=$2 dir=$3
-  if [[ -n "$(runners "$dir")" ]]; then
-    echo "$name: already running ($dir)"
+launch() {  # launch NAME NICE COMMAND: in the background, unless this study's last launch still runs
+  local name=$1 level=$2 pidfile=$LOGS/$1.pid
+  if [[ -f $pidfile ]] && ps -o args= -p "$(cat "$pidfile")" 2>/dev/null | grep -q benchmarks/run.py; then
+    echo "$name: already running (pid $(cat "$pidfile"))"
     return
   fi
   mkdir -p "$LOGS"
-  nohup nice -n "$level" bash -c "$4" >"$LOGS/$name.log" 2>&1 &
+  nohup nice -n "$level" bash -c "$3" >"$LOGS/$name.log" 2>&1 &
+  echo $! >"$pidfile"
   echo "$name: started (nice $level), log $LOGS/$name.log"
 }
 
@@ -53,10 +56,11 @@ q() { printf '%q ' "$@"; }  # one command line, quoted, for bash -c
 
 case "${1:-}" in
   start)
-    launch decide 0 results/decide "$(q python benchmarks/run.py "${decide[@]}")"
-    launch lapo_utd20 10 results/lapo_utd20 "$(q python benchmarks/run.py "${lapo_utd20[@]}")"
-    launch premise 15 results/premise "$(q python benchmarks/run.py "${premise_iql_100k[@]}") && $(q python \
-      benchmarks/run.py "${premise_lapo[@]}") && $(q python benchmarks/run.py "${premise_iql_1m[@]}")"
+    launch decide 0 "$(q python benchmarks/run.py "${decide[@]}")"
+    launch lapo_utd20 10 "$(q python benchmarks/run.py "${lapo_utd20[@]}")"
+    launch premise 15 "$(q python benchmarks/run.py "${premise_iql_100k[@]}") && $(q python \
+      benchmarks/run.py "${premise_lapo[@]}")"
+    launch premise_1m 15 "$(q python benchmarks/run.py "${premise_iql_1m[@]}")"
     ;;
   status)
     for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m; do
@@ -65,12 +69,13 @@ case "${1:-}" in
       python benchmarks/run.py "${flags[@]}" --status
     done
     ;;
-  stop)  # run.py first (so that it starts nothing more), then the runs it started, which save their checkpoints
+  stop)  # run.py first (so that it starts nothing more), then the runs, which save their checkpoints: found by
+    # their own --output-dir (absolute, below the study's), not as run.py's children, which a killed run.py orphans
     for dir in results/decide results/lapo_utd20 results/premise; do
       for pid in $(runners "$dir"); do
-        children=$(pgrep -P "$pid" || true)
-        kill -TERM "$pid" $children 2>/dev/null && echo "stopped the runs in $dir"
+        kill -TERM "$pid" 2>/dev/null || true
       done
+      pkill -TERM -f -- "--output-dir $PWD/$dir/" && echo "stopped the runs in $dir" || true
     done
     ;;
   *)

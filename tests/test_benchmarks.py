@@ -1,5 +1,6 @@
 """benchmarks/run.py (the experiment grid) and benchmarks/plot.py (the paper's figures)."""
 
+import contextlib
 import glob
 import json
 import os
@@ -34,6 +35,25 @@ def grid(out, data_dir, small_dataset, *flags):
     ]
     env = {**os.environ, "O3F_DATA_DIR": data_dir}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+@contextlib.contextmanager
+def working_in(*run_dirs):
+    """Processes that look like runs working in `run_dirs` (`--output-dir` on their command lines), while inside."""
+    workers = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output-dir", str(d)])
+        for d in run_dirs
+    ]
+    try:
+        for worker in workers:
+            deadline = time.time() + 10
+            while b"--output-dir" not in open(f"/proc/{worker.pid}/cmdline", "rb").read() and time.time() < deadline:
+                time.sleep(0.05)  # until its command line is visible
+        yield
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
 
 
 def summaries(out, variant):
@@ -336,7 +356,7 @@ def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tm
         pretrain_extra="--snapshot-steps 10",
         finetune_extra="--snapshot-every 5",
     )
-    pretrain, finetune = run.plan(args)
+    pretrain, finetune, _ = run.plan(args)
     commands = {name: command for name, command in pretrain.values()}
     assert commands["pretrain iql embedded-halfcheetah-medium seed 1 (resumed)"][2:4] == [
         "--resume",
@@ -413,7 +433,7 @@ def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exist
     (tmp_path / "pretrained").mkdir()
     (tmp_path / "pretrained" / "iql__embedded-halfcheetah-medium__seed2.pt").write_bytes(b"")  # seed 2's model exists
     args = run.Args(variants=["o3f_iql", "iql_noise"], seeds=[1, 2], output_dir=str(tmp_path), workers=1)
-    pretrain, finetune = run.plan(args)
+    pretrain, finetune, _ = run.plan(args)
     assert [name for name, _ in pretrain.values()] == ["pretrain iql embedded-halfcheetah-medium seed 1"]
     names = [name for name, _, _ in finetune]
     assert names == [f"{v} embedded-halfcheetah-medium seed {s}" for s in (1, 2) for v in ("o3f_iql", "iql_noise")]
@@ -436,7 +456,7 @@ def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_see
     import run
 
     args = run.Args(variants=["o3f_iql"], seeds=[1, 2, 3], output_dir=str(tmp_path), workers=1)
-    pretrain, finetune = run.plan(args)
+    pretrain, finetune, _ = run.plan(args)
     names = {id(command): name for name, command in pretrain.values()} | {
         id(command): name for name, command, _ in finetune
     }
@@ -457,6 +477,35 @@ def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_see
         f"o3f_iql {env} seed 3",
     ]
     assert pretrain_codes == [0, 3, 0] and finetune_codes == [0, 3, 0]
+
+
+def test_the_runner_leaves_runs_that_another_process_works_on_alone(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    env = "embedded-halfcheetah-medium"
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / f"iql__{env}__seed1.pt").write_bytes(b"")  # seed 1's model exists, seed 2's does not
+    for run_dir in (tmp_path / "iql_noise" / env / "seed1", tmp_path / "pretrain-runs" / "iql" / env / "seed2"):
+        (run_dir / "run").mkdir(parents=True)
+        (run_dir / "run" / "checkpoint.pt").write_bytes(b"")  # stopped, it would be resumed
+    args = run.Args(variants=["o3f_iql", "iql_noise"], seeds=[1, 2], output_dir=str(tmp_path), workers=1)
+    pretrain, finetune, elsewhere = run.plan(args)
+    assert len(pretrain) == 1 and len(finetune) == 4 and elsewhere == []
+    # another process resumes seed 1's noise run and seed 2's pretraining: neither is started twice, nor is what
+    # waits for seed 2's model
+    with working_in(tmp_path / "iql_noise" / env / "seed1", tmp_path / "pretrain-runs" / "iql" / env / "seed2"):
+        pretrain, finetune, elsewhere = run.plan(args)
+    assert pretrain == {} and [name for name, _, _ in finetune] == [f"o3f_iql {env} seed 1"]
+    assert elsewhere == [
+        f"iql_noise {env} seed 1",
+        f"pretrain iql {env} seed 2",
+        f"o3f_iql {env} seed 2",
+        f"iql_noise {env} seed 2",
+    ]
+    started = []
+    monkeypatch.setattr(run, "run_command", lambda command, threads: started.append(command) or 0)
+    assert run.execute(pretrain, finetune, args) == ([], [0]) and started == [finetune[0][1]]
 
 
 def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys, monkeypatch):
@@ -506,14 +555,8 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     # a process working in the run's directory: running (another directory's process does not count)
     run_dir = str(stopped.parent)
     for where, state in ((run_dir + "-other", "stopped"), (run_dir, "running")):
-        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output-dir", where])
-        try:
-            deadline = time.time() + 10
-            while b"--output-dir" not in open(f"/proc/{worker.pid}/cmdline", "rb").read() and time.time() < deadline:
-                time.sleep(0.05)  # until its command line is visible
+        with working_in(where):
             assert run.progress(run_dir)["state"] == state
-        finally:
-            worker.kill()
     # without /proc: its log next to the directory, written in the last 5 minutes
     monkeypatch.setattr(run, "PROC", str(tmp_path / "no-proc"))
     log = tmp_path / "iql_noise" / env / "seed1.log"
