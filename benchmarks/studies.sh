@@ -37,8 +37,13 @@ premise_iql_1m=(--variants o3f_iql iql_noise --env-ids $D4RL_1M --seeds 1 --offl
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000 300000"
   --finetune-extra="--eval-freq 2000 --snapshot-every 5000")
 
-# the benchmarks/run.py processes working in an output directory, whoever started them
-runners() { pgrep -f "benchmarks/run.py .*--output-dir $1 " || true; }
+# the benchmarks/run.py processes working in an output directory of this checkout, whoever started them
+runners() {
+  for pid in $(pgrep -f "benchmarks/run.py .*--output-dir $1 " || true); do
+    [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == "$PWD" ]] && echo "$pid"
+  done
+  return 0
+}
 
 launch() {  # launch NAME NICE COMMAND: in the background, unless this study's last launch still runs
   local name=$1 level=$2 pidfile=$LOGS/$1.pid

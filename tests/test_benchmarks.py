@@ -570,6 +570,41 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     assert by_run[f"o3f_iql_omega1 {env} seed 2"]["left_s"] == pytest.approx(100 * 36.0)  # of 18 and 36 s
 
 
+def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_nothing_elsewhere(tmp_path):
+    import shutil
+
+    tree, other = tmp_path / "checkout", tmp_path / "other"
+    (tree / "benchmarks").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "benchmarks", "studies.sh"), tree / "benchmarks")
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    procs = {  # what stop must end: a runner in this checkout, a run (orphaned or not: found by its directory)
+        "runner": subprocess.Popen(
+            [*sleep, "benchmarks/run.py", "--output-dir", "results/premise", "--workers", "1"], cwd=tree
+        ),
+        "run": subprocess.Popen([*sleep, "--output-dir", f"{tree}/results/premise/pretrain-runs/lapo/x/seed1"]),
+        # and what it must leave: another checkout's runner and run
+        "other runner": subprocess.Popen(
+            [*sleep, "benchmarks/run.py", "--output-dir", "results/premise", "--workers", "1"],
+            cwd=other.mkdir() or other,
+        ),
+        "other run": subprocess.Popen([*sleep, "--output-dir", f"{other}/results/premise/pretrain-runs/lapo/x/seed1"]),
+    }
+    try:
+        time.sleep(0.5)  # their command lines visible
+        stop = subprocess.run(
+            ["bash", str(tree / "benchmarks" / "studies.sh"), "stop"], capture_output=True, text=True, timeout=60
+        )
+        assert stop.returncode == 0, stop.stderr
+        assert stop.stdout.strip() == "stopped the runs in results/premise"
+        assert procs["runner"].wait(timeout=10) == -15 and procs["run"].wait(timeout=10) == -15  # SIGTERM
+        time.sleep(0.5)
+        assert procs["other runner"].poll() is None and procs["other run"].poll() is None
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
 def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command():
     script = os.path.join(ROOT, "benchmarks", "studies.sh")
     wrong = subprocess.run(["bash", script, "begin"], capture_output=True, text=True, timeout=60)
