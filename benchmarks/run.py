@@ -101,8 +101,8 @@ class Args:
     finetune_extra: str = ""
     """flags passed to the fine-tuning runs only, e.g. --finetune-extra "--snapshot-every 5000" """
     status: bool = False
-    """if toggled, run nothing: print where each run of the study stands (complete, stopped at a step, not started),
-    its wall-clock and an estimate of the hours left, from the runs' own checkpoints and summaries"""
+    """if toggled, run nothing: print where each run of the study stands (complete, running or stopped at a step,
+    not started), its wall-clock and an estimate of the hours left, from the runs' own checkpoints and summaries"""
 
 
 def run_command(command: list[str], threads: int) -> int:
@@ -264,8 +264,8 @@ def progress(run_dir: str) -> dict:
             step = summary["args"]["offline_steps"] + summary["args"]["online_steps"]
             return {"state": "complete", "step": step, **pace(summary, step)}
     stopped = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")), key=os.path.getmtime)
-    if not stopped:
-        return {"state": "not started", "step": 0}
+    if not stopped:  # no checkpoint yet: started and running, or not started
+        return {"state": "running" if running(run_dir) else "not started", "step": 0}
     import torch  # only here: planning and launching runs needs no torch
 
     checkpoint = torch.load(stopped[-1], map_location="cpu", weights_only=True)
@@ -342,7 +342,7 @@ def print_status(args: Args):
         state = row["state"] + (f" (checkpoint {row['age_s'] / 60:.0f} min old)" if "age_s" in row else "")
         hours = "-" if row.get("wall_s") is None else f"{row['wall_s'] / 3600:.2f}"
         left = "?" if "left_s" not in row else f"{row['left_s'] / 3600:.2f}"
-        step = "-" if row["state"] == "not started" else f"{row['step']:,}"
+        step = f"{row['step']:,}" if row["step"] else "-"  # not started, or no checkpoint yet
         print(f"| {row['run']} | {state} | {step} | {row['target']:,} | {hours} | {left} |")
     print(closing)
 

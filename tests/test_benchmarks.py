@@ -557,6 +557,10 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     for where, state in ((run_dir + "-other", "stopped"), (run_dir, "running")):
         with working_in(where):
             assert run.progress(run_dir)["state"] == state
+    fresh = str(tmp_path / "o3f_iql" / env / "seed2")  # started, no checkpoint yet
+    assert run.progress(fresh)["state"] == "not started"
+    with working_in(fresh):
+        assert run.progress(fresh) == {"state": "running", "step": 0}
     # without /proc: its log next to the directory, written in the last 5 minutes
     monkeypatch.setattr(run, "PROC", str(tmp_path / "no-proc"))
     log = tmp_path / "iql_noise" / env / "seed1.log"
