@@ -249,7 +249,9 @@ def draw_comparisons(runs: dict, out_dir: str) -> list:
             ax.set_title(f"{algorithm} on {env_id}", fontsize=9)
             ax.set_xlabel("online environment steps (0 = the switch)")
             ax.set_ylabel("D4RL-normalised score")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # off the curves
+        entries = max(len(ax.get_legend_handles_labels()[1]) for ax in axes[0])
+        fig.set_size_inches(5 * len(cells), 3.4 + 0.13 * entries)  # room for the legends below the panels
         fig.suptitle(title)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, filename), dpi=120)
