@@ -391,7 +391,7 @@ def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert png_size(results / "figures" / "figure3_loosening.png") == (1800, 432)  # three panels side by side
+    assert png_size(results / "figures" / "figure3_loosening.png")[0] == 1800  # three panels side by side
     for row in (
         "| AWAC (same objective) vs AWAC, lambda 1 -> 0.1 at the switch |",
         "| IQL (same objective) vs IQL, expectile",
