@@ -34,6 +34,57 @@ def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more
     return str(path)
 
 
+def make_minari_dataset(root, dataset_id, env_id, env_kwargs, episodes=2, steps=10, reward=None, ref_max_score=1.0):
+    """A tiny Minari dataset from random actions in a real environment, written under `root` by Minari itself.
+
+    Episode `ep` earns `reward(ep)` at every step (0 without `reward`) and ends truncated; returns the episodes."""
+    import warnings
+
+    import gymnasium as gym
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import gymnasium_robotics
+        import minari
+        from minari.data_collector import EpisodeBuffer
+    gym.register_envs(gymnasium_robotics)
+
+    def stack(xs):
+        return {k: stack([x[k] for x in xs]) for k in xs[0]} if isinstance(xs[0], dict) else np.stack(xs)
+
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        env = gym.make(env_id, **env_kwargs)
+        env.action_space.seed(0)
+        buffers = []
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=ep)
+            observations, actions = [obs], []
+            for _ in range(steps):
+                actions.append(env.action_space.sample())
+                observations.append(env.step(actions[-1])[0])
+            buffers.append(
+                EpisodeBuffer(
+                    id=ep,
+                    observations=stack(observations),
+                    actions=np.stack(actions),
+                    rewards=[0.0 if reward is None else float(reward(ep))] * steps,
+                    terminations=[False] * steps,
+                    truncations=[False] * (steps - 1) + [True],
+                    infos={},
+                )
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            minari.create_dataset_from_buffers(
+                dataset_id, buffers, env=env, ref_min_score=0.0, ref_max_score=ref_max_score
+            )
+    finally:
+        os.environ.pop("MINARI_DATASETS_PATH") if old is None else os.environ.__setitem__("MINARI_DATASETS_PATH", old)
+    return buffers
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """A private dataset cache, so tests never touch (or depend on) the user's ~/.cache/o3f."""

@@ -3,16 +3,14 @@
 import http.server
 import os
 import threading
-import warnings
 
-import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
 
 import make_datasets
 import o3f_iql
-from conftest import write_d4rl
+from conftest import make_minari_dataset, write_d4rl
 
 PAPER_TASKS = {  # the paper's twelve: (observation size, action size, D4RL reference returns)
     "halfcheetah-random-v2": (17, 6, -280.178953, 12135.0),
@@ -92,37 +90,11 @@ def test_every_listed_task_resolves():
 # --- Minari ------------------------------------------------------------------------------------
 def make_minari_antmaze(root, monkeypatch, episodes=3, steps=40):
     """A tiny dataset under Minari's id for antmaze-umaze, made with Minari's own API from real rollouts."""
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import gymnasium_robotics
-    gym.register_envs(gymnasium_robotics)
-    env = gym.make("AntMaze_UMaze-v4", continuing_task=True, reset_target=False)
-    env.action_space.seed(0)
-    buffers = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=ep)
-        observations, actions = [obs], []
-        for _ in range(steps):
-            actions.append(env.action_space.sample())
-            observations.append(env.step(actions[-1])[0])
-        stacked = {key: np.stack([o[key] for o in observations]) for key in obs}
-        buffers.append(
-            EpisodeBuffer(
-                id=ep,
-                observations=stacked,
-                actions=np.stack(actions),
-                rewards=[float(ep == 1)] * steps,
-                terminations=[False] * steps,
-                truncations=[False] * (steps - 1) + [True],
-                infos={},
-            )
-        )
-    minari.create_dataset_from_buffers("D4RL/antmaze/umaze-v1", buffers, env=env, ref_min_score=0.0, ref_max_score=1.0)
-    return buffers
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))  # where the loader will look
+    kwargs = {"continuing_task": True, "reset_target": False}
+    return make_minari_dataset(
+        root, "D4RL/antmaze/umaze-v1", "AntMaze_UMaze-v4", kwargs, episodes, steps, reward=lambda ep: ep == 1
+    )
 
 
 def test_minari_loader_flattens_observations_like_d4rl(tmp_path, monkeypatch):

@@ -15,60 +15,19 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-import warnings
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_minari_dataset
 
 COMMIT = "0" * 40
 
 
-def make_minari_dataset(root, dataset_id, env_id, env_kwargs, episodes=2, steps=10):
-    """A tiny Minari dataset from random actions in a real environment, written under `root` by Minari itself."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import gymnasium_robotics
-        import minari
-        from minari.data_collector import EpisodeBuffer
-    gym.register_envs(gymnasium_robotics)
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        env = gym.make(env_id, **env_kwargs)
-        env.action_space.seed(0)
-
-        def stack(xs):
-            return {k: stack([x[k] for x in xs]) for k in xs[0]} if isinstance(xs[0], dict) else np.stack(xs)
-
-        buffers = []
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=ep)
-            observations, actions = [obs], []
-            for _ in range(steps):
-                actions.append(env.action_space.sample())
-                observations.append(env.step(actions[-1])[0])
-            buffers.append(
-                EpisodeBuffer(
-                    id=ep,
-                    observations=stack(observations),
-                    actions=np.stack(actions),
-                    rewards=[0.0] * steps,
-                    terminations=[False] * steps,
-                    truncations=[False] * (steps - 1) + [True],
-                    infos={},
-                )
-            )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            minari.create_dataset_from_buffers(dataset_id, buffers, env=env, ref_min_score=0.0, ref_max_score=4.0)
-    finally:
-        os.environ.pop("MINARI_DATASETS_PATH") if old is None else os.environ.__setitem__("MINARI_DATASETS_PATH", old)
-    namespaces = dataset_id.split("/")[
-        :-1
-    ]  # the Hub lists a namespace's datasets and sub-namespaces in its metadata file
+def make_minari_hub_dataset(root, dataset_id, env_id, env_kwargs, episodes=2, steps=10):
+    """A tiny Minari dataset (conftest's), plus the metadata file through which the Hub lists a namespace."""
+    make_minari_dataset(root, dataset_id, env_id, env_kwargs, episodes, steps, ref_max_score=4.0)
+    namespaces = dataset_id.split("/")[:-1]  # the Hub lists a namespace's datasets and sub-namespaces in a file
     with open(os.path.join(root, namespaces[0], "namespace_metadata.json"), "w") as f:
         json.dump(
             {"datasets": [dataset_id], "namespaces": ["/".join(namespaces[:i]) for i in range(2, len(namespaces) + 1)]},
@@ -156,7 +115,7 @@ KITCHEN = ("FrankaKitchen-v1", {"tasks_to_complete": ["microwave", "kettle", "bo
 def remote(tmp_path_factory):
     """The remote's files: a tiny kitchen-mixed dataset under Minari's id for it."""
     root = tmp_path_factory.mktemp("remote")
-    make_minari_dataset(root, "D4RL/kitchen/mixed-v2", *KITCHEN)
+    make_minari_hub_dataset(root, "D4RL/kitchen/mixed-v2", *KITCHEN)
     return root
 
 
@@ -344,7 +303,9 @@ def test_fetch_prepares_data_and_reports_each_failed_task_in_one_line(hub, tmp_p
 
 
 def test_fetch_refuses_a_dataset_that_does_not_fit_the_environment(remote, tmp_path, monkeypatch):
-    make_minari_dataset(tmp_path / "store", "D4RL/kitchen/complete-v2", "AntMaze_UMaze-v4", {"continuing_task": True})
+    make_minari_hub_dataset(
+        tmp_path / "store", "D4RL/kitchen/complete-v2", "AntMaze_UMaze-v4", {"continuing_task": True}
+    )
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
     result = fetch_command("kitchen-complete-v0")
     assert result.returncode == 2
