@@ -421,29 +421,24 @@ def measure_model(agent: Agent, args: Measure) -> dict:
             a = agent.base_action(o)
             candidates = (a + sigma * torch.randn(args.rank_candidates, a.shape[-1])).clamp(agent.low, agent.high)
             predicted = agent.q(o.expand(args.rank_candidates, -1), candidates).mean(0).numpy()
-            true = true_returns(
-                agent.policy,
-                envs,
-                [states[k]] * args.rank_candidates,
-                candidates.numpy(),
-                args.horizon,
-                agent.gamma,
-                agent.scale_reward,
-                horizons,
-            )
+
+            def values(actions, k=k):  # each action's true return from state k, cut at every horizon
+                return true_returns(
+                    agent.policy,
+                    envs,
+                    [states[k]] * args.rank_candidates,
+                    actions.numpy(),
+                    args.horizon,
+                    agent.gamma,
+                    agent.scale_reward,
+                    horizons,
+                )
+
+            true = values(candidates)
             # The control: the same candidates moved by 1e-3. How far their true values keep their order bounds what any
             # critic could reach; near 0, the true values' differences are the dynamics' chaos, not the actions'.
             nudged = (candidates + REPLICATE * torch.randn_like(candidates)).clamp(agent.low, agent.high)
-            again = true_returns(
-                agent.policy,
-                envs,
-                [states[k]] * args.rank_candidates,
-                nudged.numpy(),
-                args.horizon,
-                agent.gamma,
-                agent.scale_reward,
-                horizons,
-            )
+            again = values(nudged)
             correlations.append([spearman(predicted, x) for x in true])
             replicates.append([spearman(x, y) for x, y in zip(true, again)])
             spreads.append(float(np.std(true[-1])))
