@@ -105,15 +105,31 @@ class Args:
     not started), its wall-clock and an estimate of the hours left, from the runs' own checkpoints and summaries"""
 
 
-def run_command(command: list[str], threads: int) -> int:
+ELSEWHERE = "left to another process on this machine"  # the outcome of a run another process took up first
+
+
+def run_command(command: list[str], threads: int) -> int | str:
+    """Run one planned job; its exit code. The plan may be hours old when a job's turn comes, so the job is looked at
+    again first: one another process now works on is left to it (ELSEWHERE), one that ended meanwhile is done (0),
+    and one that was started and stopped meanwhile is resumed from its checkpoint rather than started afresh."""
+    run_dir = command[command.index("--output-dir") + 1]
+    if running(run_dir):
+        return ELSEWHERE
+    model = command[command.index("--save-offline") + 1] if "--save-offline" in command else None  # a pretraining's
+    ended = complete(run_dir)
+    if os.path.isfile(model) if model else ended:
+        return 0
+    stopped = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
+    if stopped and not ended and "--resume" not in command:
+        command = [*command[:2], "--resume", stopped[-1], "--output-dir", run_dir]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    log = command[command.index("--output-dir") + 1] + ".log"
+    log = run_dir + ".log"
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "a") as f:  # a resumed run appends to its log
         return subprocess.call(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def run_after(command: list[str], threads: int, pretraining_code: int) -> int:
+def run_after(command: list[str], threads: int, pretraining_code: int | str) -> int | str:
     """A fine-tuning run, once its pretraining has ended (it is skipped if that failed)."""
     return pretraining_code or run_command(command, threads)
 
@@ -380,7 +396,9 @@ def execute(pretrain: dict, finetune: list, args: Args):
                 pending.remove(job)
                 if job[0] == "pretrain":
                     running[pool.submit(run_command, pretrain[job[1]][1], args.threads)] = job
-                elif codes.get(("pretrain", finetune[job[1]][2]), 0):  # its pretraining failed: skipped, failed
+                elif codes.get(
+                    ("pretrain", finetune[job[1]][2]), 0
+                ):  # its pretraining failed (or was left): so does it
                     codes[job] = codes[("pretrain", finetune[job[1]][2])]
                 else:
                     running[pool.submit(run_command, finetune[job[1]][1], args.threads)] = job
@@ -417,8 +435,9 @@ if __name__ == "__main__":
         ("fine-tuning", [name for name, _, _ in finetune], finetune_codes),
     ):
         for name, code in zip(names, codes):
-            print(f"{stage}: {name}: {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
-            failed += [name] if code != 0 else []
+            outcome = "done" if code == 0 else code if code == ELSEWHERE else f"failed (exit {code})"
+            print(f"{stage}: {name}: {outcome}", flush=True)
+            failed += [name] if code not in (0, ELSEWHERE) else []
     if failed:
         print(
             f"error: {len(failed)} runs failed (a fine-tuning run fails with its pretraining): {'; '.join(failed)}",

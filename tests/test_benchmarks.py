@@ -509,6 +509,36 @@ def test_the_runner_leaves_runs_that_another_process_works_on_alone(tmp_path, mo
     assert run.execute(pretrain, finetune, args) == ([], [0]) and started == [finetune[0][1]]
 
 
+def test_a_job_is_looked_at_again_when_its_turn_comes(tmp_path, monkeypatch):
+    """The plan may be hours old when a job starts: a run another process took up meanwhile is left to it (two
+    processes in one run directory would overwrite each other), one that ended is done, one stopped is resumed."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    env = "embedded-halfcheetah-medium"
+    args = run.Args(variants=["iql_noise"], seeds=[1], output_dir=str(tmp_path), workers=1)
+    pretrain, finetune, _ = run.plan(args)  # nothing exists yet: a fresh pretraining, then a fresh fine-tuning
+    ((_, pretraining),), ((_, tuning, _),) = pretrain.values(), finetune
+    run_dir, model = str(tmp_path / "iql_noise" / env / "seed1"), tmp_path / "pretrained" / f"iql__{env}__seed1.pt"
+    started = []
+    monkeypatch.setattr(run.subprocess, "call", lambda command, **kwargs: started.append(command) or 0)
+    with working_in(run_dir):  # another runner started this run after the plan was made
+        assert run.run_command(tuning, 1) == run.ELSEWHERE and started == []
+        assert run.execute({}, finetune, args) == ([], [run.ELSEWHERE]) and started == []
+    model.parent.mkdir()
+    model.write_bytes(b"")  # the model was made meanwhile
+    assert run.run_command(pretraining, 1) == 0 and started == []
+    (tmp_path / "iql_noise" / env / "seed1" / "run").mkdir(parents=True)
+    checkpoint = tmp_path / "iql_noise" / env / "seed1" / "run" / "checkpoint.pt"
+    checkpoint.write_bytes(b"")  # started and stopped meanwhile: resumed, not started afresh beside it
+    assert run.run_command(tuning, 1) == 0
+    assert started == [[tuning[0], tuning[1], "--resume", str(checkpoint), "--output-dir", run_dir]]
+    (checkpoint.parent / "summary.json").write_text(json.dumps({"complete": True}))  # and ended meanwhile: done
+    assert run.run_command(tuning, 1) == 0 and len(started) == 1
+    model.unlink()
+    assert run.run_command(pretraining, 1) == 0 and started[-1] == pretraining  # a model to make: made
+
+
 def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys, monkeypatch):
     import torch
 
