@@ -599,6 +599,51 @@ def summary_table(results: list) -> str:
     return "\n".join(lines)
 
 
+def glance_table(offline: list, sigma: float = 0.2) -> str:
+    """The verdict at a glance: O3F N 100's episode gain over noise at one sigma, one row per algorithm and data
+    size, one column per pretraining budget; over several training seeds the mean ± the standard error over them
+    (their count in brackets), one seed its own standard error."""
+    steps = sorted({r["step"] for r in offline})
+    lines = [
+        "| algorithm | data | " + " | ".join(f"{budget(s)} updates" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    gain = lambda r: next(  # noqa: E731
+        (
+            (x["episode_gain"], x["episode_gain_se"])
+            for x in r["rules"]
+            if (x["kind"], x["n"], x["sigma"]) == ("o3f", 100, sigma) and x["omega"] == 0 and "episode_gain" in x
+        ),
+        None,
+    )
+    for algorithm, size in sorted(
+        {(r["algorithm"], r["dataset_size"]) for r in offline}, key=lambda c: (c[0] != "iql", c)
+    ):
+        cells = []
+        for step in steps:
+            values = [
+                g
+                for r in offline
+                if (r["algorithm"], r["dataset_size"], r["step"]) == (algorithm, size, step)
+                for g in [gain(r)]
+                if g
+            ]
+            if not values:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values[0][0]:+.1f} ± {values[0][1]:.1f}")
+            else:
+                mean, se = mean_se([v for v, _ in values])
+                cells.append(f"{mean:+.1f} ± {se:.1f} ({len(values)} seeds)")
+        lines.append(f"| {algorithm.upper()} | {size // 1000}k | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget(n: int) -> str:
+    """A number of updates as the tables write it: 300k, 1000k; a small one in full."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
 def online_table(online: list, offline: list) -> str:
     """Frozen models along fine-tuning, one row per rule that fine-tuned and online step, the training seeds
     pooled: mean ± standard error over the seeds' models (one model: its own standard error) of O3F N 100's
@@ -634,19 +679,26 @@ def online_table(online: list, offline: list) -> str:
     score = lambda kind, n=1: lambda r: measured(rule(kind, n)(r), "episode_score")  # noqa: E731
     gain = lambda sigma: lambda r: measured(rule("o3f", 100, sigma)(r), "episode_gain")  # noqa: E731
 
-    groups = {}
+    groups = {}  # runs pooled by algorithm, data size, pretraining updates (the switch), rule and online step
     for r in online:
-        name = r.get("exp_name") or "?"
-        groups.setdefault((r["algorithm"], r["dataset_size"], name, r["online_steps"]), []).append(r)
-        switch = (r["algorithm"], r["dataset_size"], r["train_seed"], r["step"] - r["online_steps"])
+        name, switch = r.get("exp_name") or "?", r["step"] - r["online_steps"]
+        groups.setdefault((r["algorithm"], r["dataset_size"], switch, name, r["online_steps"]), []).append(r)
         for start in offline:  # the pretrained model the run started from
-            if (start["algorithm"], start["dataset_size"], start["train_seed"], start["step"]) == switch:
-                group = groups.setdefault((r["algorithm"], r["dataset_size"], "pretrained model, at the switch", 0), [])
+            if (start["algorithm"], start["dataset_size"], start["train_seed"], start["step"]) == (
+                r["algorithm"],
+                r["dataset_size"],
+                r["train_seed"],
+                switch,
+            ):
+                key = (r["algorithm"], r["dataset_size"], switch, "pretrained model, at the switch", 0)
+                group = groups.setdefault(key, [])
                 group += [start] if start not in group else []
-    for (algorithm, size, name, steps), models in sorted(groups.items(), key=lambda g: (*g[0][:2], g[0][3] > 0, g[0])):
+    for (algorithm, size, switch, name, steps), models in sorted(
+        groups.items(), key=lambda g: (*g[0][:3], g[0][4] > 0, g[0])
+    ):
         models = sorted(models, key=lambda r: r["train_seed"])
         lines.append(
-            f"| {name} ({algorithm.upper()}, {size // 1000}k data) | {steps:,} "
+            f"| {name} ({algorithm.upper()}, {size // 1000}k data, {budget(switch)} updates) | {steps:,} "
             f"| {', '.join(str(r['train_seed']) for r in models)} | {pooled(models, policy)} "
             f"| {pooled(models, score('noise'))} | {pooled(models, score('o3f', 100))} "
             f"| {pooled(models, gain(0.05), sign='+')} | {pooled(models, gain(0.1), sign='+')} "
@@ -673,6 +725,10 @@ def plot(args: Plot):
     if online:
         print(plot_online(online, offline, os.path.join(os.path.dirname(out), "premise_online.png")))
     if offline:
+        print(
+            "\nAt a glance: O3F N 100's episode gain over noise at sigma 0.2, by pretraining budget:\n"
+            + glance_table(offline)
+        )
         print("\nAlong pretraining (one row per model and sigma):\n" + summary_table(offline))
     if online:
         print("\nAlong fine-tuning (training seeds pooled; N 100):\n" + online_table(online, offline))
@@ -784,28 +840,29 @@ def plot_offline(offline: list, out: str) -> str:
 def plot_online(online: list, offline: list, out: str) -> str:
     """Frozen models along fine-tuning, one line per run, from the switch (the pretrained model, where it was
     measured) on: O3F's gain over noise, and the episode scores of the rules, at N 100 and sigma 0.2 (the
-    paper's). The colour is the rule that fine-tuned the run, the marker its training seed."""
+    paper's). The colour is the rule that fine-tuned the run and the pretraining budget it started from, the marker
+    its training seed."""
     import matplotlib.pyplot as plt
 
     def pick(r, kind, n=1):
         return next((x for x in r["rules"] if (x["kind"], x["n"], x["sigma"], x["omega"]) == (kind, n, 0.2, 0.0)), None)
 
+    def run(r):  # the run a model comes from: algorithm, data size, pretraining updates, training seed, rule
+        return r["algorithm"], r["dataset_size"], r["step"] - r["online_steps"], r["train_seed"], r.get("exp_name")
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    runs = sorted({(r["algorithm"], r["dataset_size"], r["train_seed"], r.get("exp_name")) for r in online}, key=str)
-    groups = sorted({(a, size, name) for a, size, _, name in runs}, key=str)
-    seeds = sorted({seed for _, _, seed, _ in runs})
+    runs = sorted({run(r) for r in online}, key=str)
+    groups = sorted({(a, size, switch, name) for a, size, switch, _, name in runs}, key=str)
+    seeds = sorted({seed for *_, seed, _ in runs})
     markers = "os^Dv<>PX*"
-    for c, (algorithm, size, seed, name) in enumerate(runs):
-        colour, marker = f"C{groups.index((algorithm, size, name)) % 10}", markers[seeds.index(seed) % len(markers)]
-        models = sorted(
-            (r for r in online if (r["algorithm"], r["dataset_size"], r["train_seed"], r.get("exp_name")) == runs[c]),
-            key=lambda r: r["step"],
-        )
-        switch = models[0]["step"] - models[0]["online_steps"]
+    for algorithm, size, switch, seed, name in runs:
+        colour = f"C{groups.index((algorithm, size, switch, name)) % 10}"
+        marker = markers[seeds.index(seed) % len(markers)]
+        models = sorted((r for r in online if run(r) == (algorithm, size, switch, seed, name)), key=lambda r: r["step"])
         start = [
             r
             for r in offline
-            if (r["algorithm"], r["dataset_size"], r["train_seed"], r["step"]) == (*runs[c][:3], switch)
+            if (r["algorithm"], r["dataset_size"], r["train_seed"], r["step"]) == (algorithm, size, seed, switch)
         ]
         models = [r for r in start[-1:] + models if pick(r, "o3f", 100) and pick(r, "noise")]  # measured at N 100
         if not models:
@@ -835,10 +892,9 @@ def plot_online(online: list, offline: list, out: str) -> str:
                 markersize=4,
                 alpha=0.8,
             )  # the colour: the rule that fine-tuned the model; the line style: the rule measured on it
-    for c, (algorithm, size, name) in enumerate(groups):
-        axes[0].plot(
-            [], [], color=f"C{c % 10}", lw=3, label=f"fine-tuned by {name} ({algorithm.upper()}, {size // 1000}k data)"
-        )
+    for c, (algorithm, size, switch, name) in enumerate(groups):
+        label = f"fine-tuned by {name} ({algorithm.upper()}, {size // 1000}k data, {budget(switch)} updates)"
+        axes[0].plot([], [], color=f"C{c % 10}", lw=3, label=label)
     for seed, marker in zip(seeds, markers * len(seeds)):
         axes[0].plot([], [], color="k", marker=marker, ls="none", label=f"training seed {seed}")
     for kind, ls in (("measured: O3F N 100", "-"), ("measured: policy mean", ":"), ("measured: noise", "--")):

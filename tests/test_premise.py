@@ -93,14 +93,14 @@ def test_the_eta_times_each_kind_of_phase_by_its_own_finished_phases(monkeypatch
     assert lines[3].startswith("  [3/4] d (120 s,")
 
 
-def hand_made_model(seed, online_steps, policy, gain, gain_se=0.5, h10=0.1, exp_name="o3f_iql"):
+def hand_made_model(seed, online_steps, policy, gain, gain_se=0.5, h10=0.1, exp_name="o3f_iql", offline=300_000):
     """One diagnostic line: the policy mean's score, O3F N 100's gain at sigma 0.2, the 10-step rank correlation."""
     rule = lambda kind, n, sigma, **x: {"kind": kind, "n": n, "sigma": sigma, "omega": 0.0, **x}  # noqa: E731
     return {
         "algorithm": "iql",
         "dataset_size": 1_000_000,
         "train_seed": seed,
-        "step": 300_000 + online_steps,
+        "step": offline + online_steps,
         "online_steps": online_steps,
         "phase": "online" if online_steps else "offline",
         "exp_name": exp_name if online_steps else None,
@@ -127,19 +127,58 @@ def test_the_fine_tuning_table_pools_the_training_seeds_and_shows_the_switch_onc
         hand_made_model(2, 100_000, 42.0, 12.0),
         hand_made_model(2, 20_000, 40.0, 10.5, gain_se=0.4),  # one seed: its own standard error
         hand_made_model(1, 100_000, 38.5, 10.7, exp_name="iql_noise"),
+        # seed 1 again, fine-tuned from a longer-trained model: a run of its own, never pooled with the others
+        hand_made_model(1, 20_000, 43.0, 8.0, offline=1_000_000),
     ]
-    rows = premise.online_table(online, switch + [hand_made_model(3, 0, 30.0, 0.0)]).splitlines()[2:]
+    longer = hand_made_model(1, 0, 42.0, 7.0, offline=1_000_000)
+    rows = premise.online_table(online, switch + [hand_made_model(3, 0, 30.0, 0.0), longer]).splitlines()[2:]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     assert [c[:3] for c in cells] == [
-        ["pretrained model, at the switch (IQL, 1000k data)", "0", "1, 2"],  # once, and only the runs' seeds
-        ["iql_noise (IQL, 1000k data)", "100,000", "1"],
-        ["o3f_iql (IQL, 1000k data)", "20,000", "2"],
-        ["o3f_iql (IQL, 1000k data)", "100,000", "1, 2"],
+        ["pretrained model, at the switch (IQL, 1000k data, 300k updates)", "0", "1, 2"],  # once, the runs' seeds
+        ["iql_noise (IQL, 1000k data, 300k updates)", "100,000", "1"],
+        ["o3f_iql (IQL, 1000k data, 300k updates)", "20,000", "2"],
+        ["o3f_iql (IQL, 1000k data, 300k updates)", "100,000", "1, 2"],
+        ["pretrained model, at the switch (IQL, 1000k data, 1000k updates)", "0", "1"],
+        ["o3f_iql (IQL, 1000k data, 1000k updates)", "20,000", "1"],
     ]
+    assert cells[4][8] == "+7.0 ± 0.5" and cells[5][8] == "+8.0 ± 0.5" and cells[5][3] == "43.0 ± 0.3"
     # two seeds: the mean, and the standard error over the seeds (values 1 apart: 0.5)
     assert cells[3][3] == "41.5 ± 0.5" and cells[3][8] == "+11.0 ± 1.0" and cells[0][8] == "+10.0 ± 1.0"
     assert cells[2][8] == "+10.5 ± 0.4" and cells[2][9] == "+0.10 ± 0.05"
     assert cells[3][4] == "" and cells[3][6] == ""  # not measured: noise's score, the gain at sigma 0.05
+
+
+def test_the_glance_table_has_one_column_per_budget_and_pools_the_seeds():
+    models = [
+        hand_made_model(1, 0, 30.0, -7.0, offline=30_000),
+        hand_made_model(1, 0, 38.0, 9.0, gain_se=0.7),
+        hand_made_model(2, 0, 38.0, 11.0),
+        hand_made_model(3, 0, 38.0, 13.0),
+        {**hand_made_model(1, 0, 38.0, 5.0, offline=100_000), "algorithm": "lapo"},
+    ]
+    rows = [[c.strip() for c in row.strip("|").split("|")] for row in premise.glance_table(models).splitlines()]
+    assert rows[0] == ["algorithm", "data", "30k updates", "100k updates", "300k updates"]
+    assert rows[2] == ["IQL", "1000k", "-7.0 ± 0.5", "", "+11.0 ± 1.2 (3 seeds)"]  # 9, 11, 13: se 2/sqrt(3)
+    assert rows[3] == ["LAPO", "1000k", "", "+5.0 ± 0.5", ""]
+    assert premise.glance_table(models, sigma=0.1).splitlines()[2] == "| IQL | 1000k |  |  |  |"  # not measured
+
+
+def test_the_fine_tuning_figure_draws_runs_from_different_pretraining_budgets_apart(monkeypatch, tmp_path):
+    def model(seed, online_steps, gain, offline=300_000, exp_name="o3f_iql"):
+        r = hand_made_model(seed, online_steps, 38.0, gain, exp_name=exp_name, offline=offline)
+        noise = {"kind": "noise", "n": 1, "sigma": 0.2, "omega": 0.0, "episode_score": 33.0, "episode_score_se": 0.1}
+        return {**r, "rules": r["rules"] + [noise]}
+
+    offline = [model(1, 0, 9.0), model(1, 0, 7.0, offline=1_000_000)]
+    online = [model(1, 20_000, 10.0), model(1, 100_000, 11.0), model(1, 5_000, 8.0, offline=1_000_000)]
+    figures = []
+    monkeypatch.setattr(premise, "save_figure", lambda fig, title, out: figures.append(fig))
+    premise.plot_online(online, offline, str(tmp_path / "online.png"))
+    lines = [c.lines[0] for c in figures[0].axes[0].containers]  # one error-bar line per run
+    drawn = sorted((list(line.get_xdata()), list(line.get_ydata())) for line in lines)
+    assert drawn == [([0, 5_000], [7.0, 8.0]), ([0, 20_000, 100_000], [9.0, 10.0, 11.0])]  # each from its own switch
+    colours = {line.get_color() for line in lines}
+    assert len(colours) == 2  # and told apart
 
 
 @pytest.fixture(scope="module")
@@ -373,4 +412,6 @@ def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, 
     assert plotted.returncode == 0, plotted.stderr[-2000:]
     assert os.path.getsize(tmp_path / "premise_online.png") > 10_000 and not os.path.exists(tmp_path / "premise.png")
     # the models along fine-tuning go to the second table, one row per rule and online step
-    assert "| iql_noise (IQL, 3k data) | 495 | 1 |" in plotted.stdout and "| IQL | 3k |" not in plotted.stdout
+    assert (
+        "| iql_noise (IQL, 3k data, 5 updates) | 495 | 1 |" in plotted.stdout and "| IQL | 3k |" not in plotted.stdout
+    )
