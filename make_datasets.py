@@ -203,27 +203,31 @@ def train_behaviour(
 
 
 def rollout_policy(env_id: str, policy: str, size: int, seed: int) -> dict:
-    """Uniform random actions, or actions sampled from a saved SAC actor, in a Gymnasium environment."""
+    """Uniform random actions, or actions sampled from a saved SAC actor, in a Gymnasium environment.
+
+    The actor draws from `seed` alone and the caller's torch stream is left as it was: a script that makes its
+    data on first use starts from the same random numbers as one that finds them made."""
     env = gym.make(env_id)
     env.action_space.seed(seed)
-    actor = None
-    if policy != "uniform":
-        saved = torch.load(policy, weights_only=True)
-        actor = SquashedGaussianActor(saved["obs_dim"], saved["act_dim"])
-        actor.load_state_dict(saved["actor"])
-        torch.manual_seed(seed)
     data = empty_dataset(size, env.observation_space.shape[0], env.action_space.shape[0])
-    obs, _ = env.reset(seed=seed)
-    for i in range(size):
-        if actor is None:
-            action = env.action_space.sample()
-        else:  # sampled, not the mean: the data carry the policy's own spread, as D4RL's do
-            with torch.no_grad():
-                action = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        for key, value in zip(data, (obs, action, reward, next_obs, terminated, truncated)):
-            data[key][i] = value
-        obs = env.reset()[0] if terminated or truncated else next_obs
+    with torch.random.fork_rng(devices=[]):
+        actor = None
+        if policy != "uniform":
+            saved = torch.load(policy, weights_only=True)
+            actor = SquashedGaussianActor(saved["obs_dim"], saved["act_dim"])
+            actor.load_state_dict(saved["actor"])
+            torch.manual_seed(seed)
+        obs, _ = env.reset(seed=seed)
+        for i in range(size):
+            if actor is None:
+                action = env.action_space.sample()
+            else:  # sampled, not the mean: the data carry the policy's own spread, as D4RL's do
+                with torch.no_grad():
+                    action = actor(torch.as_tensor(obs, dtype=torch.float32)[None])[0][0].numpy()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            for key, value in zip(data, (obs, action, reward, next_obs, terminated, truncated)):
+                data[key][i] = value
+            obs = env.reset()[0] if terminated or truncated else next_obs
     env.close()
     return data
 
@@ -353,13 +357,10 @@ def folder_size(path: str) -> int:
 
 def fetch(env_id: str) -> tuple:
     """Get the task's data as the scripts would, read them back whole and check their sizes against the
-    environment; returns (where, bytes, transitions). Raises FetchFailed with the scripts' one-line reason."""
+    environment; returns (where, bytes, transitions). Raises FetchFailed, or the scripts' BadInput (a SystemExit
+    whose one line the scripts have printed) where their data loading refuses the task."""
     import o3f_iql as script  # the scripts share this code line for line: any of them would do
 
-    def stop(message):
-        raise FetchFailed(message)
-
-    script.fail = stop  # the scripts' bad-input exit, turned into an exception per task
     if env_id not in script.TASKS:
         close = ", ".join(difflib.get_close_matches(env_id, list(script.TASKS), n=3, cutoff=0.5))
         raise FetchFailed(f"unknown task {env_id}" + (f"; did you mean {close}?" if close else ""))
@@ -379,19 +380,22 @@ def fetch(env_id: str) -> tuple:
 
 
 def fetch_all(env_ids) -> int:
-    """Fetch every task, one line each; exit code 2 if any failed, with one line per failed task."""
-    failed = {}
+    """Fetch every task, one line each (an error line for a failed one); exit code 2 if any failed."""
+    import o3f_iql as script
+
+    failed = []
     for env_id in dict.fromkeys(env_ids):  # each once, in order
         try:
             path, size, transitions = fetch(env_id)
             print(f"{env_id}: {transitions:,} transitions, {size / 1e6:.1f} MB in {path}", flush=True)
         except FetchFailed as e:
-            failed[env_id] = str(e)
-    for env_id, reason in failed.items():
-        print(f"error: {env_id}: {reason}", file=sys.stderr)
+            print(f"error: {env_id}: {e}", file=sys.stderr, flush=True)
+            failed.append(env_id)
+        except script.BadInput:  # the scripts' bad-input exit: it printed its one line, and ends this task only
+            failed.append(env_id)
+    if failed:
+        print(f"not fetched: {', '.join(failed)}", file=sys.stderr)
     if len(failed) < len(dict.fromkeys(env_ids)):
-        import o3f_iql as script
-
         print(
             f"to use them on a machine with no network, copy {script.DATA_DIR} and {script.minari_store()} "
             "to the same paths there "

@@ -117,6 +117,9 @@ class Args:
     """the expectile to move to online (Figure 3's IQL panel loosens 0.7 -> 0.85; default: keep --expectile)"""
     schedule: Literal["abrupt", "linear"] = "abrupt"
     """with --online-expectile: switch to it at once, or move there linearly, reaching it at the last online step"""
+    online_fraction: float | None = None
+    """online, the share of each batch drawn from the online transitions (0.5: RLPD's symmetric sampling; an extension
+    beyond the paper); default: uniform over the whole buffer, the offline data and the online transitions alike"""
 
     # O3F
     n_candidates: int = 100
@@ -321,6 +324,7 @@ def train(args: Args):
             "--num-critics must be >= 1": args.num_critics >= 1,
             "--expectile must be in (0, 1)": 0 < args.expectile < 1,
             "--online-expectile must be in (0, 1)": args.online_expectile is None or 0 < args.online_expectile < 1,
+            "--online-fraction must be in [0, 1]": args.online_fraction is None or 0 <= args.online_fraction <= 1,
             "--n-candidates must be >= 1": args.n_candidates >= 1,
             "--sigma must be >= 0": args.sigma >= 0,
         },
@@ -353,7 +357,7 @@ def train(args: Args):
 
         # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online (the expectile moves only if asked)
         expectile = expectile_at(global_step + 1 - args.offline_steps, args)
-        losses = update(agent, rb.sample(args.batch_size), expectile, args)
+        losses = update(agent, rb.sample(args.batch_size, args.online_fraction), expectile, args)
 
         # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
         step = global_step + 1
@@ -367,10 +371,18 @@ def train(args: Args):
 # PLUMBING: tasks and data, the replay buffer, flags, the run's bookkeeping, checkpoints, guards.
 # The same in every script of this project, line for line (tests/test_alignment.py); skip it on a first read.
 # =============================================================================================
+class BadInput(SystemExit):
+    """Bad input: uncaught, it ends the program with exit code 2 and no traceback; `message` is its one line."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+
 def fail(message: str):
-    """Bad input ends the run with one line and exit code 2, never a traceback."""
+    """Bad input ends the run with one line and exit code 2, never a traceback (a caller may catch BadInput)."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    raise BadInput(message)
 
 
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
@@ -748,7 +760,7 @@ class ReplayBuffer:
     """
 
     def __init__(self, data: dict, capacity: int, device: torch.device):
-        self.size = len(data["rewards"])
+        self.size = self.n_offline = len(data["rewards"])
 
         def take(key):
             x = data.pop(key)
@@ -778,8 +790,19 @@ class ReplayBuffer:
             getattr(self, key)[self.size : self.size + n] = value.to(self.obs.device)
         self.size += n
 
-    def sample(self, batch_size: int):
-        idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+    def sample(self, batch_size: int, online_fraction: float | None = None):
+        """A batch drawn uniformly from the whole buffer; with `online_fraction` F, round(F * batch_size) rows drawn
+        from the online transitions and the rest from the offline data (RLPD's symmetric sampling is F = 0.5)."""
+        if online_fraction is None or self.size == self.n_offline:  # uniform (and always before the first online step)
+            idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+        else:
+            n_online = round(online_fraction * batch_size)
+            idx = torch.cat(
+                [
+                    torch.randint(0, self.n_offline, (batch_size - n_online,), device=self.obs.device),
+                    torch.randint(self.n_offline, self.size, (n_online,), device=self.obs.device),
+                ]
+            )
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
 
@@ -821,13 +844,13 @@ def check_flags(args, method_checks: dict):
 
 
 def setup(args) -> tuple:
-    """Seeding, the device, the task's dataset and its environment (their sizes checked against each other)."""
+    """The task's dataset, seeding, the device and the environment (their sizes checked against the data's)."""
+    data = load_dataset(args.env_id, args.dataset_path)  # first: making a dataset draws random numbers of its own
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    data = load_dataset(args.env_id, args.dataset_path)
     env = make_env(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
@@ -936,6 +959,7 @@ class Run:
         if resumed:
             self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
             rb.restore_online_part(resumed["online_buffer"])
+        self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
         self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
         here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
         last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}

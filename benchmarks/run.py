@@ -36,6 +36,9 @@ VARIANTS = {
     "o3f_iql": ("o3f_iql.py", "iql", []),
     "iql_noise": ("iql_noise.py", "iql", []),
     "o3f_iql_omega1": ("o3f_iql.py", "iql", ["--omega", "1"]),
+    # an extension beyond the paper: half of each online batch from the online transitions (RLPD's symmetric sampling)
+    "o3f_iql_f05": ("o3f_iql.py", "iql", ["--online-fraction", "0.5"]),
+    "iql_noise_f05": ("iql_noise.py", "iql", ["--online-fraction", "0.5"]),
     "o3f_iql_n10": (
         "o3f_iql.py",
         "iql",
@@ -73,9 +76,9 @@ PRETRAIN_SCRIPT = {"iql": "o3f_iql.py", "lapo": "o3f_lapo.py", "cql": "cql_to_sa
 @dataclass
 class Args:
     variants: list[str] = field(default_factory=lambda: ["o3f_iql", "iql_noise"])
-    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_iql_n10, o3f_lapo, lapo_noise, o3f_lapo_omega1,
-    cql_to_sac, cql_same_objective, cql_linear, cql_abrupt, iql_same_objective, iql_expectile_abrupt,
-    iql_expectile_linear, awac, awac_lambda_abrupt, awac_lambda_linear, awac_temperature0)"""
+    """variants to run (known: o3f_iql, iql_noise, o3f_iql_omega1, o3f_iql_n10, o3f_iql_f05, iql_noise_f05, o3f_lapo,
+    lapo_noise, o3f_lapo_omega1, cql_to_sac, cql_same_objective, cql_linear, cql_abrupt, iql_same_objective,
+    iql_expectile_abrupt, iql_expectile_linear, awac, awac_lambda_abrupt, awac_lambda_linear, awac_temperature0)"""
     env_ids: list[str] = field(default_factory=lambda: ["embedded-halfcheetah-medium"])
     """tasks, as the scripts' --env-id"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -86,6 +89,9 @@ class Args:
     """fine-tuning env steps of every variant"""
     output_dir: str = "results"
     """where runs and pretrained models go"""
+    pretrained_dir: str | None = None
+    """where the pretrained models are (or go): default `{output_dir}/pretrained`; another study's folder to fine-tune
+    its models"""
     pretrain_only: bool = False
     """if toggled, only pretrain (each variant's base algorithm), fine-tuning nothing"""
     workers: int = 2
@@ -141,6 +147,12 @@ def complete(run_dir: str) -> bool:
     return False
 
 
+def model_path(args: Args, base: str, env_id: str, seed: int) -> str:
+    """The pretrained model that every variant of `base` fine-tunes on `env_id` with `seed`."""
+    folder = args.pretrained_dir or os.path.join(args.output_dir, "pretrained")
+    return os.path.join(os.path.abspath(folder), f"{base}__{env_id}__seed{seed}.pt")
+
+
 def plan(args: Args):
     """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done,
     and the names of the runs left to another process on this machine (one already working in their directory,
@@ -150,7 +162,7 @@ def plan(args: Args):
     # seed by seed (every variant of seed 1, then of seed 2, ...): a study stopped part-way has whole seeds to compare
     for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
         script, base, flags = VARIANTS[variant]
-        model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
+        model = model_path(args, base, env_id, seed)
         run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
         pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
         stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
@@ -304,7 +316,7 @@ def study_status(args: Args) -> tuple[list[dict], str]:
         _, base, _ = VARIANTS[variant]
         if (base, env_id, seed) not in seen:
             seen.add((base, env_id, seed))
-            model = os.path.join(out, "pretrained", f"{base}__{env_id}__seed{seed}.pt")
+            model = model_path(args, base, env_id, seed)
             row = progress(os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}"))
             if os.path.isfile(model):
                 row |= {"state": "complete", "step": args.offline_steps}

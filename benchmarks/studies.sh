@@ -13,6 +13,8 @@
 # 3. premise (nice 15, one after the other): "Does O3F's premise hold?": IQL on the 100k-transition data
 #    to 300k updates, then LAPO to 300k;
 # 4. premise_1m (nice 15), beside it: IQL to 1M updates, then its two 20k-step fine-tunings.
+# 5. online_fraction (nice 5, 2 workers): O3F and noise with half of each online batch from the online transitions
+#    (--online-fraction 0.5, an extension beyond the paper), fine-tuned from the decide study's five models.
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,9 @@ premise_iql_1m=(--variants o3f_iql iql_noise --env-ids $D4RL_1M --seeds 1 --offl
   --output-dir results/premise --workers 1 --extra="--eval-episodes 5 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000 300000"
   --finetune-extra="--eval-freq 2000 --snapshot-every 5000")
+online_fraction=(--variants o3f_iql_f05 iql_noise_f05 --env-ids $D4RL_1M --seeds 1 2 3 4 5 --offline-steps 300000
+  --online-steps 100000 --output-dir results/online_fraction --pretrained-dir results/decide/pretrained --workers 2
+  --extra="--eval-episodes 10 --checkpoint-every 5000" --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 
 # the benchmarks/run.py processes working in an output directory of this checkout, whoever started them
 runners() {
@@ -66,9 +71,10 @@ case "${1:-}" in
     launch premise 15 "$(q python benchmarks/run.py "${premise_iql_100k[@]}") && $(q python \
       benchmarks/run.py "${premise_lapo[@]}")"
     launch premise_1m 15 "$(q python benchmarks/run.py "${premise_iql_1m[@]}")"
+    launch online_fraction 5 "$(q python benchmarks/run.py "${online_fraction[@]}")"
     ;;
   status)
-    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m; do
+    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction; do
       declare -n flags=$study
       echo "## $study"
       python benchmarks/run.py "${flags[@]}" --status
@@ -76,7 +82,7 @@ case "${1:-}" in
     ;;
   stop)  # run.py first (so that it starts nothing more), then the runs, which save their checkpoints: found by
     # their own --output-dir (absolute, below the study's), not as run.py's children, which a killed run.py orphans
-    for dir in results/decide results/lapo_utd20 results/premise; do
+    for dir in results/decide results/lapo_utd20 results/premise results/online_fraction; do
       for pid in $(runners "$dir"); do
         kill -TERM "$pid" 2>/dev/null || true
       done

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -116,3 +117,21 @@ def run_script(data_dir):
         )
 
     return run
+
+
+@contextlib.contextmanager
+def eager_random_numbers():
+    """torch.compile'd code draws the random numbers eager code would (inductor's fallback_random), inside the block.
+
+    The config's own patch, not monkeypatch: the config serves its keys through __getattr__, so monkeypatch takes the
+    key for absent and its undo deletes it, breaking torch.compile for every later test in the process."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+
+
+@pytest.fixture
+def compiled_draws_eagers_random_numbers():
+    with eager_random_numbers():
+        yield

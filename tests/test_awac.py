@@ -90,10 +90,7 @@ def test_the_update_matches_hand_computed_losses_and_polyak_targets():
         assert torch.allclose(t_new, t_old + 0.005 * (p - t_old), atol=1e-7)
 
 
-def test_the_compiled_update_equals_the_eager_update(monkeypatch):
-    import torch._inductor.config
-
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # compiled code draws eager's random numbers
+def test_the_compiled_update_equals_the_eager_update(compiled_draws_eagers_random_numbers):
     eager = make_agent(optimizer=torch.optim.SGD)
     compiled = copy.deepcopy(eager)
     update = torch.compile(awac.awac_update)

@@ -28,6 +28,7 @@ def test_unknown_env_id_suggests_close_names(run_script, script):
         (["--sigma", -0.1], ["--sigma"]),
         (["--offline-steps", -5], ["--offline-steps"]),
         (["--batch-size", 100_000], ["--batch-size", "3000 transitions"]),
+        (["--online-fraction", 1.5], ["--online-fraction"]),
     ],
 )
 def test_impossible_values(run_script, small_dataset, flags, words):

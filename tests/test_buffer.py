@@ -58,3 +58,46 @@ def test_a_checkpoint_holds_the_online_rows_only(module, tmp_path):
     assert (tmp_path / "part.pt").stat().st_size < 10_000  # one transition, not the 10k-row buffer (~360 kB)
     torch.save(rb.online_part(10_001), tmp_path / "empty.pt")  # offline: nothing online yet
     assert (tmp_path / "empty.pt").stat().st_size < 10_000
+
+
+def buffer_with_online_rows(module, n_offline=10, n_online=4):
+    """Offline rows 0..n_offline-1, then online rows holding 1000 + k: a sampled reward tells which part it is from."""
+    rb = module.ReplayBuffer(numbered_dataset(n_offline), capacity=n_offline + n_online, device=torch.device("cpu"))
+    for k in range(n_online):
+        rb.add(np.full(3, 1000.0 + k), torch.full((2,), 1000.0 + k), 1000.0 + k, np.full(3, 1100.0 + k), False)
+    return rb
+
+
+@pytest.mark.parametrize("module", [o3f_iql, o3f_lapo, cql_to_sac])
+def test_by_default_a_batch_is_uniform_over_the_whole_buffer_as_before(module):
+    """The paper's sampling, unchanged by --online-fraction's default: the rows of one randint over the filled rows."""
+    rb = buffer_with_online_rows(module)
+    torch.manual_seed(3)
+    rewards = rb.sample(500)[2]
+    torch.manual_seed(3)
+    expected = torch.randint(0, 14, (500,))
+    assert torch.equal(rewards, torch.where(expected < 10, expected.float(), 1000.0 + expected - 10))
+    torch.manual_seed(3)
+    assert torch.equal(rb.sample(500, None)[2], rewards)
+
+
+@pytest.mark.parametrize("fraction, n_online", [(0.5, 128), (0.25, 64), (0.0, 0), (1.0, 256), (0.3, 77)])
+def test_online_fraction_draws_that_share_of_the_batch_from_the_online_rows(fraction, n_online):
+    rb = buffer_with_online_rows(o3f_iql)
+    obs, actions, rewards, next_obs, dones = rb.sample(256, fraction)
+    online = rewards >= 1000
+    assert int(online.sum()) == n_online  # round(F * batch), exactly, whatever the buffer's sizes
+    assert set(rewards[online].tolist()) <= {1000.0, 1001.0, 1002.0, 1003.0}
+    assert set(rewards[~online].tolist()) <= set(map(float, range(10)))
+    if 0 < n_online < 256:  # both parts draw from all their rows
+        assert len(set(rewards[online].tolist())) == 4 and len(set(rewards[~online].tolist())) == 10
+    assert torch.equal(obs[:, 0], rewards) and torch.equal(next_obs[:, 0], rewards + 100)  # whole transitions
+
+
+def test_online_fraction_before_the_first_online_step_is_uniform_over_the_data():
+    """Pretraining is the same with or without --online-fraction: there are no online rows to draw yet."""
+    rb = o3f_iql.ReplayBuffer(numbered_dataset(10), capacity=20, device=torch.device("cpu"))
+    torch.manual_seed(5)
+    default = rb.sample(64)[2]
+    torch.manual_seed(5)
+    assert torch.equal(rb.sample(64, 0.5)[2], default)

@@ -7,6 +7,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import make_datasets
 import o3f_iql
@@ -266,3 +267,44 @@ def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):
     assert (
         o3f_iql.TASKS["embedded-halfcheetah-medium-1m"].ref_max == o3f_iql.TASKS["embedded-halfcheetah-medium"].ref_max
     )
+
+
+def test_making_a_dataset_leaves_the_callers_random_streams_alone(tmp_path):
+    """The behaviour policy draws from its own seed: a script that makes its data on first use starts the same as
+    one that finds them cached."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        before = torch.get_rng_state()
+        make_datasets.generate("embedded-halfcheetah-medium", str(tmp_path / "m.hdf5"), seed=0, transitions=50)
+        assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_seed_starts_the_same_whether_the_data_were_made_or_found(small_dataset):
+    """setup seeds after loading: a first run (the data made on the spot, which draws random numbers) and every later
+    one (the data cached) start from the same networks."""
+    import random
+
+    args = o3f_iql.Args(dataset_path=small_dataset, cuda=False, seed=7)
+    real_load, starts = o3f_iql.load_dataset, []
+    python_state, numpy_state, deterministic = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.backends.cudnn.deterministic,
+    )
+
+    def load_while_making(*a):  # what making the data on an empty cache does to the global streams
+        torch.rand(1000), np.random.rand(1000), random.random()
+        return real_load(*a)
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for load in (real_load, load_while_making):
+                o3f_iql.load_dataset = load
+                o3f_iql.setup(args)
+                starts.append((torch.rand(3), np.random.rand(3), random.random()))
+    finally:
+        o3f_iql.load_dataset = real_load
+        random.setstate(python_state), np.random.set_state(numpy_state)
+        torch.backends.cudnn.deterministic = deterministic
+    (t1, n1, p1), (t2, n2, p2) = starts
+    assert torch.equal(t1, t2) and np.array_equal(n1, n2) and p1 == p2

@@ -227,10 +227,7 @@ def test_actor_update_matches_hand_computed_losses_and_polyak_targets():
         assert torch.equal(p_new, p_old)  # the actor step leaves the critics alone
 
 
-def test_compiled_updates_equal_the_eager_updates(monkeypatch):
-    import torch._inductor.config
-
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # compiled code draws eager's random numbers
+def test_compiled_updates_equal_the_eager_updates(compiled_draws_eagers_random_numbers):
     eager, args = full_agent(optimizer=torch.optim.SGD)
     compiled = copy.deepcopy(eager)
     critic, actor = torch.compile(o3f_lapo.critic_update), torch.compile(o3f_lapo.actor_update)

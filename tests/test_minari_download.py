@@ -292,9 +292,12 @@ def test_fetch_prepares_data_and_reports_each_failed_task_in_one_line(hub, tmp_p
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
     assert result.stdout.splitlines()[0] == f"kitchen-mixed-v0: 20 transitions, {size_mb:.1f} MB in {folder}"
     assert "copy" in result.stdout.splitlines()[1] and str(tmp_path / "cache") in result.stdout.splitlines()[1]
+    # One error line per failed task, in order, as it fails; then the list of what was not fetched.
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert [e.split(":")[1].strip() for e in errors] == ["hopper-medium-v2", "kitchen-partial-v0", "kichen-mixed-v0"]
+    failed = ["hopper-medium-v2", "kitchen-partial-v0", "kichen-mixed-v0"]
+    assert len(errors) == 3 and all(task in line for task, line in zip(failed, errors))
     assert "did you mean kitchen-mixed-v0" in errors[2] and f"127.0.0.1:{port}" in errors[0]
+    assert result.stderr.splitlines()[-1] == f"not fetched: {', '.join(failed)}"
     # What fetch left is what a script on a machine with no network then reads.
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     import o3f_iql
