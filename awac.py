@@ -14,7 +14,8 @@ Where it differs from CORL's AWAC (algorithms/finetune/awac.py), on purpose, to 
   bootstraps min Q(s', a') of a plain policy sample with no entropy term;
 - batch 1024 (CORL: 256), the policy's log std is one learned vector mapped into [-6, 0] by a sigmoid (CORL: a
   clamp to [-20, 2]), and rewards are used as they are (d3rlpy's default: no reward scaler).
-Where it differs from d3rlpy's: online actions are kept inside the action bounds (d3rlpy stores the raw draw).
+As d3rlpy's Gaussian does, every sample of the policy (the advantage's baseline a' ~ pi, and the actions online) is
+clamped to the action bounds ([-1, 1] on every task here); tests/test_awac.py replays 300 of d3rlpy's updates.
 Reads top to bottom: arguments, networks, the AWAC update, then `train`; the plumbing (tasks and data, buffer,
 bookkeeping) is one block at the end.
 """
@@ -243,7 +244,8 @@ def awac_update(agent: Agent, batch, lam: float, args: Args) -> dict:
     # with the critics just updated.
     with torch.no_grad():
         policy = agent.actor(obs)
-        advantage = agent.qf(obs, actions).min(0).values - agent.qf(obs, policy.sample()).min(0).values
+        sampled = policy.sample().clamp(agent.low, agent.high)  # kept inside the bounds, as d3rlpy's samples are
+        advantage = agent.qf(obs, actions).min(0).values - agent.qf(obs, sampled).min(0).values
         weights = awac_weights(advantage, lam)
     actor_loss = -(weights * agent.actor(obs).log_prob(actions).sum(-1)).sum()
     agent.actor_optimizer.zero_grad(set_to_none=True)

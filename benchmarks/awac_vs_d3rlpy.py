@@ -3,10 +3,14 @@
     python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --seeds 1 2 3
     python benchmarks/awac_vs_d3rlpy.py --report-only      # the table from what is under --output-dir
     python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --same-update
+    python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --many-updates 300
 
 --same-update: d3rlpy's AWAC makes one update from its initial networks on a batch of the data; awac.py's
 `awac_update` makes one from the same networks, batch and random seed; the losses and the networks after it are
 compared (OUTPUT_DIR/ENV/same_update.json; `--keep FILE` keeps what the comparison needs, as tests/data's fixture).
+--many-updates N: the same over N updates on fixed batches (update i on rows numpy default_rng(seed)'s i-th draw,
+after torch.manual_seed(seed + i)); the losses of every update and the networks at several points are compared
+(OUTPUT_DIR/embedded-halfcheetah-medium/many_updates.json; `--keep FILE`: tests/data/d3rlpy_awac_updates.pt).
 
 Each seed runs benchmarks/d3rlpy_awac.py with that interpreter (d3rlpy 2.8.1, its defaults: batch 1024, lambda 1,
 SAC's critic target at temperature 1) for --offline-steps updates and --online-steps steps, and writes
@@ -47,7 +51,14 @@ class Args:
     same_update: bool = False
     """compare one update of d3rlpy's AWAC and of awac.py's from the same networks, batch and seed"""
     keep: str | None = None
-    """with --same-update: write the record the comparison used here (networks before, batch, losses, sums after)"""
+    """with --same-update or --many-updates: write the record the comparison used here"""
+    many_updates: int = 0
+    """compare N updates of d3rlpy's AWAC and of awac.py's from the same networks, on the same fixed batches of
+    MANY_UPDATES_DATA, with the same seeds (0: no)"""
+
+
+# --many-updates' data: the first 20k transitions of the embedded medium dataset (made in seconds, deterministic)
+MANY_UPDATES_DATA = ("embedded-halfcheetah-medium", 20_000)
 
 
 def write_data(env_id: str, path: str):
@@ -63,6 +74,7 @@ def write_npz(raw: dict, path: str):
         rewards=raw["rewards"],
         terminals=raw["terminals"].astype(np.float32),
         timeouts=raw["timeouts"].astype(np.float32),
+        **({"next_observations": raw["next_observations"]} if "next_observations" in raw else {}),
     )
 
 
@@ -118,22 +130,11 @@ def same_update(record: dict) -> dict:
     losses beside d3rlpy's, and the largest difference of the sums of the networks' tensors after it, relative and
     in learning rates: Adam's first step moves every weight by about +-lr whatever its gradient's size, so a weight
     whose gradient is ~0 can step the other way on another CPU (its sign is float32 rounding), 2 lr apart."""
-    from types import SimpleNamespace
-
     import torch
 
-    obs_dim, act_dim = record["batch"]["observations"].shape[1], record["batch"]["actions"].shape[1]
-    env = SimpleNamespace(
-        observation_space=awac.gym.spaces.Box(-1, 1, (obs_dim,)), action_space=awac.gym.spaces.Box(-1, 1, (act_dim,))
-    )
-    agent = awac.Agent(env, SimpleNamespace(learning_rate=3e-4, compile=False, cudagraphs=False), torch.device("cpu"))
-    with torch.no_grad():
-        for part, tensors in d3rlpy_names(agent).items():
-            for name, tensor in tensors.items():
-                tensor.copy_(record["before"][part][name])
+    agent, config = agent_from(record)
     b = record["batch"]
     batch = (b["observations"], b["actions"], b["rewards"][:, 0], b["next_observations"], b["terminals"][:, 0])
-    config = SimpleNamespace(gamma=record["config"]["gamma"], tau=record["config"]["tau"], temperature=1.0)
     torch.manual_seed(record["seed"])
     losses = awac.awac_update(agent, batch, record["config"]["lam"], config)
     worst, worst_lr = 0.0, 0.0
@@ -149,6 +150,100 @@ def same_update(record: dict) -> dict:
         "after_sums_max_relative_difference": worst,
         "after_sums_max_difference_in_lr": worst_lr,
     }
+
+
+def many_updates(record: dict, raw: dict, n_updates: int | None = None) -> dict:
+    """awac.py's update replayed on d3rlpy's --many-updates record: from its initial networks, on the same batches of
+    the D4RL-format arrays `raw`, with the same seeds. Per update, each loss's relative difference from d3rlpy's; at
+    each recorded point (up to `n_updates`), the largest difference of a tensor's sum or absolute sum from d3rlpy's,
+    relative to the tensor's absolute sum."""
+    import torch
+
+    agent, config = agent_from(record)
+    n_updates = n_updates or len(record["losses"])
+    rows = np.random.default_rng(record["seed"]).integers(0, len(raw["rewards"]), (len(record["losses"]), 1024))
+    arrays = [torch.as_tensor(raw[k], dtype=torch.float32) for k in ("observations", "actions", "rewards")]
+    arrays += [torch.as_tensor(raw[k], dtype=torch.float32) for k in ("next_observations", "terminals")]
+    loss_differences, tensor_differences = [], {}
+    for i in range(n_updates):
+        idx = torch.as_tensor(rows[i])
+        torch.manual_seed(record["seed"] + i)
+        losses = awac.awac_update(agent, [x[idx] for x in arrays], record["config"]["lam"], config)
+        theirs = record["losses"][i]
+        loss_differences.append(
+            {
+                name: abs(losses[ours].item() - theirs[name]) / max(abs(theirs[name]), 1e-6)
+                for ours, name in (("qf_loss", "critic_loss"), ("actor_loss", "actor_loss"))
+            }
+        )
+        if i + 1 in record["sums"]:
+            worst = 0.0
+            for part, tensors in d3rlpy_names(agent).items():
+                for name, tensor in tensors.items():
+                    their_sum, their_abs_sum = record["sums"][i + 1][part][name]
+                    scale = max(their_abs_sum, 1e-6)  # the tensor's size: a sum near 0 is no scale
+                    worst = max(
+                        worst,
+                        abs(tensor.sum().item() - their_sum) / scale,
+                        abs(tensor.abs().sum().item() - their_abs_sum) / scale,
+                    )
+            tensor_differences[i + 1] = worst
+    return {"loss_relative_differences": loss_differences, "tensor_relative_differences": tensor_differences}
+
+
+def agent_from(record: dict):
+    """An awac.py agent holding d3rlpy's networks `record["before"]`, and the update's configuration as d3rlpy's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    shapes = record["before"]["policy"]
+    obs_dim, act_dim = shapes["_encoder._layers.0.weight"].shape[1], shapes["_mu.weight"].shape[0]
+    env = SimpleNamespace(
+        observation_space=awac.gym.spaces.Box(-1, 1, (obs_dim,)), action_space=awac.gym.spaces.Box(-1, 1, (act_dim,))
+    )
+    agent = awac.Agent(env, SimpleNamespace(learning_rate=3e-4, compile=False, cudagraphs=False), torch.device("cpu"))
+    with torch.no_grad():
+        for part, tensors in d3rlpy_names(agent).items():
+            for name, tensor in tensors.items():
+                tensor.copy_(record["before"][part][name])
+    config = SimpleNamespace(gamma=record["config"]["gamma"], tau=record["config"]["tau"], temperature=1.0)
+    return agent, config
+
+
+def many_updates_data(folder: str) -> dict:
+    """MANY_UPDATES_DATA, made in `folder`: the arrays both AWACs draw their fixed batches from."""
+    import make_datasets
+
+    name, transitions = MANY_UPDATES_DATA
+    return awac.read_hdf5(make_datasets.generate(name, os.path.join(folder, "data.hdf5"), 0, transitions))
+
+
+def run_many_updates(args: Args) -> dict:
+    import torch
+
+    seed = args.seeds[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = many_updates_data(tmp)
+        data, out = os.path.join(tmp, "data.npz"), os.path.join(tmp, "updates.pt")
+        write_npz(raw, data)
+        command = [args.python, os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py"), "--many-updates", data, out]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        try:
+            child = subprocess.run([*command, str(seed), str(args.many_updates)], env=env)
+        except OSError as e:
+            sys.exit(f"error: --python {args.python}: cannot run it ({e.strerror})")
+        if child.returncode != 0:
+            sys.exit(f"error: --python {args.python}: d3rlpy's AWAC updates did not run (exit {child.returncode})")
+        record = torch.load(out, weights_only=True)
+        result = many_updates(record, raw)
+    if args.keep:
+        torch.save(record, args.keep)
+    path = os.path.join(args.output_dir, MANY_UPDATES_DATA[0], "many_updates.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result | {"seed": seed, "d3rlpy_version": record["version"]}, f)
+    return result
 
 
 def compact(record: dict, seed: int) -> dict:
@@ -221,6 +316,19 @@ if __name__ == "__main__":
             f"agree to {result['after_sums_max_relative_difference']:.1e} (relative), "
             f"{result['after_sums_max_difference_in_lr']:.2f} learning rates at most"
         )
+        sys.exit(0)
+    if args.many_updates:
+        if args.python is None:
+            sys.exit("error: --python: give the interpreter of an environment with d3rlpy installed")
+        result = run_many_updates(args)
+        losses, tensors = result["loss_relative_differences"], result["tensor_relative_differences"]
+        print(f"{args.many_updates} AWAC updates from the same networks, batches and seeds (awac.py vs d3rlpy):")
+        for end in sorted(tensors):
+            worst = max(max(d.values()) for d in losses[:end])
+            print(
+                f"  after {end:>5} updates: losses agree to {worst:.1e} (relative, the worst update so far), "
+                f"every tensor's sum and absolute sum to {tensors[end]:.1e}"
+            )
         sys.exit(0)
     if not args.report_only:
         if args.python is None:

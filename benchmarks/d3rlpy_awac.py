@@ -4,6 +4,8 @@
     # progress on stderr, one JSON line on stdout: the evaluations, as awac.py's summary.json has them
     PYTHON benchmarks/d3rlpy_awac.py --one-update DATA.npz OUT.pt SEED
     # d3rlpy's AWAC networks before and after one update of a batch of DATA, the batch and the losses, to OUT.pt
+    PYTHON benchmarks/d3rlpy_awac.py --many-updates DATA.npz OUT.pt SEED N
+    # d3rlpy's AWAC networks before N updates on fixed batches of DATA, the losses of each, the networks after some
 
 Run by `benchmarks/awac_vs_d3rlpy.py`, with the interpreter of d3rlpy's environment. Imports only numpy, torch,
 gymnasium and d3rlpy. d3rlpy's defaults throughout (AWACConfig(): batch 1024, lambda 1, twin critics, SAC's target at
@@ -113,7 +115,67 @@ def one_update(path, out, seed):
     )
 
 
+CHECKPOINTS = (1, 10, 100, 200, 300, 500, 1000, 2000, 3000)  # updates after which --many-updates records the networks
+
+
+def many_updates(path, out, seed, n_updates):
+    """d3rlpy's AWAC for `n_updates` updates from its initial networks on fixed batches: update i (from 0) on the rows
+    numpy.random.default_rng(seed).integers(0, n, (n_updates, 1024))[i] of DATA, after torch.manual_seed(seed + i).
+    Records the networks before, every update's losses, and the sum and absolute sum of every tensor after the
+    updates of CHECKPOINTS: awac_vs_d3rlpy.py --many-updates replays it with awac.py's update."""
+    import d3rlpy
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    d3rlpy.seed(seed)
+    raw = np.load(path)
+    dataset = d3rlpy.dataset.MDPDataset(
+        raw["observations"], raw["actions"], raw["rewards"], raw["terminals"], timeouts=raw["timeouts"]
+    )
+    awac = d3rlpy.algos.AWACConfig().create(device="cpu:0")
+    awac.build_with_dataset(dataset)
+    modules = awac.impl._modules
+    parts = {"policy": modules.policy, "q_funcs": modules.q_funcs, "targ_q_funcs": modules.targ_q_funcs}
+    before = {name: {k: v.clone() for k, v in part.state_dict().items()} for name, part in parts.items()}
+    rows = np.random.default_rng(seed).integers(0, len(raw["rewards"]), (n_updates, awac.config.batch_size))
+    losses, sums = [], {}
+    for i, idx in enumerate(rows):
+        actions = raw["actions"][idx].astype(np.float32)
+        batch = d3rlpy.dataset.TransitionMiniBatch(
+            observations=raw["observations"][idx].astype(np.float32),
+            actions=actions,
+            rewards=raw["rewards"][idx, None].astype(np.float32),
+            next_observations=raw["next_observations"][idx].astype(np.float32),
+            next_actions=np.zeros_like(actions),
+            terminals=raw["terminals"][idx, None].astype(np.float32),
+            intervals=np.ones((len(idx), 1), np.float32),
+            transitions=[],
+        )
+        torch.manual_seed(seed + i)
+        losses.append({name: float(value) for name, value in awac.update(batch).items()})
+        if i + 1 in CHECKPOINTS:
+            sums[i + 1] = {
+                name: {k: (v.sum().item(), v.abs().sum().item()) for k, v in part.state_dict().items()}
+                for name, part in parts.items()
+            }
+    torch.save(
+        {
+            "before": before,
+            "losses": losses,
+            "sums": sums,
+            "seed": seed,
+            "config": {"gamma": awac.config.gamma, "tau": awac.config.tau, "lam": awac.config.lam},
+            "version": d3rlpy.__version__,
+        },
+        out,
+    )
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--many-updates":
+        many_updates(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        sys.exit(0)
     if len(sys.argv) == 5 and sys.argv[1] == "--one-update":
         one_update(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.exit(0)
