@@ -41,6 +41,8 @@ LABELS = {
     "iql_noise": "IQL + noise",
     "o3f_iql_omega1": "IQL + O3F (omega = 1)",
     "o3f_iql_n10": "IQL + O3F (N = 10, ablation)",
+    "o3f_iql_f05": "IQL + O3F, half of each batch online",
+    "iql_noise_f05": "IQL + noise, half of each batch online",
     "o3f_lapo": "LAPO + O3F",
     "lapo_noise": "LAPO + noise",
     "o3f_lapo_omega1": "LAPO + O3F (omega = 1)",
@@ -64,6 +66,10 @@ FIGURES = {  # file -> (title, groups of variants compared in one panel per task
     "figure6_omega.png": (
         "Uncertainty optimism: omega = 0 vs 1 (Figure 6)",
         [("o3f_iql", "o3f_iql_omega1"), ("o3f_lapo", "o3f_lapo_omega1")],
+    ),
+    "online_fraction.png": (  # an extension beyond the paper: --online-fraction 0.5 (RLPD's symmetric sampling)
+        "O3F vs noise with half of each batch from the online transitions (beyond the paper)",
+        [("o3f_iql_f05", "iql_noise_f05")],
     ),
     "figure3_loosening.png": (
         "Loosening the offline objective's conservatism at the switch (Figure 3)",

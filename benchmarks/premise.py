@@ -10,16 +10,17 @@ model of o3f_iql.py / iql_noise.py (IQL) or o3f_lapo.py (LAPO) on a MuJoCo locom
 noise baseline at sigma, O3F at N, sigma, omega), acting through the scripts' own selection functions:
 
 1. episodes: the D4RL-normalised return of full episodes acting with that rule, model frozen (the quality
-   of the data the rule collects), and the paired difference of O3F and noise over the same start states;
+   of the data the rule collects), and O3F's difference from noise over the same start states (the rules'
+   random draws part after the first step: episodes share their start states, not their draws);
 2. states: on K states visited by the deterministic policy, the critics' predicted value (the ensemble's
    mean Q) of the action the rule executes, and its true value: the MuJoCo state is restored, the action
    executed, then the deterministic policy followed for H more steps, discounted, in the critic's reward
    units. Truncating at H leaves out the tail past it, which weighs gamma^(H+1) of an infinite discounted
    sum (0.049 at H = 300, gamma = 0.99); a paired difference of two first actions loses less, since both
-   continue with the same policy. Reported: each rule's predicted and true values, the paired gain of O3F
-   over noise (true and predicted) on the same states, and the rank correlation (Spearman) between
-   predicted and true values across R candidates c ~ N(a, sigma^2) of one state, averaged over states,
-   beside its control: the rank correlation of the candidates' true values with those of the same
+   continue with the same policy. Reported: each rule's predicted and true values, the gain of O3F over
+   noise (true and predicted) on the same states from the same draw (paired), and the rank correlation
+   (Spearman) between predicted and true values across R candidates c ~ N(a, sigma^2) of one state, averaged
+   over states, beside its control: the rank correlation of the candidates' true values with those of the same
    candidates nudged by 1e-3 (HalfCheetah is chaotic: where the control is near 0, the true values'
    differences come from the dynamics, not from the actions, and no critic could rank them).
 
@@ -567,11 +568,12 @@ def measure(args: Measure):
 def summary_table(results: list) -> str:
     """One row per model and sigma: the frozen rules' episode scores, O3F's gains over noise, the rank correlation."""
     lines = [
-        "| algorithm | data | training seed | updates | sigma | policy mean | noise | O3F N10 | O3F N100 "
-        "| episode gain N100 | true gain N100 | predicted gain N100 | rank corr. | control "
-        "| distance to the mean: noise, O3F N100 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| algorithm | data | training seed | updates | sigma | policy mean | a ~ pi | noise | O3F N10 | O3F N100 "
+        "| episode gain N100 vs noise | vs a ~ pi | vs policy mean | true gain N100 vs noise "
+        "| predicted gain N100 vs noise | rank corr. | control | distance to the mean: noise, O3F N100 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    over = lambda g: f"{g[0]:+.1f} ± {g[1]:.1f}" if g else ""  # noqa: E731
     pm = lambda row, key, d=1: f"{row[key]:+.{d}f} ± {row[key + '_se']:.{d}f}" if row and key in row else ""  # noqa: E731
     score = lambda row: f"{row['episode_score']:.1f} ± {row['episode_score_se']:.1f}" if row else ""  # noqa: E731
     distance = lambda row: f"{row['distance']:.2f}" if row and "distance" in row else ""  # noqa: E731
@@ -589,9 +591,11 @@ def summary_table(results: list) -> str:
             )
             lines.append(
                 f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {r['train_seed']} | {updates} | {s:g} "
-                f"| {score(rows.get(('policy', 1, 0.0, 0.0)))} "
+                f"| {score(rows.get(('policy', 1, 0.0, 0.0)))} | {score(rows.get(('sample', 1, 0.0, 0.0)))} "
                 f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
-                f"| {pm(o3f, 'episode_gain')} | {pm(o3f, 'true_gain', 2)} | {pm(o3f, 'predicted_gain', 2)} "
+                f"| {pm(o3f, 'episode_gain')} | {over(gain_over(r, 'sample', 100, s))} "
+                f"| {over(gain_over(r, 'policy', 100, s))} | {pm(o3f, 'true_gain', 2)} "
+                f"| {pm(o3f, 'predicted_gain', 2)} "
                 f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} "
                 f"| {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} "
                 f"| {distance(rows.get(('noise', 1, s, 0.0)))}, {distance(o3f)} |"
@@ -600,43 +604,55 @@ def summary_table(results: list) -> str:
 
 
 def glance_table(offline: list, sigma: float = 0.2) -> str:
-    """The verdict at a glance: O3F N 100's episode gain over noise at one sigma, one row per algorithm and data
-    size, one column per pretraining budget; over several training seeds the mean ± the standard error over them
-    (their count in brackets), one seed its own standard error."""
+    """The verdict at a glance: O3F N 100's episode gain at one sigma over each reference (REFERENCES), one row per
+    algorithm, data size and reference, one column per pretraining budget; over several training seeds the mean ±
+    the standard error over them (their count in brackets), one seed its own standard error."""
     steps = sorted({r["step"] for r in offline})
     lines = [
-        "| algorithm | data | " + " | ".join(f"{budget(s)} updates" for s in steps) + " |",
-        "|---|---|" + "---|" * len(steps),
+        "| algorithm | data | O3F N 100 minus | " + " | ".join(f"{budget(s)} updates" for s in steps) + " |",
+        "|---|---|---|" + "---|" * len(steps),
     ]
-    gain = lambda r: next(  # noqa: E731
-        (
-            (x["episode_gain"], x["episode_gain_se"])
-            for x in r["rules"]
-            if (x["kind"], x["n"], x["sigma"]) == ("o3f", 100, sigma) and x["omega"] == 0 and "episode_gain" in x
-        ),
-        None,
-    )
     for algorithm, size in sorted(
         {(r["algorithm"], r["dataset_size"]) for r in offline}, key=lambda c: (c[0] != "iql", c)
     ):
-        cells = []
-        for step in steps:
-            values = [
-                g
-                for r in offline
-                if (r["algorithm"], r["dataset_size"], r["step"]) == (algorithm, size, step)
-                for g in [gain(r)]
-                if g
-            ]
-            if not values:
-                cells.append("")
-            elif len(values) == 1:
-                cells.append(f"{values[0][0]:+.1f} ± {values[0][1]:.1f}")
-            else:
-                mean, se = mean_se([v for v, _ in values])
-                cells.append(f"{mean:+.1f} ± {se:.1f} ({len(values)} seeds)")
-        lines.append(f"| {algorithm.upper()} | {size // 1000}k | " + " | ".join(cells) + " |")
+        models = [r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)]
+        for reference, label in REFERENCES:
+            cells = []
+            for step in steps:
+                values = [g for r in models if r["step"] == step for g in [gain_over(r, reference, 100, sigma)] if g]
+                if not values:
+                    cells.append("")
+                elif len(values) == 1:
+                    cells.append(f"{values[0][0]:+.1f} ± {values[0][1]:.1f}")
+                else:
+                    mean, se = mean_se([v for v, _ in values])
+                    cells.append(f"{mean:+.1f} ± {se:.1f} ({len(values)} seeds)")
+            if any(cells):
+                lines.append(f"| {algorithm.upper()} | {size // 1000}k | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# What O3F's episodes are measured against: the noise baseline at the same sigma (the paper's), the policy's own
+# sample a ~ pi (IQL's base action, before noise or selection) and the deterministic policy (IQL: the Gaussian's
+# mean; LAPO: pi(s), also its base action). O3F's gain over noise includes undoing the noise; the others show what
+# the selection adds beyond that.
+REFERENCES = (("noise", "noise"), ("sample", "a ~ pi"), ("policy", "the deterministic policy"))
+
+
+def gain_over(r: dict, reference: str, n: int = 100, sigma: float = 0.2) -> tuple | None:
+    """O3F N `n`'s episode score minus `reference`'s (a kind of REFERENCES), over the same start states, and its
+    standard error (against noise: over the per-episode differences; else from the two scores' standard errors);
+    None where either was not measured."""
+    rows = {(x["kind"], x["n"], x["sigma"], x["omega"]): x for x in r["rules"]}
+    o3f = rows.get(("o3f", n, sigma, 0.0))
+    if reference == "noise":
+        return (o3f["episode_gain"], o3f["episode_gain_se"]) if o3f and "episode_gain" in o3f else None
+    ref = rows.get((reference, 1, 0.0, 0.0))
+    if not (o3f and ref):
+        return None
+    return o3f["episode_score"] - ref["episode_score"], float(
+        np.hypot(o3f["episode_score_se"], ref["episode_score_se"])
+    )
 
 
 def budget(n: int) -> str:
@@ -645,14 +661,17 @@ def budget(n: int) -> str:
 
 
 def online_table(online: list, offline: list) -> str:
-    """Frozen models along fine-tuning, one row per rule that fine-tuned and online step, the training seeds
-    pooled: mean ± standard error over the seeds' models (one model: its own standard error) of O3F N 100's
-    episode gain over noise at each sigma, and at sigma 0.2 the rules' episode scores and the rank correlation
-    with the 10-step return. The first row is the pretrained models those runs started from, where measured."""
+    """Frozen models along fine-tuning, one row per rule that fine-tuned and online step, the runs' seeds pooled:
+    mean ± standard error over the seeds' models (one model: its own standard error) of O3F N 100's episode gain
+    over noise at each sigma, and at sigma 0.2 the rules' episode scores, O3F N 100's gain over a ~ pi and over
+    the deterministic policy, and the rank correlation with the 10-step return. The first row is the pretrained
+    models those runs started from, where measured. A run's seed is its --seed: where the seeds fine-tune one
+    pretrained model (the LAPO study at UTD 20), they are fine-tuning seeds, not training seeds."""
     lines = [
-        "| fine-tuned by | online steps | training seeds | policy mean | noise | O3F N100 "
-        "| episode gain N100, sigma 0.05 | sigma 0.1 | sigma 0.2 | rank corr. h 10, sigma 0.2 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fine-tuned by | online steps | run seeds | policy mean | a ~ pi | noise | O3F N100 "
+        "| episode gain N100 vs noise, sigma 0.05 | sigma 0.1 | sigma 0.2 | vs a ~ pi, sigma 0.2 "
+        "| vs policy mean, sigma 0.2 | rank corr. h 10, sigma 0.2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def measured(row, key):
@@ -678,6 +697,7 @@ def online_table(online: list, offline: list) -> str:
     policy = lambda r: measured(next(x for x in r["rules"] if x["kind"] == "policy"), "episode_score")  # noqa: E731
     score = lambda kind, n=1: lambda r: measured(rule(kind, n)(r), "episode_score")  # noqa: E731
     gain = lambda sigma: lambda r: measured(rule("o3f", 100, sigma)(r), "episode_gain")  # noqa: E731
+    sample = lambda r: measured(next((x for x in r["rules"] if x["kind"] == "sample"), None), "episode_score")  # noqa: E731
 
     groups = {}  # runs pooled by algorithm, data size, pretraining updates (the switch), rule and online step
     for r in online:
@@ -700,9 +720,11 @@ def online_table(online: list, offline: list) -> str:
         lines.append(
             f"| {name} ({algorithm.upper()}, {size // 1000}k data, {budget(switch)} updates) | {steps:,} "
             f"| {', '.join(str(r['train_seed']) for r in models)} | {pooled(models, policy)} "
-            f"| {pooled(models, score('noise'))} | {pooled(models, score('o3f', 100))} "
+            f"| {pooled(models, sample)} | {pooled(models, score('noise'))} | {pooled(models, score('o3f', 100))} "
             f"| {pooled(models, gain(0.05), sign='+')} | {pooled(models, gain(0.1), sign='+')} "
-            f"| {pooled(models, gain(0.2), sign='+')} | {pooled(models, rank_h10, d=2, sign='+')} |"
+            f"| {pooled(models, gain(0.2), sign='+')} | {pooled(models, lambda r: gain_over(r, 'sample'), sign='+')} "
+            f"| {pooled(models, lambda r: gain_over(r, 'policy'), sign='+')} "
+            f"| {pooled(models, rank_h10, d=2, sign='+')} |"
         )
     return "\n".join(lines)
 
@@ -726,12 +748,12 @@ def plot(args: Plot):
         print(plot_online(online, offline, os.path.join(os.path.dirname(out), "premise_online.png")))
     if offline:
         print(
-            "\nAt a glance: O3F N 100's episode gain over noise at sigma 0.2, by pretraining budget:\n"
-            + glance_table(offline)
+            "\nAt a glance: O3F N 100's episode gain at sigma 0.2 over noise, a ~ pi and the deterministic policy, "
+            "by pretraining budget:\n" + glance_table(offline)
         )
         print("\nAlong pretraining (one row per model and sigma):\n" + summary_table(offline))
     if online:
-        print("\nAlong fine-tuning (training seeds pooled; N 100):\n" + online_table(online, offline))
+        print("\nAlong fine-tuning (the runs' seeds pooled; N 100):\n" + online_table(online, offline))
 
 
 def plot_offline(offline: list, out: str) -> str:
@@ -915,6 +937,7 @@ def save_figure(fig, title: str, out: str) -> str:
 
     fig.suptitle(title)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -4,7 +4,6 @@ import contextlib
 import glob
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -127,11 +126,6 @@ def write_fake(results, variant, seed, summary, env_id="embedded-halfcheetah-med
     (path / "summary.json").write_text(json.dumps(summary))
 
 
-def png_size(path):
-    with open(path, "rb") as f:
-        return struct.unpack(">II", f.read(24)[16:24])
-
-
 def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
     results = tmp_path / "results"
     for seed, offset in ((1, 0.0), (2, 2.0)):
@@ -158,12 +152,6 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
         "statistics.json",
         "tables.md",
     ]
-    # two panels (IQL and LAPO), 5 inches each at 120 dpi; below each, its legend: 3.4 + 0.13 * 2 entries inches high
-    assert png_size(figures / "figure5_o3f_vs_noise.png") == (1200, 439)
-    assert png_size(figures / "figure2_cql_to_sac_embedded-halfcheetah-medium.png") == (
-        1800,
-        432,
-    )  # score, Q bias, loss
     # The table: IQM over the two seeds (of two, their mean) at the switch (step 100) and at the end (step 200); two
     # seeds are too few for a bootstrap CI (resampling them gives the range), so the table says there is none.
     # The runs took 1 and 2 hours (summary.json's wall_s, counted from the switch): median 1.5; noise's have none.
@@ -184,6 +172,65 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
     assert o3f["end"]["iqm"] == pytest.approx(41.0) and o3f["end"]["ci"] is None and o3f["end"]["seeds"] == 2
     pair = next(c for c in stats["comparisons"] if (c["first"], c["second"]) == ("o3f_iql", "iql_noise"))
     assert pair["end"]["p"] == pytest.approx(1.0) and pair["mean"]["p_ci"] is None
+
+
+def drawn_figures(monkeypatch, results) -> dict:
+    """What plot.py draws from `results`, as its own matplotlib figures (nothing written): file name -> figure."""
+    from matplotlib.figure import Figure
+
+    plot = plot_module()
+    figures = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: figures.__setitem__(os.path.basename(path), fig))
+    monkeypatch.setattr(plot.plt, "close", lambda fig=None: None)
+    monkeypatch.setattr(plot, "REPS", 200)
+    runs = plot.load(str(results))
+    plot.draw_comparisons(runs, "out"), plot.draw_switch(runs, "out"), plot.draw_aggregate(runs, "out")
+    return figures
+
+
+def curves(ax) -> dict:
+    """A panel's lines by their legend labels: label -> (x, y)."""
+    return {line.get_label(): tuple(map(list, line.get_data())) for line in ax.get_lines()}
+
+
+def test_figure_5_draws_each_algorithms_iqm_curves_and_the_collected_episodes(monkeypatch, tmp_path):
+    results = tmp_path / "results"
+    for seed, offset in ((1, 0.0), (2, 2.0)):
+        o3f = fake_summary("o3f_iql", seed, [10, 20 + offset, 30 + offset, 40 + offset])
+        episodes = [{"step": step, "normalized_score": 43.0 + offset} for step in (150, 200)]  # the data collected
+        write_fake(results, "o3f_iql", seed, {**o3f, "train_episodes": episodes})
+        write_fake(results, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20 + offset, 22, 24]))
+        write_fake(results, "o3f_lapo", seed, fake_summary("o3f_lapo", seed, [5, 6, 7, 8]))
+        write_fake(results, "lapo_noise", seed, fake_summary("lapo_noise", seed, [5, 5, 5, 5]))
+    write_fake(results, "cql_to_sac", 1, fake_summary("cql_to_sac", 1, [30, 40, 20, 35], q_bias=[1, 2, 40, 5]))
+    figures = drawn_figures(monkeypatch, results)
+    assert sorted(figures) == [
+        "aggregate.png",
+        "figure2_cql_to_sac_embedded-halfcheetah-medium.png",
+        "figure5_o3f_vs_noise.png",
+    ]
+    iql, lapo = figures["figure5_o3f_vs_noise.png"].axes
+    assert iql.get_title() == "IQL on embedded-halfcheetah-medium" and "LAPO" in lapo.get_title()
+    assert iql.get_ylabel() == "D4RL-normalised score" and iql.get_xlabel().startswith("online environment steps")
+    # online steps from the switch (0, 50, 100); two seeds' IQM is their mean
+    assert curves(iql)["IQL + O3F (2 seeds, IQM)"] == ([0, 50, 100], [21.0, 31.0, 41.0])
+    assert curves(iql)["IQL + noise (2 seeds, IQM)"] == ([0, 50, 100], [21.0, 22.0, 24.0])
+    assert curves(lapo)["LAPO + noise (2 seeds, IQM)"][1] == [5.0, 5.0, 5.0]
+    # the training episodes each run collected, dashed beside its curve: their score at each step, over the seeds
+    assert curves(iql)["IQL + O3F: training episodes"][1][1:] == [44.0, 44.0]
+    # Figure 2: score, Q bias and critic loss across the switch (offline steps left of 0), one seed
+    score, bias, loss = figures["figure2_cql_to_sac_embedded-halfcheetah-medium.png"].axes
+    assert [ax.get_ylabel() for ax in (score, bias, loss)] == [
+        "D4RL-normalised score",
+        "Q bias: Q(s, a) - discounted return",
+        "critic TD loss",
+    ]
+    label = "CQL -> SAC (objective switch) (1 seed, IQM)"
+    assert curves(score)[label] == ([-50, 0, 50, 100], [30.0, 40.0, 20.0, 35.0])
+    assert curves(bias)[label][1] == [1.0, 2.0, 40.0, 5.0]
+    # the aggregate: one panel per comparison, each variant's end score on its row
+    (o3f_vs_noise, lapo_vs_noise) = figures["aggregate.png"].axes
+    assert [t.get_text() for t in o3f_vs_noise.get_yticklabels()] == ["IQL + O3F", "IQL + noise"]
 
 
 def plot_module():
@@ -373,7 +420,7 @@ def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tm
     assert run.plan(args)[1] == []
 
 
-def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path):
+def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path, monkeypatch):
     results = tmp_path / "results"
     for variant, scores in (
         ("cql_same_objective", [5, 6, 7, 8]),
@@ -391,7 +438,13 @@ def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert png_size(results / "figures" / "figure3_loosening.png")[0] == 1800  # three panels side by side
+    cql, iql, awac = drawn_figures(monkeypatch, results)["figure3_loosening.png"].axes  # three panels side by side
+    assert [ax.get_title().split(" on ")[0] for ax in (cql, iql, awac)] == ["CQL", "IQL", "AWAC"]
+    assert sorted(curves(awac)) == [
+        "AWAC (same objective) (1 seed, IQM)",
+        "AWAC, lambda 1 -> 0.1 at the switch (1 seed, IQM)",
+    ]
+    assert curves(awac)["AWAC, lambda 1 -> 0.1 at the switch (1 seed, IQM)"][1] == [15.0, 18.0, 24.0]
     for row in (
         "| AWAC (same objective) vs AWAC, lambda 1 -> 0.1 at the switch |",
         "| IQL (same objective) vs IQL, expectile",

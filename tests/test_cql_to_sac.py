@@ -133,12 +133,6 @@ def test_online_sac_has_no_conservative_term():
     assert agent.alpha_prime.log_value.item() == before  # untouched online under SAC
 
 
-def test_offline_cql_adds_the_conservative_term_to_the_td_loss():
-    agent, batch = make_learner()
-    losses = cql_to_sac.cql_update(agent, batch, True, 5.0, ARGS)
-    assert losses["qf_loss"].item() != losses["td_loss"].item()
-
-
 def test_compiled_update_equals_the_eager_update(compiled_draws_eagers_random_numbers):
     eager, _ = make_learner(optimizer=torch.optim.SGD)
     compiled = copy.deepcopy(eager)

@@ -77,7 +77,10 @@ def test_the_offline_checkpoint_holds_the_pretrained_model(pretrained):
     assert state["qf"]["layers.0.weight"].shape[0] == 5  # five critics, one batched network
     final = torch.load(os.path.join(run_dir, "final.pt"), weights_only=True)
     assert final["step"] == 400
-    assert not torch.equal(final["actor"]["log_std"], state["actor"]["log_std"])  # it kept learning online
+    # Adam counts its steps: 200 updates offline for every optimiser, then exactly 200 more online (one per env step)
+    for name in ("actor_optimizer", "q_optimizer", "v_optimizer"):
+        assert [float(s["step"]) for s in state[name]["state"].values()] == [200.0] * len(state[name]["state"])
+        assert [float(s["step"]) for s in final[name]["state"].values()] == [400.0] * len(final[name]["state"])
 
 
 def test_the_noise_baseline_fine_tunes_the_same_pretrained_model(run_script, small_dataset, pretrained, tmp_path):

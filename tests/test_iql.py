@@ -33,10 +33,22 @@ def test_awr_weight_is_exp_beta_advantage_clipped_at_100():
 
 
 def test_ensemble_has_independent_critics():
+    """Critic j is an MLP of its own: its output is its own weights' forward pass, and nothing else moves it."""
+    torch.manual_seed(0)
     qf = o3f_iql.QEnsemble(obs_dim=4, act_dim=2, num_critics=5)
-    q = qf(torch.randn(8, 4), torch.randn(8, 2))
+    obs, act = torch.randn(8, 4), torch.randn(8, 2)
+    q = qf(obs, act)
     assert q.shape == (5, 8)
-    assert not torch.allclose(q[0], q[1])
+    for j in range(5):  # by hand: relu(x W1 + b1) -> relu(. W2 + b2) -> . W3 + b3, with member j's weights
+        x = torch.cat([obs, act], -1)
+        for k, layer in enumerate(qf.layers):
+            x = x @ layer.weight[j] + layer.bias[j]
+            x = x.relu() if k < len(qf.layers) - 1 else x
+        assert torch.allclose(q[j], x.squeeze(-1), atol=1e-6)
+    with torch.no_grad():
+        qf.layers[0].weight[2] += 1.0  # change critic 2 only
+    moved = (qf(obs, act) != q).any(1)
+    assert moved.tolist() == [False, False, True, False, False]
 
 
 def write_d4rl_file(path, with_next_observations):

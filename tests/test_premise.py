@@ -120,7 +120,7 @@ def hand_made_model(seed, online_steps, policy, gain, gain_se=0.5, h10=0.1, exp_
     }
 
 
-def test_the_fine_tuning_table_pools_the_training_seeds_and_shows_the_switch_once():
+def test_the_fine_tuning_table_pools_the_runs_seeds_and_shows_the_switch_once():
     switch = [hand_made_model(1, 0, 38.0, 9.0), hand_made_model(2, 0, 39.0, 11.0)]
     online = [
         hand_made_model(1, 100_000, 41.0, 10.0),
@@ -141,11 +141,14 @@ def test_the_fine_tuning_table_pools_the_training_seeds_and_shows_the_switch_onc
         ["pretrained model, at the switch (IQL, 1000k data, 1000k updates)", "0", "1"],
         ["o3f_iql (IQL, 1000k data, 1000k updates)", "20,000", "1"],
     ]
-    assert cells[4][8] == "+7.0 ± 0.5" and cells[5][8] == "+8.0 ± 0.5" and cells[5][3] == "43.0 ± 0.3"
+    assert cells[4][9] == "+7.0 ± 0.5" and cells[5][9] == "+8.0 ± 0.5" and cells[5][3] == "43.0 ± 0.3"
     # two seeds: the mean, and the standard error over the seeds (values 1 apart: 0.5)
-    assert cells[3][3] == "41.5 ± 0.5" and cells[3][8] == "+11.0 ± 1.0" and cells[0][8] == "+10.0 ± 1.0"
-    assert cells[2][8] == "+10.5 ± 0.4" and cells[2][9] == "+0.10 ± 0.05"
-    assert cells[3][4] == "" and cells[3][6] == ""  # not measured: noise's score, the gain at sigma 0.05
+    assert cells[3][3] == "41.5 ± 0.5" and cells[3][9] == "+11.0 ± 1.0" and cells[0][9] == "+10.0 ± 1.0"
+    assert cells[2][9] == "+10.5 ± 0.4" and cells[2][12] == "+0.10 ± 0.05"
+    assert cells[3][5] == "" and cells[3][7] == ""  # not measured: noise's score, the gain at sigma 0.05
+    # O3F over the deterministic policy: the scores' difference, its error from theirs (hypot(0.2, 0.3) = 0.36);
+    # over a ~ pi: not measured here
+    assert cells[5][11] == "+8.0 ± 0.4" and cells[5][10] == "" and cells[5][4] == ""
 
 
 def test_the_glance_table_has_one_column_per_budget_and_pools_the_seeds():
@@ -157,10 +160,44 @@ def test_the_glance_table_has_one_column_per_budget_and_pools_the_seeds():
         {**hand_made_model(1, 0, 38.0, 5.0, offline=100_000), "algorithm": "lapo"},
     ]
     rows = [[c.strip() for c in row.strip("|").split("|")] for row in premise.glance_table(models).splitlines()]
-    assert rows[0] == ["algorithm", "data", "30k updates", "100k updates", "300k updates"]
-    assert rows[2] == ["IQL", "1000k", "-7.0 ± 0.5", "", "+11.0 ± 1.2 (3 seeds)"]  # 9, 11, 13: se 2/sqrt(3)
-    assert rows[3] == ["LAPO", "1000k", "", "+5.0 ± 0.5", ""]
-    assert premise.glance_table(models, sigma=0.1).splitlines()[2] == "| IQL | 1000k |  |  |  |"  # not measured
+    assert rows[0] == ["algorithm", "data", "O3F N 100 minus", "30k updates", "100k updates", "300k updates"]
+    # one row per reference measured: noise, and the deterministic policy (a ~ pi is not in these models)
+    assert rows[2] == ["IQL", "1000k", "noise", "-7.0 ± 0.5", "", "+11.0 ± 1.2 (3 seeds)"]  # 9, 11, 13: se 2/sqrt(3)
+    assert rows[3] == ["IQL", "1000k", "the deterministic policy", "-7.0 ± 0.4", "", "+11.0 ± 1.2 (3 seeds)"]
+    assert rows[4] == ["LAPO", "1000k", "noise", "", "+5.0 ± 0.5", ""]
+    assert len(rows) == 6 and rows[5][2] == "the deterministic policy"
+    assert len(premise.glance_table(models, sigma=0.1).splitlines()) == 2  # nothing measured at sigma 0.1
+
+
+def test_gains_over_each_reference_are_the_score_differences():
+    r = hand_made_model(1, 0, 38.0, 9.0)
+    sample = {"kind": "sample", "n": 1, "sigma": 0.0, "omega": 0.0, "episode_score": 41.0, "episode_score_se": 0.4}
+    r["rules"].append(sample)
+    assert premise.gain_over(r, "noise") == (9.0, 0.5)  # the stored per-episode difference
+    assert premise.gain_over(r, "policy") == pytest.approx((9.0, np.hypot(0.2, 0.3)))  # O3F 47.0 - 38.0
+    assert premise.gain_over(r, "sample") == pytest.approx((6.0, np.hypot(0.2, 0.4)))  # 47.0 - 41.0
+    assert premise.gain_over(r, "sample", sigma=0.1) is None  # O3F not measured at sigma 0.1
+
+
+def test_the_pretraining_figure_draws_each_seeds_gain_along_the_budget(monkeypatch, tmp_path):
+    def model(seed, offline, gain, algorithm="iql"):
+        r = hand_made_model(seed, 0, 38.0, gain, offline=offline)
+        r["rules"][1] |= {"true_gain": gain / 10, "true_gain_se": 0.1}
+        r["rank"][0]["by_horizon"][0] |= {"replicate_spearman": 0.9, "replicate_spearman_se": 0.01}
+        return {**r, "algorithm": algorithm}
+
+    offline = [model(1, 30_000, -7.0), model(1, 300_000, 9.0), model(2, 300_000, 11.0), model(1, 100_000, 5.0, "lapo")]
+    figures = []
+    monkeypatch.setattr(premise, "save_figure", lambda fig, title, out: figures.append(fig) or out)
+    premise.plot_offline(offline, str(tmp_path / "premise.png"))
+    axes = np.array(figures[0].axes).reshape(4, 2)  # four measures (rows) for each algorithm and data size
+    assert [ax.get_title() for ax in axes[0]] == ["IQL, 1000k transitions", "LAPO, 1000k transitions"]
+    drawn = sorted((list(c.lines[0].get_ydata()), len(c.lines[0].get_xdata())) for c in axes[0, 0].containers)
+    assert drawn == [([-7.0, 9.0], 2), ([11.0], 1)]  # one line per training seed, along its budgets
+    (lapo,) = axes[0, 1].containers
+    assert list(lapo.lines[0].get_ydata()) == [5.0] and list(lapo.lines[0].get_xdata()) == pytest.approx(
+        [100_000 / 1.06]
+    )
 
 
 def test_the_fine_tuning_figure_draws_runs_from_different_pretraining_budgets_apart(monkeypatch, tmp_path):
@@ -234,7 +271,7 @@ def measure(path, **overrides):
 
 
 @pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py"])
-def test_o3f_and_noise_are_compared_on_the_same_states_and_draws(snapshots, script):
+def test_per_state_o3f_and_noise_act_on_the_same_states_from_the_same_draws(snapshots, script):
     result = measure(snapshots[script][0])
     rows = {row["rule"]: row for row in result["rules"]}
     # sigma 0: every candidate is the base action, so O3F's pick is the noise baseline's: zero gain, exactly,
@@ -306,7 +343,7 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
         timeout=300,
     )
     assert plotted.returncode == 0, plotted.stderr[-2000:]
-    assert os.path.getsize(tmp_path / "premise.png") > 10_000
+    assert os.path.isfile(tmp_path / "premise.png")  # what it shows: test_the_pretraining_figure_draws_...
     assert "| LAPO | 3k | 1 | 10 | 0.2 |" in plotted.stdout  # one row per model and sigma, with its training seed
 
 
@@ -410,7 +447,7 @@ def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, 
         [sys.executable, premise_py, "plot", "--results", str(out)], capture_output=True, text=True, timeout=300
     )
     assert plotted.returncode == 0, plotted.stderr[-2000:]
-    assert os.path.getsize(tmp_path / "premise_online.png") > 10_000 and not os.path.exists(tmp_path / "premise.png")
+    assert os.path.isfile(tmp_path / "premise_online.png") and not os.path.exists(tmp_path / "premise.png")
     # the models along fine-tuning go to the second table, one row per rule and online step
     assert (
         "| iql_noise (IQL, 3k data, 5 updates) | 495 | 1 |" in plotted.stdout and "| IQL | 3k |" not in plotted.stdout
