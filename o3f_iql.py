@@ -1085,7 +1085,11 @@ class Run:
         save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
         self.summary["complete"], self.summary["wall_s"] = True, self.wall_s()
         write_json(self.summary_path, self.summary)
-        print(f"{self.name}: final normalized score {self.score:.1f}; logs in {self.dir}")
+        episodes = [e["normalized_score"] for e in self.summary["train_episodes"]]
+        collected = (
+            f"; its {len(episodes)} training episodes scored {np.mean(episodes):.1f} on average" if episodes else ""
+        )
+        print(f"{self.name}: final normalized score {self.score:.1f}{collected}; logs in {self.dir}")
         self.env.close()
         self.eval_env.close()
         self.writer.close()
@@ -1123,15 +1127,24 @@ def read_checkpoint(path: str, flag: str) -> dict:
 
 
 def load_checkpoint(state: dict, args, agent, flag: str):
+    """The networks and optimisers of `state` into `agent`; a model saved without its optimisers' state (a model-only
+    file, see results/MODELS.md) loads its networks, and its optimisers start afresh."""
     if state["env_id"] != args.env_id:
         fail(
             f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}"
         )
+    parts = agent_state(agent)
+    fresh = [name for name, part in parts.items() if isinstance(part, torch.optim.Optimizer) and name not in state]
     try:
-        for name, part in agent_state(agent).items():
-            part.load_state_dict(state[name])
+        for name, part in parts.items():
+            if name not in fresh:
+                part.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
         fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
+    if fresh:
+        print(
+            f"{flag} {state['path']}: a model without optimiser state; {', '.join(fresh)} start afresh", file=sys.stderr
+        )
 
 
 def rng_state(env) -> dict:

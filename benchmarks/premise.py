@@ -216,7 +216,8 @@ class Agent:
         del data
         try:
             for name, part in s.agent_state(self.model).items():
-                part.load_state_dict(state[name])
+                if isinstance(part, torch.nn.Module):  # the networks; a model-only file has no optimiser state
+                    part.load_state_dict(state[name])
         except (KeyError, RuntimeError, ValueError) as e:
             fail(f"{path}: does not fit the networks of {self.script.__name__}.py ({str(e).splitlines()[0]})")
         self.low, self.high, self.device = self.model.low, self.model.high, device

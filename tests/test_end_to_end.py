@@ -189,11 +189,11 @@ def test_compile_runs_the_whole_loop(run_script, small_dataset, tmp_path):
     )
 
 
-def readme_commands(heading):
-    """The `python ...` lines of the first bash block after `heading` in README.md (continuations joined)."""
+def readme_commands(heading, doc="README.md"):
+    """The `python ...` lines of the first bash block after `heading` in `doc` (continuations joined)."""
     from conftest import ROOT
 
-    text = open(os.path.join(ROOT, "README.md")).read()
+    text = open(os.path.join(ROOT, doc)).read()
     block = text[text.index(heading) :].split("```bash\n", 1)[1].split("```", 1)[0]
     lines = block.replace("\\\n", " ").splitlines()
     return [line.split("#")[0].split() for line in lines if line.startswith("python ")]
@@ -202,7 +202,7 @@ def readme_commands(heading):
 @pytest.mark.parametrize("which", range(2))
 def test_the_readme_commands_for_figure_3_panels_run(run_script, small_dataset, tmp_path, which):
     """The README's IQL and AWAC commands of Figure 3, at a tiny budget (later flags override the README's)."""
-    commands = readme_commands("## The paper's other baselines")
+    commands = readme_commands("## The paper's other baselines", "docs/reproduction.md")
     assert len(commands) == 2
     _, script, *flags = commands[which]
     tiny = ["--offline-steps", 20, "--online-steps", 10, "--eval-freq", 10, "--eval-episodes", 1, "--batch-size", 32]
@@ -212,3 +212,39 @@ def test_the_readme_commands_for_figure_3_panels_run(run_script, small_dataset, 
     assert summary["complete"] and [e["step"] for e in summary["evaluations"]] == [10, 20, 30]
     moved = {"iql_noise.py": ("online_expectile", 0.85), "awac.py": ("online_lam", 0.1)}[script]
     assert summary["args"][moved[0]] == moved[1]  # the README's loosening reached the run
+
+
+def test_the_quick_start_fine_tunes_the_shipped_model_with_each_rule_and_measures_its_premise(
+    run_script, small_dataset, data_dir, tmp_path
+):
+    """The README's quick start as written, at a tiny budget (later flags override the README's): both rules
+    fine-tune the shipped 300k-update model and report their training episodes; the diagnostic reads it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    commands = readme_commands("## Quick start")
+    assert [c[1] for c in commands] == ["o3f_iql.py", "iql_noise.py", "benchmarks/premise.py"]
+    tiny = ["--online-steps", 1000, "--eval-freq", 1000, "--eval-episodes", 1, "--batch-size", 32]
+    for (_, script, *flags), out in zip(commands[:2], ("o3f", "noise")):
+        result = run_script(script, *flags, "--dataset-path", small_dataset, "--output-dir", tmp_path / out, *tiny)
+        assert result.returncode == 0, result.stderr[-2000:]
+        summary = json.load(open(os.path.join(run_dir_of(tmp_path / out), "summary.json")))
+        assert [e["step"] for e in summary["evaluations"]] == [300_000, 301_000]  # the shipped model's switch
+        assert len(summary["train_episodes"]) == 1 and "its 1 training episodes scored" in result.stdout
+    _, script, *flags = commands[2]
+    tiny = ["--episodes", "1", "--states", "2", "--horizon", "2", "--rank-candidates", "2"]
+    flags = [str(tmp_path / "premise.jsonl") if f == "runs/premise.jsonl" else f for f in flags]
+    env = {**os.environ, "O3F_DATA_DIR": data_dir}  # the model's own data (made here once), not the user's cache
+    result = subprocess.run(
+        [sys.executable, script, *flags, *tiny], capture_output=True, text=True, cwd=ROOT, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (line,) = [json.loads(x) for x in open(tmp_path / "premise.jsonl")]
+    assert line["step"] == 300_000 and [r["rule"] for r in line["rules"]] == [
+        "policy mean",
+        "a ~ pi",
+        "noise s0.2",
+        "O3F N100 s0.2",
+    ]
