@@ -96,6 +96,33 @@ def test_the_noise_baseline_fine_tunes_the_same_pretrained_model(run_script, sma
     assert [(e["step"], e["phase"]) for e in noise] == [(200, "offline"), (300, "online"), (400, "online")]
 
 
+def test_a_model_without_optimiser_state_fine_tunes_from_the_same_networks(
+    run_script, small_dataset, pretrained, tmp_path
+):
+    """A model-only file (results/MODELS.md): its networks load, its optimisers start afresh, and the run says so."""
+    run_dir, checkpoint = pretrained
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.endswith("_optimizer")}, tmp_path / "model.pt")
+    result = run_script(
+        "iql_noise.py",
+        "--dataset-path",
+        small_dataset,
+        "--output-dir",
+        tmp_path / "runs",
+        "--load-offline",
+        tmp_path / "model.pt",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if "without optimiser state" in x]
+    assert "actor_optimizer, q_optimizer, v_optimizer start afresh" in line
+    o3f = json.load(open(os.path.join(run_dir, "summary.json")))["evaluations"]
+    noise = json.load(open(os.path.join(run_dir_of(str(tmp_path / "runs")), "summary.json")))["evaluations"]
+    assert noise[0] == {**o3f[1], "phase": "offline"}  # the same networks at the switch
+    final = torch.load(os.path.join(run_dir_of(str(tmp_path / "runs")), "final.pt"), weights_only=True)
+    assert {float(s["step"]) for s in final["q_optimizer"]["state"].values()} == {200.0}  # 200 online steps, fresh
+
+
 def test_o3f_fine_tunes_a_model_pretrained_by_the_noise_baseline(run_script, small_dataset, tmp_path):
     checkpoint = str(tmp_path / "noise.pt")
     first = run_script(

@@ -284,6 +284,16 @@ def test_per_state_o3f_and_noise_act_on_the_same_states_from_the_same_draws(snap
     assert result["tail_weight"] == pytest.approx(0.99**6)
 
 
+def test_a_model_without_optimiser_state_measures_the_same(snapshots, tmp_path):
+    full = snapshots["o3f_iql.py"][1]
+    state = torch.load(full, weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.endswith("_optimizer")}, tmp_path / "model.pt")
+    a, b = measure(full), measure(str(tmp_path / "model.pt"))
+    for r in (a, b):
+        r.pop("wall_s"), r.pop("model")
+    assert a == b
+
+
 def test_two_runs_on_the_same_model_agree(snapshots):
     a, b = measure(snapshots["o3f_iql.py"][1]), measure(snapshots["o3f_iql.py"][1])
     a.pop("wall_s"), b.pop("wall_s")
