@@ -56,26 +56,27 @@ ALGORITHM, SCRIPTS = "awac", ("awac.py",)  # checkpoints name their algorithm, a
 
 @dataclass
 class Args:
-    exp_name: str = "awac"
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    track: bool = False
-    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
-    wandb_project_name: str = "o3f"
-    """the wandb project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of the wandb project"""
-    capture_video: bool = False
-    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
-    output_dir: str = "runs"
-    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+    # AWAC (d3rlpy's defaults)
+    batch_size: int = 1024
+    """the batch size of each update"""
+    learning_rate: float = 3e-4
+    """the learning rate of the critics and the actor"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target critics"""
+    lam: Annotated[float, tyro.conf.arg(name="lambda")] = 1.0
+    """lambda: the temperature of the advantage weights exp(A / lambda) (the paper's "Lagrange multiplier")"""
+    temperature: float = 1.0
+    """the entropy temperature in the critic's target (d3rlpy's AWAC: fixed at 1, never learned)"""
 
-    # Data and schedule
+    # The switch (Figure 3's AWAC panel)
+    online_lam: Annotated[float | None, tyro.conf.arg(name="online-lambda")] = None
+    """lambda to move to online (Figure 3: 1 -> 0.1; default: keep --lambda)"""
+    schedule: Literal["abrupt", "linear"] = "abrupt"
+    """with --online-lambda: switch to it at once, or move there linearly, reaching it at the last online step"""
+
+    # The run: the task and its data, the schedule, logging, checkpoints, the device
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
@@ -109,26 +110,24 @@ class Args:
     """if toggled, the update runs through torch.compile (compiles for ~10-60 s at the start)"""
     cudagraphs: bool = False
     """if toggled, the update replays as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
-
-    # AWAC (d3rlpy's defaults)
-    batch_size: int = 1024
-    """the batch size of each update"""
-    learning_rate: float = 3e-4
-    """the learning rate of the critics and the actor"""
-    gamma: float = 0.99
-    """the discount factor"""
-    tau: float = 0.005
-    """the Polyak averaging rate of the target critics"""
-    lam: Annotated[float, tyro.conf.arg(name="lambda")] = 1.0
-    """lambda: the temperature of the advantage weights exp(A / lambda) (the paper's "Lagrange multiplier")"""
-    temperature: float = 1.0
-    """the entropy temperature in the critic's target (d3rlpy's AWAC: fixed at 1, never learned)"""
-
-    # The switch (Figure 3's AWAC panel)
-    online_lam: Annotated[float | None, tyro.conf.arg(name="online-lambda")] = None
-    """lambda to move to online (Figure 3: 1 -> 0.1; default: keep --lambda)"""
-    schedule: Literal["abrupt", "linear"] = "abrupt"
-    """with --online-lambda: switch to it at once, or move there linearly, reaching it at the last online step"""
+    exp_name: str = "awac"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +160,7 @@ class QEnsemble(nn.Module):
     """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here), as one network with batched layers; returns a
     [m, batch] tensor.
 
-    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    One matmul per layer for all m critics instead of one per critic: the same m independent MLPs, fewer calls.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
@@ -297,14 +296,14 @@ def train(args: Args):
     agent = Agent(env, args, device)
     # The replay buffer starts as the whole offline dataset; online transitions are added to it.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
-    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    if args.load_offline and not resumed:  # fine-tune a saved model: pretraining ends at the model's own step
+        args.offline_steps = load_model(args.load_offline, args, agent)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; --resume: the stopped run
     update, act = compiled(awac_update, args), compiled(select_action, args)
 
     obs = run.obs
     for global_step in range(run.start_step, run.total_steps):
-        online = global_step >= args.offline_steps
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
         if online:
             if obs is None:  # the previous episode ended
                 obs, _ = env.reset()
@@ -313,15 +312,14 @@ def train(args: Args):
             next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
             # Only a true termination stops bootstrapping, a time limit does not.
             rb.add(obs, action, reward, next_obs, terminated)
-            run.record_episode(global_step + 1, info)
+            run.record_episode(step, info)
             obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: the same AWAC update offline and online (lambda moves only if asked)
-        lam = lambda_at(global_step + 1 - args.offline_steps, args)
+        lam = lambda_at(step - args.offline_steps, args)
         losses = update(agent, rb.sample(args.batch_size), lam, args)
 
         # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
-        step = global_step + 1
         run.log(step, losses, scalars={"lambda": lam})
         run.evaluate(step)
         run.save(step, between_episodes=not online or obs is None)
@@ -826,11 +824,20 @@ def setup(args) -> tuple:
 
 
 def compiled(fn, args):
-    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
-    recipe); without either flag, the eager function, which is the reference."""
+    """`fn` as the training loop calls it: eager by default (the reference); traced and fused by torch.compile with
+    --compile; replayed as a CUDA graph with --cudagraphs (compile's reduce-overhead mode), each call a new graph
+    step whose outputs are cloned, so the loop reads them whenever it likes."""
     if not (args.compile or args.cudagraphs):
         return fn
-    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    graph = torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    if not args.cudagraphs:
+        return graph
+
+    def replay(*inputs):
+        torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
+        return torch.utils._pytree.tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, graph(*inputs))
+
+    return replay
 
 
 @torch.no_grad()
@@ -853,8 +860,8 @@ class Run:
     """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
     snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
 
-    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
-    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    Starting, it loads the stopped run of --resume (its model, online data and random streams), and resets the
+    environment: `obs` is the first state.
     `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
     """
 
@@ -903,11 +910,7 @@ class Run:
         self.start_step = 0
         if resumed:
             load_checkpoint(resumed, args, agent, "--resume")
-            self.start_step = resumed["step"]
-        elif args.load_offline:
-            pretrained = read_checkpoint(args.load_offline, "--load-offline")
-            load_checkpoint(pretrained, args, agent, "--load-offline")
-            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
         self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         self.summary = {
             "args": vars(args),
@@ -974,7 +977,7 @@ class Run:
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
-        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
         args = self.args
         self.progress.update(1)
         self.healthy &= all_finite(losses)
@@ -1085,6 +1088,13 @@ def read_checkpoint(path: str, flag: str) -> dict:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
     state["path"] = path
     return state
+
+
+def load_model(path: str, args, agent) -> int:
+    """--load-offline: a saved model's networks (and optimisers) into `agent`; returns the step it was saved at."""
+    pretrained = read_checkpoint(path, "--load-offline")
+    load_checkpoint(pretrained, args, agent, "--load-offline")
+    return pretrained["step"]
 
 
 def load_checkpoint(state: dict, args, agent, flag: str):

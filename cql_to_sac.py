@@ -49,26 +49,35 @@ ALGORITHM, SCRIPTS = "cql", ("cql_to_sac.py",)  # checkpoints name their algorit
 
 @dataclass
 class Args:
-    exp_name: str = "cql_to_sac"
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    track: bool = False
-    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
-    wandb_project_name: str = "o3f"
-    """the wandb project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of the wandb project"""
-    capture_video: bool = False
-    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
-    output_dir: str = "runs"
-    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+    # CQL and SAC
+    batch_size: int = 256
+    """the batch size of each update"""
+    q_lr: float = 3e-4
+    """the learning rate of the critics"""
+    policy_lr: float = 1e-4
+    """the learning rate of the actor (CQL's D4RL setting)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target critics"""
+    cql_target_gap: float = 5.0
+    """the Lagrange threshold: the multiplier grows while --cql-weight * (logsumexp Q - data Q) exceeds it"""
+    cql_weight: float = 5.0
+    """the scale of the conservative term inside the Lagrange form (CQL's min_q_weight)"""
+    cql_n_actions: int = 10
+    """actions sampled per state for each of the three proposals of the importance-sampled logsumexp"""
 
-    # Data and schedule
+    # The switch
+    online_objective: Literal["sac", "cql"] = "sac"
+    """the online loss: `sac` drops the conservative term at the switch (Figure 2); `cql` keeps it (Figure 3)"""
+    online_target_gap: float | None = None
+    """with `--online-objective cql`: the Lagrange threshold to move to online (default: keep --cql-target-gap)"""
+    schedule: Literal["abrupt", "linear"] = "abrupt"
+    """with --online-target-gap: switch to it at once, or move there linearly, reaching it at the last online step"""
+    switch_window: int = 5000
+    """steps on each side of the switch in which the critic loss is logged every 10 steps"""
+
+    # The run: the task and its data, the schedule, logging, checkpoints, the device
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
@@ -102,34 +111,24 @@ class Args:
     """if toggled, the update runs through torch.compile (compiles for ~10-60 s at the start)"""
     cudagraphs: bool = False
     """if toggled, the update replays as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
-
-    # CQL and SAC
-    batch_size: int = 256
-    """the batch size of each update"""
-    q_lr: float = 3e-4
-    """the learning rate of the critics"""
-    policy_lr: float = 1e-4
-    """the learning rate of the actor (CQL's D4RL setting)"""
-    gamma: float = 0.99
-    """the discount factor"""
-    tau: float = 0.005
-    """the Polyak averaging rate of the target critics"""
-    cql_target_gap: float = 5.0
-    """the Lagrange threshold: the multiplier grows while --cql-weight * (logsumexp Q - data Q) exceeds it"""
-    cql_weight: float = 5.0
-    """the scale of the conservative term inside the Lagrange form (CQL's min_q_weight)"""
-    cql_n_actions: int = 10
-    """actions sampled per state for each of the three proposals of the importance-sampled logsumexp"""
-
-    # The switch
-    online_objective: Literal["sac", "cql"] = "sac"
-    """the online loss: `sac` drops the conservative term at the switch (Figure 2); `cql` keeps it (Figure 3)"""
-    online_target_gap: float | None = None
-    """with `--online-objective cql`: the Lagrange threshold to move to online (default: keep --cql-target-gap)"""
-    schedule: Literal["abrupt", "linear"] = "abrupt"
-    """with --online-target-gap: switch to it at once, or move there linearly, reaching it at the last online step"""
-    switch_window: int = 5000
-    """steps on each side of the switch in which the critic loss is logged every 10 steps"""
+    exp_name: str = "cql_to_sac"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +163,7 @@ class QEnsemble(nn.Module):
     """The critic ensemble {Q_j(s, a)}, j = 1..m (twin critics here), as one network with batched layers; returns a
     [m, batch] tensor.
 
-    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    One matmul per layer for all m critics instead of one per critic: the same m independent MLPs, fewer calls.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
@@ -412,15 +411,15 @@ def train(args: Args):
     # The replay buffer starts as the whole offline dataset; online transitions are added to it.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
     evaluate = functools.partial(evaluate_q_bias, scale_reward=scale_reward, gamma=args.gamma)
-    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    if args.load_offline and not resumed:  # fine-tune a saved model: pretraining ends at the model's own step
+        args.offline_steps = load_model(args.load_offline, args, agent)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; --resume: the stopped run
     run.summary.setdefault("online_episodes", [])  # Figure 2's Q bias on the training episodes
     update = compiled(cql_update, args)
 
     obs, episode_q, episode_rewards = run.obs, [], []
     for global_step in range(run.start_step, run.total_steps):
-        online = global_step >= args.offline_steps
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
         if online:
             if obs is None:  # the previous episode ended
                 obs, _ = env.reset()
@@ -433,20 +432,19 @@ def train(args: Args):
             # Only a true termination stops bootstrapping, a time limit does not.
             rb.add(obs, action[0], scale_reward(reward), next_obs, terminated)
             episode_rewards.append(scale_reward(float(reward)))
-            run.record_episode(global_step + 1, info)
+            run.record_episode(step, info)
             if terminated or truncated:
-                record_q_bias(run, global_step + 1, episode_q, episode_rewards, terminated, args.gamma)
+                record_q_bias(run, step, episode_q, episode_rewards, terminated, args.gamma)
                 episode_q, episode_rewards = [], []
             obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: CQL offline; online SAC (the switch drops the conservative term) or CQL with a threshold schedule
         conservative = not online or args.online_objective == "cql"
-        target_gap = target_gap_at(global_step + 1 - args.offline_steps, args) if online else args.cql_target_gap
+        target_gap = target_gap_at(step - args.offline_steps, args) if online else args.cql_target_gap
         losses = update(agent, rb.sample(args.batch_size), conservative, target_gap, args)
 
         # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints;
         # Figure 2 wants the critic loss at a fine grain around the switch, so it is logged every 10 steps there.
-        step = global_step + 1
         near_switch = abs(step - args.offline_steps) <= args.switch_window and step % 10 == 0
         run.log(step, losses, scalars={"target_gap": target_gap}, now=near_switch)
         run.evaluate(step, critic_loss=losses["td_loss"])
@@ -952,11 +950,20 @@ def setup(args) -> tuple:
 
 
 def compiled(fn, args):
-    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
-    recipe); without either flag, the eager function, which is the reference."""
+    """`fn` as the training loop calls it: eager by default (the reference); traced and fused by torch.compile with
+    --compile; replayed as a CUDA graph with --cudagraphs (compile's reduce-overhead mode), each call a new graph
+    step whose outputs are cloned, so the loop reads them whenever it likes."""
     if not (args.compile or args.cudagraphs):
         return fn
-    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    graph = torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    if not args.cudagraphs:
+        return graph
+
+    def replay(*inputs):
+        torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
+        return torch.utils._pytree.tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, graph(*inputs))
+
+    return replay
 
 
 @torch.no_grad()
@@ -979,8 +986,8 @@ class Run:
     """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
     snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
 
-    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
-    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    Starting, it loads the stopped run of --resume (its model, online data and random streams), and resets the
+    environment: `obs` is the first state.
     `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
     """
 
@@ -1029,11 +1036,7 @@ class Run:
         self.start_step = 0
         if resumed:
             load_checkpoint(resumed, args, agent, "--resume")
-            self.start_step = resumed["step"]
-        elif args.load_offline:
-            pretrained = read_checkpoint(args.load_offline, "--load-offline")
-            load_checkpoint(pretrained, args, agent, "--load-offline")
-            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
         self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         self.summary = {
             "args": vars(args),
@@ -1100,7 +1103,7 @@ class Run:
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
-        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
         args = self.args
         self.progress.update(1)
         self.healthy &= all_finite(losses)
@@ -1211,6 +1214,13 @@ def read_checkpoint(path: str, flag: str) -> dict:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
     state["path"] = path
     return state
+
+
+def load_model(path: str, args, agent) -> int:
+    """--load-offline: a saved model's networks (and optimisers) into `agent`; returns the step it was saved at."""
+    pretrained = read_checkpoint(path, "--load-offline")
+    load_checkpoint(pretrained, args, agent, "--load-offline")
+    return pretrained["step"]
 
 
 def load_checkpoint(state: dict, args, agent, flag: str):

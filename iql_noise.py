@@ -44,26 +44,34 @@ ALGORITHM, SCRIPTS = (
 
 @dataclass
 class Args:
-    exp_name: str = "iql_noise"
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    track: bool = False
-    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
-    wandb_project_name: str = "o3f"
-    """the wandb project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of the wandb project"""
-    capture_video: bool = False
-    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
-    output_dir: str = "runs"
-    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+    # IQL
+    batch_size: int = 256
+    """the batch size of each update"""
+    learning_rate: float = 3e-4
+    """the learning rate of the Q-functions, the value function and the actor"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target Q-functions"""
+    num_critics: int = 5
+    """the number of Q-functions in the ensemble (the paper uses 5 for IQL, the original 2)"""
+    expectile: float | None = None
+    """the expectile of the value regression (default: 0.9 on antmaze, 0.7 elsewhere)"""
+    beta: float | None = None
+    """the inverse temperature of the advantage weights (default: 3 locomotion, 10 antmaze, 0.5 kitchen)"""
+    online_expectile: float | None = None
+    """the expectile to move to online (Figure 3's IQL panel loosens 0.7 -> 0.85; default: keep --expectile)"""
+    schedule: Literal["abrupt", "linear"] = "abrupt"
+    """with --online-expectile: switch to it at once, or move there linearly, reaching it at the last online step"""
+    online_fraction: float | None = None
+    """online, the share of each batch drawn from the online transitions (0.5: RLPD's symmetric sampling; an extension
+    beyond the paper); default: uniform over the whole buffer, the offline data and the online transitions alike"""
 
-    # Data and schedule
+    # Exploration noise
+    sigma: float | None = None
+    """the standard deviation of the noise added to the policy's action (default 0.2; antmaze, kitchen 0.05)"""
+
+    # The run: the task and its data, the schedule, logging, checkpoints, the device
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
@@ -97,37 +105,34 @@ class Args:
     """if toggled, the update and the action selection run through torch.compile (compiles for ~10-60 s at the start)"""
     cudagraphs: bool = False
     """if toggled, the update and the action selection replay as CUDA graphs (compile's reduce-overhead mode; CUDA)"""
-
-    # IQL
-    batch_size: int = 256
-    """the batch size of each update"""
-    learning_rate: float = 3e-4
-    """the learning rate of the Q-functions, the value function and the actor"""
-    gamma: float = 0.99
-    """the discount factor"""
-    tau: float = 0.005
-    """the Polyak averaging rate of the target Q-functions"""
-    num_critics: int = 5
-    """the number of Q-functions in the ensemble (the paper uses 5 for IQL, the original 2)"""
-    expectile: float | None = None
-    """the expectile of the value regression (default: 0.9 on antmaze, 0.7 elsewhere)"""
-    beta: float | None = None
-    """the inverse temperature of the advantage weights (default: 3 locomotion, 10 antmaze, 0.5 kitchen)"""
-    online_expectile: float | None = None
-    """the expectile to move to online (Figure 3's IQL panel loosens 0.7 -> 0.85; default: keep --expectile)"""
-    schedule: Literal["abrupt", "linear"] = "abrupt"
-    """with --online-expectile: switch to it at once, or move there linearly, reaching it at the last online step"""
-    online_fraction: float | None = None
-    """online, the share of each batch drawn from the online transitions (0.5: RLPD's symmetric sampling; an extension
-    beyond the paper); default: uniform over the whole buffer, the offline data and the online transitions alike"""
-
-    # Exploration noise
-    sigma: float | None = None
-    """the standard deviation of the noise added to the policy's action (default 0.2; antmaze, kitchen 0.05)"""
+    exp_name: str = "iql_noise"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
 
 
-# Per-domain defaults: IQL's (expectile, beta) and O3F's sigma (paper, section 5.3).
-DOMAIN_DEFAULTS = {"locomotion": (0.7, 3.0, 0.2), "antmaze": (0.9, 10.0, 0.05), "kitchen": (0.7, 0.5, 0.05)}
+def domain_defaults(args: Args) -> Args:
+    """The flags left at None take their per-domain values: IQL's expectile and beta (IQL's paper), and sigma (the O3F
+    paper, section 5.3: 0.2 for locomotion, 0.05 for antmaze and kitchen)."""
+    domain = TASKS[args.env_id].domain
+    args.expectile = {"antmaze": 0.9}.get(domain, 0.7) if args.expectile is None else args.expectile
+    args.beta = {"antmaze": 10.0, "kitchen": 0.5}.get(domain, 3.0) if args.beta is None else args.beta
+    args.sigma = (0.2 if domain == "locomotion" else 0.05) if args.sigma is None else args.sigma
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +164,7 @@ class EnsembleLinear(nn.Module):
 class QEnsemble(nn.Module):
     """The critic ensemble {Q_j(s, a)}, j = 1..m, as one network with batched layers; returns a [m, batch] tensor.
 
-    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    One matmul per layer for all m critics instead of one per critic: the same m independent MLPs, fewer calls.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
@@ -206,8 +211,8 @@ class Agent:
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         self.actor = Actor(obs_dim, act_dim).to(device)
         self.qf = QEnsemble(obs_dim, act_dim, args.num_critics).to(device)
-        # The target: moved by Polyak averaging only. A fresh ensemble given the critics' weights, not a deepcopy as in
-        # the other scripts: its own initial draw is part of IQL's random stream, which seeds of earlier runs rely on.
+        # The target: a copy of the critics, moved by Polyak averaging only (built and then given their weights: the
+        # build draws from the seed's stream, so a seed starts from the networks its published runs started from).
         self.qf_target = QEnsemble(obs_dim, act_dim, args.num_critics).to(device).requires_grad_(False)
         self.qf_target.load_state_dict(self.qf.state_dict())
         self.vf = ValueNetwork(obs_dim).to(device)
@@ -239,7 +244,9 @@ def iql_update(agent: Agent, batch, expectile: float, args: Args) -> dict:
     """One IQL gradient step on V (at `expectile`), the actor and every Q; returns the losses (no host sync)."""
     obs, actions, rewards, next_obs, dones = batch
     with torch.no_grad():
-        target_q = agent.qf_target(obs, actions).min(0).values  # min over the whole ensemble (IQL's min of 2)
+        # min over all the target critics: IQL takes the min of its 2, and with 5 the min over all is the cautious
+        # reading of the O3F paper's "5 Q-functions" (LAPO forms its targets from a random subset of 2 instead).
+        target_q = agent.qf_target(obs, actions).min(0).values
     # V(s): expectile regression towards Q, an in-sample estimate of max_a Q(s, a).
     vf_loss = expectile_loss(target_q - agent.vf(obs), expectile)
     agent.v_optimizer.zero_grad(set_to_none=True)
@@ -289,7 +296,9 @@ def reward_transform(env_id: str, episode_returns: np.ndarray):
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def select_action(agent: Agent, obs: torch.Tensor, args: Args) -> torch.Tensor:
-    """The noise baseline's action for one state `obs` of shape [1, obs_dim]."""
+    """The noise baseline's action for one state `obs` of shape [1, obs_dim]: a sample a ~ pi plus N(0, sigma^2).
+
+    As O3F, it changes only the action executed online: the updates and the evaluations are the same."""
     a = agent.actor(obs).sample()  # Algorithm 1, line 2: a ~ pi(s)
     # In place of lines 3-4: a + eps, eps ~ N(0, sigma^2), kept inside the action bounds.
     noise = args.sigma * torch.randn(1, a.shape[-1], device=a.device)
@@ -298,7 +307,8 @@ def select_action(agent: Agent, obs: torch.Tensor, args: Args) -> torch.Tensor:
 
 @torch.no_grad()
 def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
-    """The deterministic policy that evaluations score: the Gaussian's mean, for states `obs` [batch, obs_dim]."""
+    """The deterministic policy that evaluations score: the Gaussian's mean (tanh-bounded), for states `obs`
+    [batch, obs_dim]."""
     return agent.actor(obs).mean
 
 
@@ -307,10 +317,7 @@ def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def train(args: Args):
     args, resumed = read_flags(args)
-    default_expectile, default_beta, default_sigma = DOMAIN_DEFAULTS[TASKS[args.env_id].domain]
-    args.expectile = default_expectile if args.expectile is None else args.expectile
-    args.beta = default_beta if args.beta is None else args.beta
-    args.sigma = default_sigma if args.sigma is None else args.sigma
+    args = domain_defaults(args)
     check_flags(
         args,
         {
@@ -327,14 +334,14 @@ def train(args: Args):
     agent = Agent(env, args, device)
     # Algorithm 1: the replay buffer starts as the whole offline dataset D.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
-    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    if args.load_offline and not resumed:  # fine-tune a saved model: pretraining ends at the model's own step
+        args.offline_steps = load_model(args.load_offline, args, agent)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; --resume: the stopped run
     update, act = compiled(iql_update, args), compiled(select_action, args)
 
     obs = run.obs
     for global_step in range(run.start_step, run.total_steps):
-        online = global_step >= args.offline_steps
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
         if online:
             if obs is None:  # the previous episode ended
                 obs, _ = env.reset()
@@ -344,15 +351,14 @@ def train(args: Args):
             next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
             # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
             rb.add(obs, action, scale_reward(reward), next_obs, terminated)
-            run.record_episode(global_step + 1, info)
+            run.record_episode(step, info)
             obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online (the expectile moves only if asked)
-        expectile = expectile_at(global_step + 1 - args.offline_steps, args)
+        expectile = expectile_at(step - args.offline_steps, args)
         losses = update(agent, rb.sample(args.batch_size, args.online_fraction), expectile, args)
 
         # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
-        step = global_step + 1
         run.log(step, losses, scalars={"expectile": expectile})
         run.evaluate(step)
         run.save(step, between_episodes=not online or obs is None)
@@ -857,11 +863,20 @@ def setup(args) -> tuple:
 
 
 def compiled(fn, args):
-    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
-    recipe); without either flag, the eager function, which is the reference."""
+    """`fn` as the training loop calls it: eager by default (the reference); traced and fused by torch.compile with
+    --compile; replayed as a CUDA graph with --cudagraphs (compile's reduce-overhead mode), each call a new graph
+    step whose outputs are cloned, so the loop reads them whenever it likes."""
     if not (args.compile or args.cudagraphs):
         return fn
-    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    graph = torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    if not args.cudagraphs:
+        return graph
+
+    def replay(*inputs):
+        torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
+        return torch.utils._pytree.tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, graph(*inputs))
+
+    return replay
 
 
 @torch.no_grad()
@@ -884,8 +899,8 @@ class Run:
     """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
     snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
 
-    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
-    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    Starting, it loads the stopped run of --resume (its model, online data and random streams), and resets the
+    environment: `obs` is the first state.
     `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
     """
 
@@ -934,11 +949,7 @@ class Run:
         self.start_step = 0
         if resumed:
             load_checkpoint(resumed, args, agent, "--resume")
-            self.start_step = resumed["step"]
-        elif args.load_offline:
-            pretrained = read_checkpoint(args.load_offline, "--load-offline")
-            load_checkpoint(pretrained, args, agent, "--load-offline")
-            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
         self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         self.summary = {
             "args": vars(args),
@@ -1005,7 +1016,7 @@ class Run:
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
-        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
         args = self.args
         self.progress.update(1)
         self.healthy &= all_finite(losses)
@@ -1116,6 +1127,13 @@ def read_checkpoint(path: str, flag: str) -> dict:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
     state["path"] = path
     return state
+
+
+def load_model(path: str, args, agent) -> int:
+    """--load-offline: a saved model's networks (and optimisers) into `agent`; returns the step it was saved at."""
+    pretrained = read_checkpoint(path, "--load-offline")
+    load_checkpoint(pretrained, args, agent, "--load-offline")
+    return pretrained["step"]
 
 
 def load_checkpoint(state: dict, args, agent, flag: str):

@@ -7,6 +7,10 @@ REDQ-style (a random subset of them forms each target).
 Online: the same LAPO update, with `--utd` critic updates per environment step, while acting with O3F's
 optimistic action selection ("Fine-tuning offline policies with optimistic action selection",
 Algorithm 1 and Eq. 2). `--n-candidates 1` is the paper's "LAPO + noise" baseline of Figure 5.
+Beside o3f_iql.py (`diff o3f_iql.py o3f_lapo.py`), O3F itself differs in two ways: the candidates are drawn around
+LAPO's deterministic action (IQL's: a sample of its Gaussian), and scored in LAPO's normalised units. The rest is
+LAPO's: --utd critic updates per online step (IQL: one), targets from a random subset of 2 of the 5 critics (IQL:
+the min over all 5), and `--expectile` is LAPO's CVAE weight, not IQL's value expectile.
 Reads top to bottom: arguments, networks, the LAPO updates, the action selection, then `train`, whose
 `ALGO LOGIC` lines are Algorithm 1; the plumbing (tasks and data, buffer, bookkeeping)
 is one block at the end.
@@ -44,26 +48,41 @@ ALGORITHM, SCRIPTS = "lapo", ("o3f_lapo.py",)  # checkpoints name their algorith
 
 @dataclass
 class Args:
-    exp_name: str = "o3f_lapo"
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be used when available"""
-    track: bool = False
-    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
-    wandb_project_name: str = "o3f"
-    """the wandb project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of the wandb project"""
-    capture_video: bool = False
-    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
-    output_dir: str = "runs"
-    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
+    # LAPO
+    batch_size: int = 512
+    """the batch size of each update"""
+    learning_rate: float = 2e-4
+    """the learning rate of the critics, the CVAE and the latent policy"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 0.005
+    """the Polyak averaging rate of the target networks"""
+    num_critics: int = 5
+    """the number of Q-functions in the ensemble (the paper uses 5)"""
+    num_min_q: int = 2
+    """the size of the random subset of target Q-functions that forms each target (REDQ)"""
+    utd: int = 20
+    """critic updates per environment step online (the CVAE and the latent policy update once per step)"""
+    doubleq_min: float | None = None
+    """m in mixQ = m * min + (1 - m) * max over the subset (default: 0.7 on antmaze, 1.0 elsewhere)"""
+    expectile: float = 0.9
+    """tau_e: the CVAE's weight where the advantage is positive (1 - tau_e elsewhere); LAPO's binary "expectile",
+    not IQL's value expectile"""
+    kl_beta: float = 1.0
+    """the weight of the KL term of the CVAE loss"""
+    max_latent_action: float = 2.0
+    """the latent policy's actions lie in [-max_latent_action, max_latent_action]"""
 
-    # Data and schedule
+    # O3F
+    n_candidates: int = 100
+    """N, the number of candidate actions scored at every online step (1: the paper's "LAPO + noise" baseline)"""
+    sigma: float | None = None
+    """the standard deviation of the candidates around the policy's action, in action units (default 0.2; antmaze,
+    kitchen 0.05)"""
+    omega: float = 0.0
+    """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: optimism)"""
+
+    # The run: the task and its data, the schedule, logging, checkpoints, the device
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
@@ -97,43 +116,33 @@ class Args:
     """if toggled, the update and the action selection run through torch.compile (compiles for ~10-60 s at the start)"""
     cudagraphs: bool = False
     """if toggled, the update and the action selection replay as CUDA graphs (compile's reduce-overhead mode; CUDA)"""
-
-    # LAPO
-    batch_size: int = 512
-    """the batch size of each update"""
-    learning_rate: float = 2e-4
-    """the learning rate of the critics, the CVAE and the latent policy"""
-    gamma: float = 0.99
-    """the discount factor"""
-    tau: float = 0.005
-    """the Polyak averaging rate of the target networks"""
-    num_critics: int = 5
-    """the number of Q-functions in the ensemble (the paper uses 5)"""
-    num_min_q: int = 2
-    """the size of the random subset of target Q-functions that forms each target (REDQ)"""
-    utd: int = 20
-    """critic updates per environment step online (the CVAE and the latent policy update once per step)"""
-    doubleq_min: float | None = None
-    """m in mixQ = m * min + (1 - m) * max over the subset (default: 0.7 on antmaze, 1.0 elsewhere)"""
-    expectile: float = 0.9
-    """tau_e: the CVAE's weight where the advantage is positive (1 - tau_e elsewhere)"""
-    kl_beta: float = 1.0
-    """the weight of the KL term of the CVAE loss"""
-    max_latent_action: float = 2.0
-    """the latent policy's actions lie in [-max_latent_action, max_latent_action]"""
-
-    # O3F
-    n_candidates: int = 100
-    """N, the number of candidate actions scored at every online step (1: the paper's "LAPO + noise" baseline)"""
-    sigma: float | None = None
-    """the standard deviation of the candidates around the policy's action, in action units (default 0.2; antmaze,
-    kitchen 0.05)"""
-    omega: float = 0.0
-    """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: optimism)"""
+    exp_name: str = "o3f_lapo"
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be used when available"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (wandb must be installed)"""
+    wandb_project_name: str = "o3f"
+    """the wandb project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """if toggled, the first evaluation episode of every evaluation is recorded to `videos/`"""
+    output_dir: str = "runs"
+    """runs are written to `{output_dir}/{env_id}__{exp_name}__{seed}__{time}/`"""
 
 
-# Per-domain defaults: LAPO's doubleq_min and O3F's sigma (paper, section 5.3).
-DOMAIN_DEFAULTS = {"locomotion": (1.0, 0.2), "antmaze": (0.7, 0.05), "kitchen": (1.0, 0.05)}
+def domain_defaults(args: Args) -> Args:
+    """The flags left at None take their per-domain values: LAPO's doubleq_min (its code: 0.7 on antmaze), and sigma
+    (the O3F paper, section 5.3: 0.2 for locomotion, 0.05 for antmaze and kitchen)."""
+    domain = TASKS[args.env_id].domain
+    args.doubleq_min = (0.7 if domain == "antmaze" else 1.0) if args.doubleq_min is None else args.doubleq_min
+    args.sigma = (0.2 if domain == "locomotion" else 0.05) if args.sigma is None else args.sigma
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +199,7 @@ class QEnsemble(nn.Module):
     """The critic ensemble {Q_j(s, a)}, j = 1..m, as one network with batched layers; returns a [m, batch] tensor
     (of the `members` only, if given: an index tensor).
 
-    One matmul per layer for all m critics: faster than a loop of m networks on GPU, and on this CPU too.
+    One matmul per layer for all m critics instead of one per critic: the same m independent MLPs, fewer calls.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_critics: int, hidden_dim: int = 256):
@@ -300,12 +309,12 @@ def critic_update(agent: Agent, batch, args: Args) -> dict:
     obs, actions, rewards, next_obs, dones = batch
     obs, actions, next_obs = agent.normalizer.obs(obs), agent.normalizer.action(actions), agent.normalizer.obs(next_obs)
     with torch.no_grad():
-        target_q = rewards + args.gamma * (1.0 - dones) * agent.vf(next_obs)
+        td_target = rewards + args.gamma * (1.0 - dones) * agent.vf(next_obs)
         z = agent.latent_policy_target(obs)
         z = z + (0.1 * torch.randn_like(z)).clamp(-0.2, 0.2)  # target policy smoothing, in latent space
         target_v = redq_target(agent.qf_target, obs, agent.cvae_target.decode(obs, z), args.num_min_q, args.doubleq_min)
         target_v = target_v.clamp(agent.v_min, agent.v_max)
-    qf_loss = ((agent.qf(obs, actions) - target_q) ** 2).mean(1).sum()
+    qf_loss = ((agent.qf(obs, actions) - td_target) ** 2).mean(1).sum()
     vf_loss = ((agent.vf(obs) - target_v) ** 2).mean()
     agent.critic_optimizer.zero_grad(set_to_none=True)
     (qf_loss + vf_loss).backward()
@@ -359,7 +368,14 @@ def reward_transform(env_id: str, rewards: np.ndarray, gamma: float):
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def select_action(agent: Agent, obs: torch.Tensor, args: Args) -> torch.Tensor:
-    """O3F's optimistic action selection for one state `obs` of shape [1, obs_dim]."""
+    """O3F's optimistic action selection for one state `obs` of shape [1, obs_dim].
+
+    O3F changes only the action executed online, so only the data collected: the updates (line 7) train on the
+    buffer as before, and evaluations act with the deterministic policy; neither sees the candidates. LAPO's policy
+    is deterministic, so the candidates are drawn around its action a = D(s, pi(s)). They are drawn in the
+    environment's units (sigma is in action units, as for IQL) and kept inside the bounds, then normalised as the
+    critics were trained. omega 0 scores by the ensemble's mean alone; omega > 0 adds optimism where they disagree.
+    With one candidate and omega 0 it is the paper's "LAPO + noise" baseline: a + N(0, sigma^2), nothing selected."""
     a = policy_action(agent, obs)  # Algorithm 1, line 2: a = pi(s)
     # Line 3: N candidates c_i ~ N(a, sigma^2), kept inside the action bounds.
     noise = args.sigma * torch.randn(args.n_candidates, a.shape[-1], device=a.device)
@@ -371,7 +387,8 @@ def select_action(agent: Agent, obs: torch.Tensor, args: Args) -> torch.Tensor:
 
 @torch.no_grad()
 def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
-    """LAPO's action a = D_target(s, pi(s)), in the environment's units, for raw states `obs` [batch, obs_dim]."""
+    """LAPO's action a = D_target(s, pi(s)), in the environment's units, for raw states `obs` [batch, obs_dim]; not
+    clamped to the bounds (evaluations execute the policy's own action)."""
     obs = agent.normalizer.obs(obs)
     return agent.normalizer.unnormalize_action(agent.cvae_target.decode(obs, agent.latent_policy(obs)))
 
@@ -381,9 +398,7 @@ def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def train(args: Args):
     args, resumed = read_flags(args)
-    default_doubleq_min, default_sigma = DOMAIN_DEFAULTS[TASKS[args.env_id].domain]
-    args.doubleq_min = default_doubleq_min if args.doubleq_min is None else args.doubleq_min
-    args.sigma = default_sigma if args.sigma is None else args.sigma
+    args = domain_defaults(args)
     check_flags(
         args,
         {
@@ -403,7 +418,9 @@ def train(args: Args):
     agent = Agent(env, data, v_min, v_max, args, device)
     # Algorithm 1: the replay buffer starts as the whole offline dataset D.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
-    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; loads --resume or --load-offline
+    if args.load_offline and not resumed:  # fine-tune a saved model: pretraining ends at the model's own step
+        args.offline_steps = load_model(args.load_offline, args, agent)
+    run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; --resume: the stopped run
     update_critic, update_actor, act = (
         compiled(critic_update, args),
         compiled(actor_update, args),
@@ -412,9 +429,7 @@ def train(args: Args):
 
     obs = run.obs
     for global_step in range(run.start_step, run.total_steps):
-        online = global_step >= args.offline_steps
-        if args.cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are no longer read
+        step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
         if online:
             if obs is None:  # the previous episode ended
                 obs, _ = env.reset()
@@ -424,18 +439,17 @@ def train(args: Args):
             next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
             # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
             rb.add(obs, action, scale_reward(reward), next_obs, terminated)
-            run.record_episode(global_step + 1, info)
+            run.record_episode(step, info)
             obs = None if terminated or truncated else next_obs
 
         # ALGO LOGIC: Algorithm 1, line 7: the same LAPO update offline and online; online, --utd critic steps (REDQ)
-        for k in range(args.utd if online else 1):
-            if args.cudagraphs and k > 0:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous critic update's outputs are no longer read
+        for _ in range(args.utd if online else 1):  # the logs show the last of them
             losses = update_critic(agent, rb.sample(args.batch_size), args)
+        # The actor on a batch of its own, drawn as the critic's are (LAPO's code, at one critic update per step,
+        # reuses the critic's batch; at --utd 20 no single critic batch is the natural one).
         losses |= update_actor(agent, rb.sample(args.batch_size), args)
 
         # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
-        step = global_step + 1
         run.log(step, losses)
         run.evaluate(step)
         run.save(step, between_episodes=not online or obs is None)
@@ -940,11 +954,20 @@ def setup(args) -> tuple:
 
 
 def compiled(fn, args):
-    """`fn` traced and fused by torch.compile with --compile, replayed as CUDA graphs with --cudagraphs (LeanRL's
-    recipe); without either flag, the eager function, which is the reference."""
+    """`fn` as the training loop calls it: eager by default (the reference); traced and fused by torch.compile with
+    --compile; replayed as a CUDA graph with --cudagraphs (compile's reduce-overhead mode), each call a new graph
+    step whose outputs are cloned, so the loop reads them whenever it likes."""
     if not (args.compile or args.cudagraphs):
         return fn
-    return torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    graph = torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    if not args.cudagraphs:
+        return graph
+
+    def replay(*inputs):
+        torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
+        return torch.utils._pytree.tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, graph(*inputs))
+
+    return replay
 
 
 @torch.no_grad()
@@ -967,8 +990,8 @@ class Run:
     """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
     snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
 
-    Starting, it loads the model of --resume (with the stopped run's online data and random streams) or of
-    --load-offline (whose offline phase is then over), and resets the environment: `obs` is the first state.
+    Starting, it loads the stopped run of --resume (its model, online data and random streams), and resets the
+    environment: `obs` is the first state.
     `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
     """
 
@@ -1017,11 +1040,7 @@ class Run:
         self.start_step = 0
         if resumed:
             load_checkpoint(resumed, args, agent, "--resume")
-            self.start_step = resumed["step"]
-        elif args.load_offline:
-            pretrained = read_checkpoint(args.load_offline, "--load-offline")
-            load_checkpoint(pretrained, args, agent, "--load-offline")
-            self.start_step = args.offline_steps = pretrained["step"]  # the loaded model's offline phase is over
+        self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
         self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         self.summary = {
             "args": vars(args),
@@ -1088,7 +1107,7 @@ class Run:
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
-        and the speed to TensorBoard (its `.item()` calls and the evaluations' are the loop's only host syncs)."""
+        and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
         args = self.args
         self.progress.update(1)
         self.healthy &= all_finite(losses)
@@ -1199,6 +1218,13 @@ def read_checkpoint(path: str, flag: str) -> dict:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
     state["path"] = path
     return state
+
+
+def load_model(path: str, args, agent) -> int:
+    """--load-offline: a saved model's networks (and optimisers) into `agent`; returns the step it was saved at."""
+    pretrained = read_checkpoint(path, "--load-offline")
+    load_checkpoint(pretrained, args, agent, "--load-offline")
+    return pretrained["step"]
 
 
 def load_checkpoint(state: dict, args, agent, flag: str):

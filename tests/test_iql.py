@@ -241,3 +241,22 @@ def test_the_default_run_is_the_run_whose_expectile_stays(run_script, small_data
     )
     moved = evaluations(run_script, small_dataset, tmp_path / "c", "--online-expectile", 0.85)
     assert moved[:2] == default[:2] and moved[2:] != default[2:]  # evaluations at 20, 40 (offline), then 60, 80
+
+
+def test_cuda_graph_replays_mark_a_new_step_before_each_call_and_hand_back_copies(monkeypatch):
+    """--cudagraphs: the plumbing's compiled() marks each call a new graph step and clones what it returns, so the loop
+    may read one call's outputs after the next call (LAPO's critic losses after its actor update)."""
+    marks, returned = [], []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: fn)  # the wrapping alone, no compilation
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(returned)))
+
+    def update(x):
+        returned.append(x * 2)
+        return {"loss": returned[-1], "step": 1}
+
+    replay = o3f_iql.compiled(update, SimpleNamespace(compile=False, cudagraphs=True))
+    got = [replay(torch.tensor(float(i))) for i in range(3)]
+    assert marks == [0, 1, 2]  # one mark before each call, none after
+    assert [g["loss"].item() for g in got] == [0.0, 2.0, 4.0] and [g["step"] for g in got] == [1, 1, 1]
+    assert all(g["loss"] is not r for g, r in zip(got, returned))  # copies, not the graph's own output buffers
+    assert o3f_iql.compiled(update, SimpleNamespace(compile=False, cudagraphs=False)) is update  # eager: as written
