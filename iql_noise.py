@@ -76,7 +76,8 @@ class Args:
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
     kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (embedded-halfcheetah-medium,
-    its D4RL-sized embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-pointmaze-medium)"""
+    embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-halfcheetah-random-1m (1M: D4RL's size),
+    embedded-pointmaze-medium)"""
     dataset_path: str | None = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
@@ -484,6 +485,9 @@ TASKS = {
     ),
     "embedded-halfcheetah-random": Task(
         "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0
+    ),
+    "embedded-halfcheetah-random-1m": Task(
+        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random-1m", -280.178953, 12135.0
     ),
     "embedded-pointmaze-medium": Task(
         "antmaze",

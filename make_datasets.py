@@ -39,6 +39,8 @@ DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), 
 EMBEDDED = {
     # D4RL's "random" recipe (uniform actions, 1000-step episodes), at a tenth of D4RL's size.
     "embedded-halfcheetah-random": ("HalfCheetah-v5", "uniform", 100_000),
+    # The same at D4RL's size (1M transitions; its first 100k rows are the dataset above).
+    "embedded-halfcheetah-random-1m": ("HalfCheetah-v5", "uniform", 1_000_000),
     # D4RL's "medium" recipe: a SAC policy stopped at about a third of expert return, sampled
     # stochastically. Its weights ship in datasets/; `train-behaviour` below is how they were made.
     "embedded-halfcheetah-medium": (
@@ -324,6 +326,7 @@ class Make:
         "embedded-halfcheetah-medium",
         "embedded-halfcheetah-medium-1m",
         "embedded-halfcheetah-random",
+        "embedded-halfcheetah-random-1m",
         "embedded-pointmaze-medium",
     ]
     """which embedded dataset to make"""

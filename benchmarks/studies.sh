@@ -15,6 +15,9 @@
 # 4. premise_1m (nice 15), beside it: IQL to 1M updates, then its two 20k-step fine-tunings.
 # 5. online_fraction (nice 5, 2 workers): O3F and noise with half of each online batch from the online transitions
 #    (--online-fraction 0.5, an extension beyond the paper), fine-tuned from the decide study's five models.
+# 6. premise_random (nice 15): the evidence campaign's second task, the paper's random data: IQL on
+#    embedded-halfcheetah-random-1m to 300k updates with snapshots, for the premise diagnostic along pretraining
+#    (which budget can decide) before any O3F-vs-noise run on it.
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,8 @@ premise_iql_1m=(--variants o3f_iql iql_noise --env-ids $D4RL_1M --seeds 1 --offl
 online_fraction=(--variants o3f_iql_f05 iql_noise_f05 --env-ids $D4RL_1M --seeds 1 2 3 4 5 --offline-steps 300000
   --online-steps 100000 --output-dir results/online_fraction --pretrained-dir results/decide/pretrained --workers 2
   --extra="--eval-episodes 10 --checkpoint-every 5000" --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
+premise_random=(--variants o3f_iql --env-ids embedded-halfcheetah-random-1m --seeds 1 --offline-steps 300000
+  --pretrain-only --output-dir results/premise --workers 1 "${PRE[@]}")
 
 # the benchmarks/run.py processes working in an output directory of this checkout, whoever started them
 runners() {
@@ -72,9 +77,10 @@ case "${1:-}" in
       benchmarks/run.py "${premise_lapo[@]}")"
     launch premise_1m 15 "$(q python benchmarks/run.py "${premise_iql_1m[@]}")"
     launch online_fraction 5 "$(q python benchmarks/run.py "${online_fraction[@]}")"
+    launch premise_random 15 "$(q python benchmarks/run.py "${premise_random[@]}")"
     ;;
   status)
-    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction; do
+    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random; do
       declare -n flags=$study
       echo "## $study"
       python benchmarks/run.py "${flags[@]}" --status

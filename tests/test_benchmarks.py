@@ -700,6 +700,14 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
     status = subprocess.run(["bash", script, "status"], capture_output=True, text=True, timeout=300)
     assert status.returncode == 0, status.stderr[-2000:]
     studies = [line for line in status.stdout.splitlines() if line.startswith("## ")]
-    assert studies == ["## decide", "## lapo_utd20", "## premise_iql_100k", "## premise_lapo", "## premise_iql_1m"]
-    assert status.stdout.count("runs to finish") == 5  # each study's closing line from benchmarks/run.py --status
+    assert studies == [
+        "## decide",
+        "## lapo_utd20",
+        "## premise_iql_100k",
+        "## premise_lapo",
+        "## premise_iql_1m",
+        "## online_fraction",
+        "## premise_random",
+    ]
+    assert status.stdout.count("runs to finish") == 7  # each study's closing line from benchmarks/run.py --status
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5

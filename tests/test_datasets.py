@@ -254,6 +254,13 @@ def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
     assert all(name.startswith("embedded-") for name in make_datasets.EMBEDDED)  # never mistaken for D4RL's
 
 
+@pytest.mark.parametrize("name", ["embedded-halfcheetah-medium", "embedded-halfcheetah-random"])
+def test_each_d4rl_sized_dataset_is_its_small_ones_recipe_at_1m(name):
+    small, large = make_datasets.EMBEDDED[name], make_datasets.EMBEDDED[f"{name}-1m"]
+    assert large == (*small[:2], 1_000_000) and small[2] == 100_000
+    assert o3f_iql.TASKS[f"{name}-1m"].ref_max == o3f_iql.TASKS[name].ref_max
+
+
 def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):
     """embedded-halfcheetah-medium-1m: the same policy and seed, so the 100k dataset is its beginning (only the size
     changes)."""
