@@ -56,9 +56,9 @@ class Args:
     num_critics: int = 5
     """the number of Q-functions in the ensemble (the paper uses 5 for IQL, the original 2)"""
     expectile: float | None = None
-    """the expectile of the value regression (default: 0.9 on antmaze, 0.7 elsewhere)"""
+    """the expectile of the value regression (None: the domain's, 0.9 on antmaze, 0.7 elsewhere)"""
     beta: float | None = None
-    """the inverse temperature of the advantage weights (default: 3 locomotion, 10 antmaze, 0.5 kitchen)"""
+    """the inverse temperature of the advantage weights (None: the domain's, 3 locomotion, 10 antmaze, 0.5 kitchen)"""
     online_expectile: float | None = None
     """the expectile to move to online (Figure 3's IQL panel loosens 0.7 -> 0.85; default: keep --expectile)"""
     schedule: Literal["abrupt", "linear"] = "abrupt"
@@ -69,7 +69,8 @@ class Args:
 
     # Exploration noise
     sigma: float | None = None
-    """the standard deviation of the noise added to the policy's action (default 0.2; antmaze, kitchen 0.05)"""
+    """the standard deviation of the noise added to the policy's action (None: the domain's, 0.2 locomotion,
+    0.05 antmaze and kitchen)"""
 
     # The run: the task and its data, the schedule, logging, checkpoints, the device
     env_id: str = "embedded-halfcheetah-medium"

@@ -1,19 +1,17 @@
 """O3F on top of LAPO, in one file: the paper's main method.
 
-Offline: LAPO (Chen et al., NeurIPS 2022; its final public code, pcchenxi/LAPO-offlienRL): a CVAE over
-the data's actions, weighted by a binary expectile of the advantage, and a deterministic latent policy
-acting through its decoder; with the O3F paper's change, an ensemble of 5 Q-functions trained
-REDQ-style (a random subset of them forms each target).
-Online: the same LAPO update, with `--utd` critic updates per environment step, while acting with O3F's
-optimistic action selection ("Fine-tuning offline policies with optimistic action selection",
-Algorithm 1 and Eq. 2). `--n-candidates 1` is the paper's "LAPO + noise" baseline of Figure 5.
+Offline: LAPO (Chen et al., NeurIPS 2022; its final public code, pcchenxi/LAPO-offlienRL): a CVAE over the data's
+actions, weighted by a binary expectile of the advantage, and a deterministic latent policy acting through its
+decoder; with the O3F paper's change, 5 Q-functions trained REDQ-style (a random subset of them forms each target).
+Online: the same LAPO update, `--utd` critic updates per environment step, while acting with O3F's optimistic action
+selection ("Fine-tuning offline policies with optimistic action selection", Algorithm 1 and Eq. 2);
+`--n-candidates 1` is the paper's "LAPO + noise" baseline of Figure 5.
 Beside o3f_iql.py (`diff o3f_iql.py o3f_lapo.py`), O3F itself differs in two ways: the candidates are drawn around
 LAPO's deterministic action (IQL's: a sample of its Gaussian), and scored in LAPO's normalised units. The rest is
 LAPO's: --utd critic updates per online step (IQL: one), targets from a random subset of 2 of the 5 critics (IQL:
 the min over all 5), and `--expectile` is LAPO's CVAE weight, not IQL's value expectile.
-Reads top to bottom: arguments, networks, the LAPO updates, the action selection, then `train`, whose
-`ALGO LOGIC` lines are Algorithm 1; the plumbing (tasks and data, buffer, bookkeeping)
-is one block at the end.
+Reads top to bottom: arguments, networks, the LAPO updates, the action selection, then `train`, whose `ALGO LOGIC`
+lines are Algorithm 1; the plumbing (tasks and data, buffer, bookkeeping) is one block at the end.
 """
 
 import contextlib
@@ -64,7 +62,7 @@ class Args:
     utd: int = 20
     """critic updates per environment step online (the CVAE and the latent policy update once per step)"""
     doubleq_min: float | None = None
-    """m in mixQ = m * min + (1 - m) * max over the subset (default: 0.7 on antmaze, 1.0 elsewhere)"""
+    """m in mixQ = m * min + (1 - m) * max over the subset (None: the domain's, 0.7 on antmaze, 1.0 elsewhere)"""
     expectile: float = 0.9
     """tau_e: the CVAE's weight where the advantage is positive (1 - tau_e elsewhere); LAPO's binary "expectile",
     not IQL's value expectile"""
@@ -77,8 +75,8 @@ class Args:
     n_candidates: int = 100
     """N, the number of candidate actions scored at every online step (1: the paper's "LAPO + noise" baseline)"""
     sigma: float | None = None
-    """the standard deviation of the candidates around the policy's action, in action units (default 0.2; antmaze,
-    kitchen 0.05)"""
+    """the standard deviation of the candidates around the policy's action, in action units (None: the
+    domain's, 0.2 locomotion, 0.05 antmaze and kitchen)"""
     omega: float = 0.0
     """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: optimism)"""
 
