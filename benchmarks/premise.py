@@ -5,7 +5,7 @@
 
 O3F (paper, section 5) rests on one premise: a critic trained offline ranks actions near the policy's
 well enough that executing the best of N candidates collects better data than adding noise. For a saved
-model of o3f_iql.py / iql_noise.py (IQL) or o3f_lapo.py (LAPO) on a MuJoCo locomotion task (a snapshot,
+model of o3f_iql.py / iql_noise.py (IQL) or o3f_lapo.py (LAPO) on a locomotion or maze task (a snapshot,
 `offline.pt`, `final.pt` or a `checkpoint.pt`), and each selection rule (the policy's action, a ~ pi, the
 noise baseline at sigma, O3F at N, sigma, omega), acting through the scripts' own selection functions:
 
@@ -109,16 +109,25 @@ def spearman(a, b) -> float:
 # ---------------------------------------------------------------------------------------------
 # Rollouts from restored states
 # ---------------------------------------------------------------------------------------------
+def simulator(env):
+    """The MuJoCo environment under the wrappers: the task's own, or a maze's point mass or ant."""
+    base = env.unwrapped
+    return getattr(base, "point_env", None) or getattr(base, "ant_env", None) or base
+
+
 def save_state(env) -> tuple:
-    """What MuJoCo needs to replay a step bit for bit: positions, velocities and the solver's warm start."""
-    data = env.unwrapped.data
-    return data.qpos.copy(), data.qvel.copy(), data.qacc_warmstart.copy()
+    """What MuJoCo needs to replay a step bit for bit: positions, velocities and the solver's warm start; in a maze,
+    also its goal (the reward and the end of the episode depend on it)."""
+    data, goal = simulator(env).data, getattr(env.unwrapped, "goal", None)
+    return data.qpos.copy(), data.qvel.copy(), data.qacc_warmstart.copy(), None if goal is None else goal.copy()
 
 
 def restore_state(env, state: tuple):
-    env.unwrapped.set_state(state[0], state[1])
+    simulator(env).set_state(state[0], state[1])
     if len(state) > 2:
-        env.unwrapped.data.qacc_warmstart[:] = state[2]
+        simulator(env).data.qacc_warmstart[:] = state[2]
+    if len(state) > 3 and state[3] is not None:
+        env.unwrapped.goal = state[3].copy()
 
 
 def true_returns(
@@ -130,10 +139,12 @@ def true_returns(
     gamma: float,
     scale_reward: Callable,
     partial: tuple[int, ...] = (),
+    observe: Callable = lambda obs: obs,
 ) -> np.ndarray:
     """sum_{t=0..H} gamma^t r_t of executing first_actions[i] in states[i], then the deterministic `policy`
     (batched over the rollouts) for H steps; rewards in the critic's units, nothing after a termination.
-    With `partial` horizons h <= H, returns [len(partial), n]: the same sums cut after step h."""
+    With `partial` horizons h <= H, returns [len(partial), n]: the same sums cut after step h. `observe` turns the
+    unwrapped environment's observation into the policy's (a maze's dict into its vector)."""
     n = len(states)
     assert n <= len(envs) and all(h <= horizon for h in partial)
     returns, alive, discount, cuts = np.zeros(n), np.ones(n, dtype=bool), 1.0, {}
@@ -142,7 +153,8 @@ def true_returns(
         restore_state(envs[i], states[i])
     for t in range(horizon + 1):
         for i in np.flatnonzero(alive):
-            obs[i], reward, terminated, _, _ = envs[i].unwrapped.step(actions[i])
+            raw, reward, terminated, _, _ = envs[i].unwrapped.step(actions[i])
+            obs[i] = observe(raw)
             returns[i] += discount * scale_reward(float(reward))
             alive[i] = not terminated
         discount *= gamma
@@ -191,10 +203,11 @@ class Agent:
         self.script = o3f_iql if self.algorithm == "iql" else o3f_lapo
         self.noise_script = iql_noise if self.algorithm == "iql" else o3f_lapo
         self.path, self.env_id, self.step, args = path, state["env_id"], state["step"], state["args"]
-        if self.script.TASKS[self.env_id].domain != "locomotion":
+        if self.script.TASKS[self.env_id].domain == "kitchen":
             fail(
-                f"{path}: trained on {self.env_id}; the diagnostic restores MuJoCo states of the locomotion tasks only"
+                f"{path}: trained on {self.env_id}; the diagnostic restores the locomotion and maze tasks' states only"
             )
+        self.observe = lambda obs, task=self.script.TASKS[self.env_id]: self.script.flatten_obs(task, obs)
         self.offline_steps, self.gamma, self.train_seed = args["offline_steps"], args["gamma"], args["seed"]
         self.exp_name = args.get("exp_name")  # which run the model comes from (benchmarks/run.py: the variant)
         s, run_args = (
@@ -379,7 +392,9 @@ def measure_model(agent: Agent, args: Measure) -> dict:
             .mean(0)
             .numpy()
         )
-        true = true_returns(agent.policy, envs, states, actions, args.horizon, agent.gamma, agent.scale_reward)
+        true = true_returns(
+            agent.policy, envs, states, actions, args.horizon, agent.gamma, agent.scale_reward, observe=agent.observe
+        )
         per_state[rule.name] = (predicted, true)
         score, score_se = mean_se(per_episode[rule.name])
         p, p_se = mean_se(predicted)
@@ -434,6 +449,7 @@ def measure_model(agent: Agent, args: Measure) -> dict:
                     agent.gamma,
                     agent.scale_reward,
                     horizons,
+                    agent.observe,
                 )
 
             true = values(candidates)

@@ -462,3 +462,64 @@ def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, 
     assert (
         "| iql_noise (IQL, 3k data, 5 updates) | 495 | 1 |" in plotted.stdout and "| IQL | 3k |" not in plotted.stdout
     )
+
+
+def test_a_maze_state_and_its_goal_restore_bit_for_bit():
+    """In a maze the reward and the episode's end depend on the goal, kept by the maze around the MuJoCo simulator."""
+    import o3f_iql
+
+    env, other = o3f_iql.make_env("embedded-pointmaze-medium"), o3f_iql.make_env("embedded-pointmaze-medium")
+    env.reset(seed=0), other.reset(seed=1)
+    env.action_space.seed(0)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    state = premise.save_state(env)
+    actions = [env.action_space.sample() for _ in range(20)]
+    first = [env.unwrapped.step(a) for a in actions]
+    other.unwrapped.goal = other.unwrapped.goal + 1.0  # elsewhere, with another goal
+    premise.restore_state(other, state)
+    assert np.array_equal(other.unwrapped.goal, state[3])
+    second = [other.unwrapped.step(a) for a in actions]
+    for (o1, r1, t1, *_), (o2, r2, t2, *_) in zip(first, second):
+        assert np.array_equal(o1["observation"], o2["observation"]) and (r1, t1) == (r2, t2)
+
+
+def test_the_diagnostic_reads_a_maze_model(tmp_path, data_dir):
+    """A tiny IQL model of the sparse-reward maze: every rule acts and is scored (success rate, 0-100)."""
+    import make_datasets
+
+    data = make_datasets.generate("embedded-pointmaze-medium", str(tmp_path / "maze.hdf5"), seed=0, transitions=3000)
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "o3f_iql.py"),
+            "--no-cuda",
+            "--env-id",
+            "embedded-pointmaze-medium",
+            "--dataset-path",
+            data,
+            "--offline-steps",
+            "20",
+            "--online-steps",
+            "0",
+            "--eval-episodes",
+            "1",
+            "--batch-size",
+            "32",
+            "--save-offline",
+            str(tmp_path / "maze.pt"),
+            "--output-dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "O3F_DATA_DIR": data_dir},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    agent = premise.Agent(str(tmp_path / "maze.pt"))
+    result = premise.measure_model(agent, premise.Measure(models=(str(tmp_path / "maze.pt"),), **SMALL))
+    rows = {row["rule"]: row for row in result["rules"]}
+    assert set(rows) == {"policy mean", "a ~ pi", "noise s0", "O3F N5 s0", "noise s0.2", "O3F N5 s0.2"}
+    assert all(row["episode_score"] in (0.0, 100.0) for row in rows.values())  # one episode: failed or succeeded
+    assert rows["O3F N5 s0"]["true_gain"] == 0.0  # per state, the same draw: sigma 0 picks noise's action
