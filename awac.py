@@ -24,6 +24,7 @@ import contextlib
 import copy
 import difflib
 import http.client
+import importlib.util
 import io
 import json
 import math
@@ -37,7 +38,7 @@ import time
 import urllib.parse
 import urllib.request
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Literal
 
 import gymnasium as gym
@@ -212,10 +213,8 @@ class Agent:
         self.actor = Actor(obs_dim, act_dim).to(device)
         self.qf = QEnsemble(obs_dim, act_dim, 2).to(device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)  # moved by Polyak averaging only
-        # Fused Adam: one kernel per step; compiled code fuses its own (capturable: state stays on the GPU for graphs).
-        adam = dict(lr=args.learning_rate, fused=not (args.compile or args.cudagraphs), capturable=args.cudagraphs)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
-        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), **adam)
+        self.actor_optimizer = adam(self.actor.parameters(), args.learning_rate, args)
+        self.q_optimizer = adam(self.qf.parameters(), args.learning_rate, args)
         self.device = device
         self.low = torch.as_tensor(env.action_space.low, dtype=torch.float32, device=device)  # kitchen: float64 bounds
         self.high = torch.as_tensor(env.action_space.high, dtype=torch.float32, device=device)
@@ -280,20 +279,33 @@ def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
     return agent.actor(obs).mean
 
 
+@torch.no_grad()
+def evaluate(agent, env, env_id: str, n_episodes: int, seed: int) -> dict:
+    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`), from fixed start states."""
+    returns = []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
+        done, episode_return = False, 0.0
+        while not done:
+            action = policy_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None])[0]
+            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
+            episode_return, done = episode_return + float(reward), terminated or truncated
+        returns.append(episode_return)
+    mean_return = float(np.mean(returns))
+    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: AWAC offline, then AWAC online with the same objective, in one loop
 # ---------------------------------------------------------------------------------------------
 def train(args: Args):
     args, resumed = read_flags(args)
-    check_flags(
-        args,
-        {
-            "--lambda must be > 0": args.lam > 0,
-            "--online-lambda must be > 0": args.online_lam is None or args.online_lam > 0,
-            "--temperature must be >= 0": args.temperature >= 0,
-        },
-    )
-    device, data, env = setup(args)  # seeding, the task's dataset and its environment
+    method_checks = {
+        "--lambda must be > 0": args.lam > 0,
+        "--online-lambda must be > 0": args.online_lam is None or args.online_lam > 0,
+        "--temperature must be >= 0": args.temperature >= 0,
+    }
+    device, data, env = setup(args, method_checks)  # the flags checked, seeding, the dataset and the environment
     agent = Agent(env, args, device)
     # The replay buffer starts as the whole offline dataset; online transitions are added to it.
     rb = ReplayBuffer(data, len(data["rewards"]) + args.online_steps, device)
@@ -334,49 +346,26 @@ def train(args: Args):
 class BadInput(SystemExit):
     """Bad input: uncaught, it ends the program with exit code 2 and no traceback; `message` is its one line."""
 
-    def __init__(self, message: str):
-        super().__init__(2)
-        self.message = message
-
 
 def fail(message: str):
     """Bad input ends the run with one line and exit code 2, never a traceback (a caller may catch BadInput)."""
     print(f"error: {message}", file=sys.stderr)
-    raise BadInput(message)
+    error = BadInput(2)
+    error.message = message
+    raise error
 
 
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
 D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
-R, G = "r", "g"
-# D4RL's antmaze evaluation mazes: one fixed start (r) and goal (g), as in Minari's D4RL ports.
+# D4RL's antmaze evaluation mazes, row by row: 1 a wall, 0 free, one start (r) and one goal (g), as Minari's ports.
 EVAL_MAZES = {
-    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
-    "medium": [
-        [1, 1, 1, 1, 1, 1, 1, 1],
-        [1, R, 0, 1, 1, 0, 0, 1],
-        [1, 0, 0, 1, 0, 0, 0, 1],
-        [1, 1, 0, 0, 0, 1, 1, 1],
-        [1, 0, 0, 1, 0, 0, 0, 1],
-        [1, 0, 1, 0, 0, 1, 0, 1],
-        [1, 0, 0, 0, 1, 0, G, 1],
-        [1, 1, 1, 1, 1, 1, 1, 1],
-    ],
-    "large": [
-        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-        [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
-        [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1],
-        [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
-        [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1],
-        [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
-        [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1],
-        [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
-        [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-    ],
-}
-KITCHEN_SUBTASKS = {
-    "complete": ["microwave", "kettle", "light switch", "slide cabinet"],
-    "partial": ["microwave", "kettle", "light switch", "slide cabinet"],
-    "mixed": ["microwave", "kettle", "bottom burner", "light switch"],
+    name: [[cell if cell in "rg" else int(cell) for cell in row] for row in rows.split()]
+    for name, rows in {
+        "umaze": "11111 100r1 10111 100g1 11111",
+        "medium": "11111111 1r011001 10010001 11000111 10010001 10100101 100010g1 11111111",
+        "large": "111111111111 1r0001000001 101101010101 100000010001 101111011101 100101000001 110101010111 "
+        "100100010g01 111111111111",
+    }.items()
 }
 
 
@@ -392,7 +381,8 @@ class Task:
     ref_max: float
 
 
-def d4rl_tasks() -> dict:
+def task_table() -> dict:
+    """D4RL's tasks, then the embedded ones (made by make_datasets.py with no network, scored as D4RL's)."""
     tasks = {}
     for robot, (env, ref_min, ref_max) in {
         "halfcheetah": ("HalfCheetah-v5", -280.178953, 12135.0),
@@ -400,67 +390,32 @@ def d4rl_tasks() -> dict:
         "walker2d": ("Walker2d-v5", 1.629008, 4592.3),
     }.items():
         for data in ("random", "medium", "medium-replay", "medium-expert", "expert"):
-            tasks[f"{robot}-{data}-v2"] = Task(
-                "locomotion", env, {}, None, "d4rl", f"{robot}_{data.replace('-', '_')}-v2", ref_min, ref_max
-            )
-    for data, env in {
-        "umaze": "AntMaze_UMaze-v4",
-        "umaze-diverse": "AntMaze_UMaze-v4",
-        "medium-play": "AntMaze_Medium-v4",
-        "medium-diverse": "AntMaze_Medium_Diverse_GR-v4",
-        "large-play": "AntMaze_Large-v4",
-        "large-diverse": "AntMaze_Large_Diverse_GR-v4",
-    }.items():
-        maze = EVAL_MAZES[data.split("-")[0]]  # success (return 1) ends the episode, as in D4RL
-        tasks[f"antmaze-{data}-v2"] = Task(
-            "antmaze",
-            env,
-            {"maze_map": maze, "continuing_task": False, "reset_target": False},
-            ("achieved_goal", "observation"),
-            "minari",
-            f"D4RL/antmaze/{data}-v1",
-            0.0,
-            1.0,
-        )
-    for data, subtasks in KITCHEN_SUBTASKS.items():  # the return counts the sub-tasks done, out of 4
-        kwargs = {
-            "tasks_to_complete": subtasks,
-            "remove_task_when_completed": True,
-            "terminate_on_tasks_completed": True,
-            "max_episode_steps": 280,
-        }
+            dataset = f"{robot}_{data.replace('-', '_')}-v2"
+            tasks[f"{robot}-{data}-v2"] = Task("locomotion", env, {}, None, "d4rl", dataset, ref_min, ref_max)
+    mazes = {"umaze": "UMaze", "umaze-diverse": "UMaze", "medium-play": "Medium", "large-play": "Large"}
+    mazes.update({"medium-diverse": "Medium_Diverse_GR", "large-diverse": "Large_Diverse_GR"})  # AntMaze_{}-v4
+    for data, env in mazes.items():  # success (return 1) ends the episode, as in D4RL
+        maze = {"maze_map": EVAL_MAZES[data.split("-")[0]], "continuing_task": False, "reset_target": False}
+        keys, dataset = ("achieved_goal", "observation"), f"D4RL/antmaze/{data}-v1"
+        tasks[f"antmaze-{data}-v2"] = Task("antmaze", f"AntMaze_{env}-v4", maze, keys, "minari", dataset, 0.0, 1.0)
+    mixed = ["microwave", "kettle", "bottom burner", "light switch"]
+    partial = ["microwave", "kettle", "light switch", "slide cabinet"]
+    for data, subtasks in {"complete": partial, "partial": partial, "mixed": mixed}.items():  # return: tasks done, of 4
+        kwargs = dict(tasks_to_complete=subtasks, remove_task_when_completed=True, max_episode_steps=280)
+        kwargs["terminate_on_tasks_completed"], dataset = True, f"D4RL/kitchen/{data}-v2"
         tasks[f"kitchen-{data}-v0"] = Task(
-            "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", f"D4RL/kitchen/{data}-v2", 0.0, 4.0
+            "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", dataset, 0.0, 4.0
         )
+    for data in ("medium", "medium-1m", "random", "random-1m"):
+        name = f"embedded-halfcheetah-{data}"
+        tasks[name] = replace(tasks["halfcheetah-medium-v2"], source="embedded", dataset=name)
+    maze = {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False}
+    name = "embedded-pointmaze-medium"
+    tasks[name] = Task("antmaze", "PointMaze_Medium-v3", maze, ("observation",), "embedded", name, 0.0, 1.0)
     return tasks
 
 
-TASKS = {
-    **d4rl_tasks(),
-    # Embedded datasets, made by make_datasets.py with no network (scored with D4RL's halfcheetah references).
-    "embedded-halfcheetah-medium": Task(
-        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium", -280.178953, 12135.0
-    ),
-    "embedded-halfcheetah-medium-1m": Task(
-        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-medium-1m", -280.178953, 12135.0
-    ),
-    "embedded-halfcheetah-random": Task(
-        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random", -280.178953, 12135.0
-    ),
-    "embedded-halfcheetah-random-1m": Task(
-        "locomotion", "HalfCheetah-v5", {}, None, "embedded", "embedded-halfcheetah-random-1m", -280.178953, 12135.0
-    ),
-    "embedded-pointmaze-medium": Task(
-        "antmaze",
-        "PointMaze_Medium-v3",
-        {"maze_map": EVAL_MAZES["medium"], "continuing_task": False, "reset_target": False},
-        ("observation",),
-        "embedded",
-        "embedded-pointmaze-medium",
-        0.0,
-        1.0,
-    ),
-}
+TASKS = task_table()
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -477,58 +432,23 @@ def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval
     if task.env.startswith(("AntMaze", "PointMaze", "FrankaKitchen")):
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
             warnings.simplefilter("ignore")
-            import gymnasium_robotics
-
-            gym.register_envs(gymnasium_robotics)
+            gym.register_envs(importlib.import_module("gymnasium_robotics"))
     with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
         warnings.filterwarnings("ignore", message=".*out of date.*")
         env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
     if task.obs_keys is not None:
         size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
-        env = gym.wrappers.TransformObservation(
-            env, lambda obs: flatten_obs(task, obs), gym.spaces.Box(-np.inf, np.inf, (size,))
-        )
+        space = gym.spaces.Box(-np.inf, np.inf, (size,))
+        env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), space)
     if capture_video:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
     return gym.wrappers.RecordEpisodeStatistics(env)
 
 
-def download(url: str, path: str, env_id: str):
-    """Fetch `url` to `path` through a temporary name: an interrupted download never looks complete."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.part{os.getpid()}"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            size = int(response.headers.get("Content-Length") or 0)
-            with tqdm(
-                total=size or None,
-                unit="B",
-                unit_scale=True,
-                desc=f"downloading {os.path.basename(path)}",
-                file=sys.stderr,
-            ) as bar:
-                while chunk := response.read(1 << 20):
-                    bar.update(f.write(chunk))
-        if size and os.path.getsize(tmp) != size:
-            raise OSError(f"cut off after {os.path.getsize(tmp)} of {size} bytes")
-        h5py.File(tmp, "r").close()  # a complete file that is not HDF5 (an error page) is not cached either
-        os.replace(tmp, path)
-    except (OSError, http.client.HTTPException) as e:
-        fail(
-            f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); "
-            f"with no network, put D4RL's file at {path} or pass --dataset-path FILE"
-        )
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def dataset_file(env_id: str) -> str:
-    """The task's HDF5 file in the cache: downloaded (D4RL) or made here (embedded) on first use."""
+    """The task's HDF5 file, made (embedded) or downloaded (D4RL, through a temporary name) on first use."""
     task = TASKS[env_id]
     path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
-    if not os.path.isfile(path) and task.source == "d4rl":
-        download(f"{D4RL_URL}/{task.dataset}.hdf5", path, env_id)
     if not os.path.isfile(path) and task.source == "embedded":
         try:
             import make_datasets  # the project's dataset tool, next to this script
@@ -536,6 +456,23 @@ def dataset_file(env_id: str) -> str:
             fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
         print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
         make_datasets.generate(task.dataset, path)
+    if os.path.isfile(path) or task.source != "d4rl":
+        return path
+    url, tmp = f"{D4RL_URL}/{task.dataset}.hdf5", f"{path}.part{os.getpid()}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0)
+            with tqdm.wrapattr(f, "write", size or None, desc=f"downloading {task.dataset}", file=sys.stderr) as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        h5py.File(tmp, "r").close()  # a cut file (HDF5 checks its length) or an error page is not cached either
+        os.replace(tmp, path)
+    except (OSError, http.client.HTTPException) as e:
+        offline = f"with no network, put D4RL's file at {path} or pass --dataset-path FILE"
+        fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); {offline}")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -551,141 +488,59 @@ def read_hdf5(path: str) -> dict:
         fail(f"{path}: cannot be read as HDF5 ({e})")
 
 
-def minari_store(dataset_id: str = "") -> str:
-    """Where Minari keeps a dataset: $MINARI_DATASETS_PATH, or ~/.minari/datasets."""
-    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
-    return os.path.join(root, dataset_id) if dataset_id else root
-
-
-def read_minari_dir(env_id: str, path: str) -> dict:
-    """A Minari dataset folder as D4RL-format arrays, read whole: a cut or corrupt download fails here, not later."""
-    import minari
-
-    task = TASKS[env_id]
-    parts = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
-    try:
-        dataset = minari.MinariDataset(os.path.join(path, "data"))
-        for episode in dataset.iterate_episodes():
-            obs = flatten_obs(task, episode.observations)
-            for key, value in zip(
-                parts, (obs[:-1], episode.actions, episode.rewards, episode.terminations, episode.truncations, obs[1:])
-            ):
-                parts[key].append(value)
-        steps = sum(len(a) for a in parts["actions"])
-        if steps != dataset.total_steps or len(parts["actions"]) != dataset.total_episodes:
-            raise ValueError(
-                f"{steps} steps in {len(parts['actions'])} episodes, "
-                f"the metadata says {dataset.total_steps} in {dataset.total_episodes}"
-            )
-    except Exception as e:  # h5py, Minari and NumPy each raise their own kinds
-        raise ValueError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    return {key: np.concatenate(value) for key, value in parts.items()}
-
-
-def fetch_minari(env_id: str) -> str:
-    """Download the task's Minari dataset into a staging folder, read it back whole, then move it into Minari's store.
-
-    An interrupted or corrupt download is never left looking complete: only a dataset that reads whole is moved in.
-    """
-    task = TASKS[env_id]
+def read_minari(env_id: str) -> dict:
+    """The task's Minari dataset as D4RL arrays: downloaded on first use, read whole, a bad download not kept."""
     try:
         import minari
         from huggingface_hub import constants
     except ImportError:
-        fail(
-            f"{env_id}: downloading {task.dataset} needs Minari's download extra: pip install 'minari[hf]' "
-            "(requirements.txt has it)"
-        )
-    remote = urllib.parse.urlparse(constants.ENDPOINT)
-    host, port = remote.hostname, remote.port or (443 if remote.scheme == "https" else 80)
-    prepare = (
-        f"on a machine with network run `python make_datasets.py fetch {env_id}` and copy {minari_store()} here, "
-        "or pass --dataset-path FILE"
-    )
-    try:  # one quick look first: with no network, one clear line instead of the client's retries
-        socket.create_connection((host, port), timeout=15).close()
-    except OSError as e:
-        fail(
-            f"no network: could not reach {host} ({e.strerror or type(e).__name__}) "
-            f"to download {task.dataset} for {env_id}; {prepare}"
-        )
-    root, target, staging = minari_store(), minari_store(task.dataset), minari_store(f".o3f-staging-{os.getpid()}")
-    saved = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = staging  # Minari downloads into whatever this names
+        fail(f"{env_id} is a Minari dataset: pip install 'minari[hf]' (requirements.txt has it)")
+    task, store = TASKS[env_id], minari.storage.get_dataset_path()  # $MINARI_DATASETS_PATH, or ~/.minari/datasets
+    path = os.path.join(store, task.dataset)
+    fetch, hub = not os.path.isdir(os.path.join(path, "data")), urllib.parse.urlparse(constants.ENDPOINT)
+    what, fix = f"{task.dataset} for {env_id}", f"`python make_datasets.py fetch {env_id}`"
+    prepare = f"on a machine with network run {fix} and copy {store} here, or pass --dataset-path FILE"
+    if fetch:  # one quick look first: with no network, one clear line instead of the client's retries
+        try:
+            socket.create_connection((hub.hostname, hub.port or {"http": 80}.get(hub.scheme, 443)), 15).close()
+        except OSError as e:
+            fail(f"no network: could not reach {hub.hostname} ({e.strerror or e}) to download {what}; {prepare}")
+    parts = {key: [] for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")}
     try:
         with contextlib.redirect_stdout(sys.stderr):  # Minari prints its progress
-            minari.download_dataset(task.dataset)
-        read_minari_dir(env_id, os.path.join(staging, task.dataset))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)  # a local copy that did not read (why we are here)
-        os.replace(os.path.join(staging, task.dataset), target)
-        for folder, _, names in os.walk(staging):  # the namespaces' metadata, as `minari download` leaves it
-            if "namespace_metadata.json" in names and ".cache" not in folder:
-                there = os.path.join(root, os.path.relpath(folder, staging), "namespace_metadata.json")
-                os.makedirs(os.path.dirname(there), exist_ok=True)
-                shutil.copyfile(os.path.join(folder, "namespace_metadata.json"), there) if not os.path.exists(
-                    there
-                ) else None
-    except Exception as e:
-        fail(
-            f"could not download {task.dataset} for {env_id} from {host} "
-            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
-            f"nothing was kept; {prepare}"
-        )
-    finally:
-        os.environ.pop("MINARI_DATASETS_PATH") if saved is None else os.environ.__setitem__(
-            "MINARI_DATASETS_PATH", saved
-        )
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def read_minari(env_id: str) -> dict:
-    """A Minari dataset as D4RL-format arrays, observations flattened as D4RL's; fetched if missing."""
-    task = TASKS[env_id]
-    try:
-        import minari  # noqa: F401
-    except ImportError:
-        fail(f"{env_id} is a Minari dataset: pip install 'minari[hf]'")
-    path = minari_store(task.dataset)
-    if not os.path.isdir(os.path.join(path, "data")):
-        path = fetch_minari(env_id)
-    try:
-        return read_minari_dir(env_id, path)
-    except ValueError as e:
-        fail(
-            f"{path}: an incomplete or corrupt Minari dataset ({e}); "
-            f"delete it and run `python make_datasets.py fetch {env_id}`"
-        )
+            dataset = minari.load_dataset(task.dataset, download=fetch)
+        for ep in dataset.iterate_episodes():
+            obs = flatten_obs(task, ep.observations)
+            for key, value in zip(parts, (obs[:-1], ep.actions, ep.rewards, ep.terminations, ep.truncations, obs[1:])):
+                parts[key].append(value)
+        counts = [sum(map(len, parts["actions"])), len(parts["actions"]), dataset.total_steps, dataset.total_episodes]
+        if counts[:2] != counts[2:]:
+            raise ValueError("{} steps in {} episodes, the metadata says {} in {}".format(*counts))
+        return {key: np.concatenate(value) for key, value in parts.items()}
+    except Exception as e:  # h5py, Minari, huggingface_hub and NumPy each raise their own kinds
+        error = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        if fetch:
+            shutil.rmtree(path, ignore_errors=True)
+            fail(f"could not download {what} from {hub.hostname} ({error}); nothing was kept; {prepare}")
+        fail(f"{path}: an incomplete or corrupt Minari dataset ({error}); delete it and run {fix}")
 
 
 def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
-    """The task's dataset as float32 arrays of (s, a, r, s', terminal), plus the episode returns.
-
-    `dataset_path` (a D4RL-format HDF5 file) replaces the task's own dataset. Time-limit ends
-    (`timeouts`) are not terminal: the value of s' is still bootstrapped there. Files without
-    `next_observations` get them from the following row, as d4rl.qlearning_dataset does, dropping
-    the rows that end an episode by time limit (their successor is not stored).
-    """
+    """The task's dataset (or `dataset_path`, a D4RL-format HDF5 file) as float32 (s, a, r, s', terminal) and episode
+    returns. Time-limit ends are not terminal (s' is bootstrapped there); files without `next_observations` take the
+    next row, as d4rl.qlearning_dataset does, dropping the rows that end an episode by time limit."""
     if dataset_path is not None and not os.path.isfile(dataset_path):
         fail(f"--dataset-path {dataset_path}: no such file")
-    if dataset_path is None and TASKS[env_id].source == "minari":
-        name, data = TASKS[env_id].dataset, read_minari(env_id)
-    else:
-        name = dataset_path or dataset_file(env_id)
-        data = read_hdf5(name)
+    minari_data = dataset_path is None and TASKS[env_id].source == "minari"
+    name = TASKS[env_id].dataset if minari_data else dataset_path or dataset_file(env_id)
+    data = read_minari(env_id) if minari_data else read_hdf5(name)
     # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
     obs, actions = data["observations"].astype(np.float32, copy=False), data["actions"].astype(np.float32, copy=False)
-    rewards, terminals = (
-        data["rewards"].astype(np.float32, copy=False).reshape(-1),
-        data["terminals"].astype(bool).reshape(-1),
-    )
+    rewards = data["rewards"].astype(np.float32, copy=False).reshape(-1)
+    terminals = data["terminals"].astype(bool).reshape(-1)
     timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
-    if (
-        not len(obs) == len(actions) == len(rewards) == len(terminals) == len(timeouts)
-        or obs.ndim != 2
-        or actions.ndim != 2
-    ):
+    lengths = {len(obs), len(actions), len(rewards), len(terminals), len(timeouts)}
+    if len(lengths) > 1 or obs.ndim != 2 or actions.ndim != 2:
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
     # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
     ends = np.flatnonzero(terminals | timeouts)
@@ -697,30 +552,15 @@ def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
         keep = ~timeouts[:-1]
         obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
         next_obs = data["observations"][1:][keep].astype(np.float32)
-    for key, value in (
-        ("observations", obs),
-        ("actions", actions),
-        ("rewards", rewards),
-        ("next_observations", next_obs),
-    ):
+    arrays = dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs)
+    for key, value in arrays.items():
         if not np.isfinite(value).all():
             fail(f"{name}: {key} holds NaN or inf values")
-    return dict(
-        observations=obs,
-        actions=actions,
-        rewards=rewards,
-        next_observations=next_obs,
-        terminals=terminals.astype(np.float32),
-        episode_returns=episode_returns,
-    )
+    return dict(**arrays, terminals=terminals.astype(np.float32), episode_returns=episode_returns)
 
 
 class ReplayBuffer:
-    """The offline dataset D, then the online transitions, in float32 tensors preallocated on the device.
-
-    Takes the arrays out of `data` one at a time, so that loading never holds the dataset twice; the rows
-    for online transitions are reserved, not touched, until written (sampling only reads rows < size).
-    """
+    """D, then the online transitions, preallocated on the device (taken out of `data` one array at a time)."""
 
     def __init__(self, data: dict, capacity: int, device: torch.device):
         self.size = self.n_offline = len(data["rewards"])
@@ -742,10 +582,8 @@ class ReplayBuffer:
 
     def online_part(self, n_offline: int) -> dict:
         # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
-        return {
-            key: getattr(self, key)[n_offline : self.size].clone().cpu()
-            for key in ("obs", "actions", "rewards", "next_obs", "dones")
-        }
+        keys = ("obs", "actions", "rewards", "next_obs", "dones")
+        return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in keys}
 
     def restore_online_part(self, part: dict):
         n = len(part["rewards"])
@@ -754,18 +592,14 @@ class ReplayBuffer:
         self.size += n
 
     def sample(self, batch_size: int, online_fraction: float | None = None):
-        """A batch drawn uniformly from the whole buffer; with `online_fraction` F, round(F * batch_size) rows drawn
-        from the online transitions and the rest from the offline data (RLPD's symmetric sampling is F = 0.5)."""
+        """Uniform over the buffer; with `online_fraction` F, round(F * batch) online rows (RLPD's symmetric: 0.5)."""
+        device = self.obs.device
         if online_fraction is None or self.size == self.n_offline:  # uniform (and always before the first online step)
-            idx = torch.randint(0, self.size, (batch_size,), device=self.obs.device)
+            idx = torch.randint(0, self.size, (batch_size,), device=device)
         else:
             n_online = round(online_fraction * batch_size)
-            idx = torch.cat(
-                [
-                    torch.randint(0, self.n_offline, (batch_size - n_online,), device=self.obs.device),
-                    torch.randint(self.n_offline, self.size, (n_online,), device=self.obs.device),
-                ]
-            )
+            offline = torch.randint(0, self.n_offline, (batch_size - n_online,), device=device)
+            idx = torch.cat([offline, torch.randint(self.n_offline, self.size, (n_online,), device=device)])
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
 
@@ -779,48 +613,31 @@ def read_flags(args):
             fail(f"--resume {resumed['path']}: written by another version of this script")
     if args.env_id not in TASKS:
         close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
-        fail(
-            f"unknown --env-id {args.env_id}"
-            + (f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks")
-        )
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"
+        fail(f"unknown --env-id {args.env_id}{hint}")
     return args, resumed
 
 
-def check_flags(args, method_checks: dict):
-    """The first flag out of range ends the run with one line: the shared flags, then the method's `method_checks`."""
-    checks = {
-        "--offline-steps must be >= 0": args.offline_steps >= 0,
-        "--online-steps must be >= 0": args.online_steps >= 0,
-        "--eval-freq must be >= 1": args.eval_freq >= 1,
-        "--eval-episodes must be >= 1": args.eval_episodes >= 1,
-        "--log-freq must be >= 1": args.log_freq >= 1,
-        "--checkpoint-every must be >= 0": args.checkpoint_every >= 0,
-        "--snapshot-every must be >= 0": args.snapshot_every >= 0,
-        "--batch-size must be >= 1": args.batch_size >= 1,
-        **method_checks,
-        "--cudagraphs needs a CUDA device (and --cuda)": not args.cudagraphs
-        or (torch.cuda.is_available() and args.cuda),
-    }
-    for message, ok in checks.items():
-        if not ok:
-            fail(message)
-
-
-def setup(args) -> tuple:
-    """The task's dataset, seeding, the device and the environment (their sizes checked against the data's)."""
+def setup(args, method_checks: dict) -> tuple:
+    """The flags checked (shared, then `method_checks`), the dataset, seeding, the device and the environment."""
+    minima = dict(offline_steps=0, online_steps=0, eval_freq=1, eval_episodes=1, log_freq=1, checkpoint_every=0)
+    minima.update(snapshot_every=0, batch_size=1)
+    checks = {f"--{k.replace('_', '-')} must be >= {v}": getattr(args, k) >= v for k, v in minima.items()}
+    cuda = torch.cuda.is_available() and args.cuda
+    checks.update(method_checks, **{"--cudagraphs needs a CUDA device (and --cuda)": cuda or not args.cudagraphs})
+    for message in (message for message, ok in checks.items() if not ok):
+        fail(message)
     data = load_dataset(args.env_id, args.dataset_path)  # first: making a dataset draws random numbers of its own
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device("cuda" if cuda else "cpu")
     env = make_env(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
-        fail(
-            f"dataset has {data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions; "
-            f"{args.env_id} needs {obs_dim} and {act_dim}"
-        )
+        sizes = f"{data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions"
+        fail(f"dataset has {sizes}; {args.env_id} needs {obs_dim} and {act_dim}")
     if args.batch_size > len(data["rewards"]):
         fail(f"--batch-size {args.batch_size} is larger than the dataset ({len(data['rewards'])} transitions)")
     env.action_space.seed(args.seed)
@@ -828,156 +645,126 @@ def setup(args) -> tuple:
 
 
 def compiled(fn, args):
-    """`fn` as the training loop calls it: eager by default (the reference); traced and fused by torch.compile with
-    --compile; replayed as a CUDA graph with --cudagraphs (compile's reduce-overhead mode), each call a new graph
-    step whose outputs are cloned, so the loop reads them whenever it likes."""
+    """`fn` as the loop calls it: eager by default (the reference); with --compile, traced whole (forward, backward and
+    the optimiser's step: see `adam`) into one graph returning detached outputs, where a break is an error, not a silent
+    slowdown; with --cudagraphs, that graph replayed as a CUDA graph, each call a new step whose outputs are cloned."""
     if not (args.compile or args.cudagraphs):
         return fn
-    graph = torch.compile(fn, mode="reduce-overhead" if args.cudagraphs else None)
+    tensors, mode = torch.utils._pytree.tree_map_only, "reduce-overhead" if args.cudagraphs else None
+    graph = torch.compile(lambda *x: tensors(torch.Tensor, torch.Tensor.detach, fn(*x)), fullgraph=True, mode=mode)
+    graph = torch._dynamo.config.patch(trace_autograd_ops=True)(graph)  # backward() traced into the graph, not a break
     if not args.cudagraphs:
         return graph
 
     def replay(*inputs):
         torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
-        return torch.utils._pytree.tree_map(lambda x: x.clone() if torch.is_tensor(x) else x, graph(*inputs))
+        return tensors(torch.Tensor, torch.Tensor.clone, graph(*inputs))
 
     return replay
 
 
-@torch.no_grad()
-def evaluate(agent, env, env_id: str, n_episodes: int, seed: int) -> dict:
-    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`), from fixed start states."""
-    returns = []
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
-        done, episode_return = False, 0.0
-        while not done:
-            action = policy_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None])[0]
-            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
-            episode_return, done = episode_return + float(reward), terminated or truncated
-        returns.append(episode_return)
-    mean_return = float(np.mean(returns))
-    return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return)}
+def adam(params, lr: float, args) -> torch.optim.Optimizer:
+    """Adam: torch.optim's fused kernels when eager; under --compile or --cudagraphs, GraphAdam."""
+    return GraphAdam(params, lr) if args.compile or args.cudagraphs else torch.optim.Adam(params, lr, fused=True)
+
+
+class GraphAdam(torch.optim.Adam):
+    """torch.optim.Adam in tensor operations that torch.compile traces (torch.optim's step and zero_grad end a graph),
+    bias corrections in float64 as its; its state, made up front on the parameters' device, is torch.optim.Adam's."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, lr, capturable=True)  # capturable: load_state_dict keeps `step` on the device
+        for param in (param for group in self.param_groups for param in group["params"]):
+            zeros = torch.zeros_like(param)
+            self.state[param] = dict(step=torch.zeros((), device=param.device), exp_avg=zeros, exp_avg_sq=zeros.clone())
+
+    def zero_grad(self, set_to_none: bool = True):
+        for param in (param for group in self.param_groups for param in group["params"]):
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+            for param in (param for param in group["params"] if param.grad is not None):
+                state = self.state[param]
+                state["step"] += 1
+                state["exp_avg"].lerp_(param.grad, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                bias_correction1, bias_correction2 = (1 - beta ** state["step"].double() for beta in (beta1, beta2))
+                denom = state["exp_avg_sq"].sqrt() / bias_correction2.sqrt() + eps
+                param.sub_(state["exp_avg"] / denom * (lr / bias_correction1))
+
+    step.hooked = True  # torch.optim would wrap step() in a profiler range, which compiled code drops with a warning
 
 
 class Run:
-    """A run's bookkeeping: its directory, TensorBoard (and wandb), summary.json, the evaluations, checkpoints and
-    snapshots, the divergence guard, the progress bar, and Ctrl-C or SIGTERM (finish the step, save, exit).
-
-    Starting, it loads the stopped run of --resume (its model, online data and random streams), and resets the
-    environment: `obs` is the first state.
-    `evaluate(agent, env, env_id, n_episodes, seed) -> dict` scores the policy.
-    """
+    """A run's bookkeeping: directory, TensorBoard (and wandb), summary.json, evaluations (`evaluate`), checkpoints,
+    the divergence guard, progress, and Ctrl-C or SIGTERM (finish the step, save, exit). Starting, it loads the
+    stopped run of --resume (model, online data, random streams) and resets the environment (`obs`)."""
 
     def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
         self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
-        self.name = (
-            resumed["summary"]["run_name"]
-            if resumed
-            else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        )
+        self.name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.name = resumed["summary"]["run_name"] if resumed else self.name
         self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
-        self.checkpoint_path, self.summary_path = (
-            os.path.join(self.dir, "checkpoint.pt"),
-            os.path.join(self.dir, "summary.json"),
-        )
+        self.checkpoint_path, self.summary_path = (os.path.join(self.dir, f) for f in ("checkpoint.pt", "summary.json"))
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as e:
             fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
+        for flag, package in {"--track": "wandb", "--capture-video": "moviepy"}.items():  # moviepy: for RecordVideo
+            if getattr(args, flag[2:].replace("-", "_")) and importlib.util.find_spec(package) is None:
+                fail(f"{flag} needs {package}: pip install {package}")
         if args.track:
-            try:
-                import wandb
-            except ImportError:
-                fail("--track needs wandb: pip install wandb")
-            wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                sync_tensorboard=True,
-                config=vars(args),
-                name=self.name,
-                save_code=True,
-            )
-        if args.capture_video:
-            try:
-                import moviepy  # noqa: F401, used by gymnasium's RecordVideo
-            except ImportError:
-                fail("--capture-video needs moviepy: pip install moviepy")
-        self.writer = SummaryWriter(
-            self.dir, purge_step=resumed["step"] + 1 if resumed else None
-        )  # drop events past the checkpoint
-        self.writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-        )
+            project = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
+            importlib.import_module("wandb").init(name=self.name, sync_tensorboard=True, **project)
+        # purge_step: a resumed run drops the events logged after its checkpoint
+        self.writer = SummaryWriter(self.dir, purge_step=resumed["step"] + 1 if resumed else None)
+        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
-
-        self.start_step = 0
         if resumed:
-            load_checkpoint(resumed, args, agent, "--resume")
+            load_model(resumed, args, agent, "--resume")
         self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
         self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
-        self.summary = {
-            "args": vars(args),
-            "run_name": self.name,
-            "evaluations": [],
-            "train_episodes": [],
-            "final_normalized_score": None,
-            "complete": False,
-        }
+        new = dict(args=vars(args), run_name=self.name, evaluations=[], train_episodes=[], final_normalized_score=None)
+        self.summary = {**new, "complete": False, **(resumed["summary"] if resumed else {})}
         if resumed:
-            self.summary = {"train_episodes": [], **resumed["summary"]}  # checkpoints from before train_episodes
             rb.restore_online_part(resumed["online_buffer"])
         self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
         self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
         here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
         last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}
         if last and {**last, "host": None} != {**here, "host": None}:  # resumed elsewhere
-            print(
-                f"{self.name}: resumed with another CPU, GPU or library build than it last ran with: it carries on, "
-                "but not bitwise as it would have there (summary.json's `platforms` lists each)",
-                file=sys.stderr,
-            )
+            elsewhere = "another CPU, GPU or library build than it last ran with: it carries on, not bitwise alike"
+            print(f"{self.name}: resumed with {elsewhere} (summary.json lists its platforms)", file=sys.stderr)
         if last != here:  # each stretch of the run, from the step where it started
             platforms.append({"from_step": self.start_step, **here})
         self.wall_before = self.summary.get("wall_s", 0.0)
-
         self.obs, _ = env.reset(seed=args.seed)
         if resumed:  # last, after everything that draws random numbers while setting up
-            set_rng_state(resumed["rng"], env)
+            self.set_rng_state(resumed["rng"])
             self.obs = None if resumed["episode_over"] else self.obs
         self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
         for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
             signal.signal(sig, lambda *_: self.interrupted.append(True))
         self.start_time, self.score = time.time(), float("nan")
-        self.progress = tqdm(
-            total=self.total_steps,
-            initial=self.start_step,
-            desc="offline" if self.start_step < args.offline_steps else "online",
-            unit="step",
-            dynamic_ncols=True,
-            file=sys.stderr,
-            mininterval=1 if sys.stderr.isatty() else 30,
-        )
-        if (
-            self.start_step == args.offline_steps and args.load_offline and not resumed
-        ):  # score the loaded model once, at the switch
-            self.record_evaluation(self.start_step)
+        phase = "offline" if self.start_step < args.offline_steps else "online"
+        self.progress = tqdm(total=self.total_steps, initial=self.start_step, desc=phase, unit="step", file=sys.stderr)
+        self.progress.mininterval = 1 if sys.stderr.isatty() else 30  # seconds between refreshes (in a log: rarely)
+        if self.start_step == args.offline_steps and args.load_offline and not resumed:  # the loaded model, scored once
+            self.evaluate(self.start_step)
 
     def record_episode(self, step: int, info: dict):
-        """A training episode that ended with the env step of `step`: its return (the quality of the behaviour) to
-        TensorBoard and summary.json."""
+        """A training episode that ended with the env step of `step`: its return, the behaviour's quality, logged."""
         if "episode" in info:
             episode_return, length = float(info["episode"]["r"]), int(info["episode"]["l"])
             self.writer.add_scalar("charts/episodic_return", episode_return, step)
             self.writer.add_scalar("charts/episodic_length", length, step)
-            self.summary["train_episodes"].append(
-                {
-                    "step": step,
-                    "return": episode_return,
-                    "length": length,
-                    "normalized_score": normalized_score(self.args.env_id, episode_return),
-                }
-            )
+            score = normalized_score(self.args.env_id, episode_return)
+            episode = {"step": step, "return": episode_return, "length": length, "normalized_score": score}
+            self.summary["train_episodes"].append(episode)
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
@@ -986,10 +773,19 @@ class Run:
         self.progress.update(1)
         self.healthy &= all_finite(losses)
         self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
-        if (
-            step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
-        ) and not self.healthy:
-            stop_diverged(step, losses, self.checkpoint_path)
+        due = step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
+        if due and not self.healthy:  # stop: the last checkpoint, if any, is the last good one
+            bad = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
+            kept = os.path.isfile(self.checkpoint_path)
+            kept = (
+                f"the last good checkpoint is {self.checkpoint_path}" if kept else "no checkpoint was written before it"
+            )
+            advice = f"{kept} (lower the learning rate or check the dataset)"
+            print(
+                f"error: training diverged: non-finite {bad or 'an earlier loss'} by step {step}; {advice}",
+                file=sys.stderr,
+            )
+            sys.exit(3)
         if step % args.log_freq == 0 or now:
             for name, value in {**(scalars or {}), **losses}.items():
                 self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
@@ -997,19 +793,15 @@ class Run:
 
     def evaluate(self, step: int, **extra):
         """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
-        if step % self.args.eval_freq == 0 or step in (self.args.offline_steps, self.total_steps):
-            self.record_evaluation(step, extra)
-
-    def record_evaluation(self, step: int, extra: dict | None = None):
-        result = self.evaluate_policy(
-            self.agent, self.eval_env, self.args.env_id, self.args.eval_episodes, self.args.seed + 10_000
-        )
-        extra = {name: value.item() if torch.is_tensor(value) else value for name, value in (extra or {}).items()}
-        phase = "online" if step > self.args.offline_steps else "offline"
+        args = self.args
+        if step % args.eval_freq != 0 and step not in (args.offline_steps, self.total_steps):
+            return
+        result = self.evaluate_policy(self.agent, self.eval_env, args.env_id, args.eval_episodes, args.seed + 10_000)
+        extra = {name: value.item() if torch.is_tensor(value) else value for name, value in extra.items()}
+        phase = "online" if step > args.offline_steps else "offline"
         self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
         self.summary["final_normalized_score"] = self.score = result["normalized_score"]
-        self.summary["wall_s"] = self.wall_s()
-        write_json(self.summary_path, self.summary)
+        self.write_summary()
         for name, value in result.items():
             if value is not None:
                 self.writer.add_scalar(f"eval/{name}", value, step)
@@ -1022,27 +814,44 @@ class Run:
         if step == args.offline_steps:
             save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, args, self.agent)
             self.progress.set_description("online")
-        if step in args.snapshot_steps or (
-            args.snapshot_every and step % args.snapshot_every == 0
-        ):  # for benchmarks/premise.py
+        if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for premise.py
             save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
             self.summary["wall_s"] = self.wall_s()
-            run = {
-                "summary": self.summary,
-                "rng": rng_state(self.env),
-                "episode_over": step > args.offline_steps,
-                "online_buffer": self.rb.online_part(self.n_offline),
-            }
+            run = {"summary": self.summary, "rng": self.rng_state(), "episode_over": step > args.offline_steps}
+            run["online_buffer"] = self.rb.online_part(self.n_offline)
             save_checkpoint(self.checkpoint_path, step, args, self.agent, run)
             self.checkpoint_due = False
         if self.interrupted:
             self.progress.close()
-            print(
-                f"interrupted at step {step}; continue with: python {sys.argv[0]} --resume {self.checkpoint_path}",
-                file=sys.stderr,
-            )
+            resume = f"python {sys.argv[0]} --resume {self.checkpoint_path}"
+            print(f"interrupted at step {step}; continue with: {resume}", file=sys.stderr)
             sys.exit(130)
+
+    def rng_state(self) -> dict:
+        """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
+        np_state = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "env": self.env.unwrapped.np_random.bit_generator.state,
+        }
+
+    def set_rng_state(self, state: dict):
+        random.setstate(state["python"])
+        np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"]:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self.env.unwrapped.np_random.bit_generator.state = state["env"]
+
+    def write_summary(self):
+        self.summary["wall_s"] = self.wall_s()
+        with open(f"{self.summary_path}.tmp", "w") as f:  # then renamed: a reader never sees half a summary
+            json.dump(self.summary, f, indent=2)
+        os.replace(f"{self.summary_path}.tmp", self.summary_path)
 
     def wall_s(self) -> float:
         """Wall-clock seconds of the run, over all its resumptions, from step `wall_s_since_step` of summary.json."""
@@ -1051,16 +860,13 @@ class Run:
     def finish(self):
         self.progress.close()
         save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
-        self.summary["complete"], self.summary["wall_s"] = True, self.wall_s()
-        write_json(self.summary_path, self.summary)
-        episodes = [e["normalized_score"] for e in self.summary["train_episodes"]]
-        collected = (
-            f"; its {len(episodes)} training episodes scored {np.mean(episodes):.1f} on average" if episodes else ""
-        )
+        self.summary["complete"] = True
+        self.write_summary()
+        scores = [episode["normalized_score"] for episode in self.summary["train_episodes"]]
+        collected = f"; its {len(scores)} training episodes scored {np.mean(scores):.1f} on average" if scores else ""
         print(f"{self.name}: final normalized score {self.score:.1f}{collected}; logs in {self.dir}")
-        self.env.close()
-        self.eval_env.close()
-        self.writer.close()
+        for resource in (self.env, self.eval_env, self.writer):
+            resource.close()
 
 
 def agent_state(agent) -> dict:
@@ -1094,20 +900,13 @@ def read_checkpoint(path: str, flag: str) -> dict:
     return state
 
 
-def load_model(path: str, args, agent) -> int:
-    """--load-offline: a saved model's networks (and optimisers) into `agent`; returns the step it was saved at."""
-    pretrained = read_checkpoint(path, "--load-offline")
-    load_checkpoint(pretrained, args, agent, "--load-offline")
-    return pretrained["step"]
-
-
-def load_checkpoint(state: dict, args, agent, flag: str):
-    """The networks and optimisers of `state` into `agent`; a model saved without its optimisers' state (a model-only
-    file, see results/MODELS.md) loads its networks, and its optimisers start afresh."""
-    if state["env_id"] != args.env_id:
-        fail(
-            f"{flag} {state['path']}: trained on {state['env_id']}, not {args.env_id}; pass --env-id {state['env_id']}"
-        )
+def load_model(source, args, agent, flag: str = "--load-offline") -> int:
+    """A saved model (`source`: its path, or a checkpoint read already) into `agent`; returns the step it was saved at.
+    A model-only file (results/MODELS.md) loads the networks, and the optimisers start afresh."""
+    state = read_checkpoint(source, flag) if isinstance(source, str) else source
+    where, trained_on = f"{flag} {state['path']}", state["env_id"]
+    if trained_on != args.env_id:
+        fail(f"{where}: trained on {trained_on}, not {args.env_id}; pass --env-id {trained_on}")
     parts = agent_state(agent)
     fresh = [name for name, part in parts.items() if isinstance(part, torch.optim.Optimizer) and name not in state]
     try:
@@ -1115,32 +914,10 @@ def load_checkpoint(state: dict, args, agent, flag: str):
             if name not in fresh:
                 part.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
-        fail(f"{flag} {state['path']}: does not fit these networks ({str(e).splitlines()[0]})")
+        fail(f"{where}: does not fit these networks ({str(e).splitlines()[0]})")
     if fresh:
-        print(
-            f"{flag} {state['path']}: a model without optimiser state; {', '.join(fresh)} start afresh", file=sys.stderr
-        )
-
-
-def rng_state(env) -> dict:
-    """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "env": env.unwrapped.np_random.bit_generator.state,
-    }
-
-
-def set_rng_state(state: dict, env):
-    random.setstate(state["python"])
-    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    env.unwrapped.np_random.bit_generator.state = state["env"]
+        print(f"{where}: a model without optimiser state; {', '.join(fresh)} start afresh", file=sys.stderr)
+    return state["step"]
 
 
 def all_finite(losses: dict) -> torch.Tensor:
@@ -1148,48 +925,16 @@ def all_finite(losses: dict) -> torch.Tensor:
     return torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
 
 
-def stop_diverged(step: int, losses: dict, checkpoint: str):
-    bad = (
-        ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
-        or "an earlier update's loss"
-    )
-    kept = (
-        f"the last good checkpoint is {checkpoint}"
-        if os.path.isfile(checkpoint)
-        else "no checkpoint was written before it"
-    )
-    print(
-        f"error: training diverged: non-finite {bad} by step {step}; stopped, {kept} "
-        f"(lower the learning rate or check the dataset)",
-        file=sys.stderr,
-    )
-    sys.exit(3)
-
-
 def platform_info(device: torch.device) -> dict:
-    """What a run's numbers depend on beyond its flags and seed: one model evaluates bitwise alike only where all of
-    this is the same (float rounding differs between CPUs and library builds, and the dynamics amplify it)."""
+    """What a run's numbers depend on beyond flags and seed (rounding differs between CPUs and library builds)."""
     import importlib.metadata
     import platform
 
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
-    versions = {}
-    for package in ("torch", "numpy", "gymnasium", "mujoco"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
+    names = open("/proc/cpuinfo").read().split("model name")[1:] if os.path.isfile("/proc/cpuinfo") else []
+    cpu = names[0].split(":", 1)[1].splitlines()[0].strip() if names else platform.processor() or platform.machine()
+    versions = {package: importlib.metadata.version(package) for package in ("torch", "numpy", "gymnasium", "mujoco")}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"host": platform.node(), "cpu": cpu, "gpu": gpu, "python": platform.python_version(), **versions}
-
-
-def write_json(path: str, content: dict):
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(content, f, indent=2)
-    os.replace(f"{path}.tmp", path)
 
 
 if __name__ == "__main__":

@@ -358,6 +358,13 @@ def folder_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, name)) for d, _, names in os.walk(path) for name in names)
 
 
+def minari_root() -> str:
+    """Where Minari keeps its datasets: $MINARI_DATASETS_PATH, or ~/.minari/datasets (Minari's own rule)."""
+    import minari.storage
+
+    return str(minari.storage.get_dataset_path())
+
+
 def fetch(env_id: str) -> tuple:
     """Get the task's data as the scripts would, read them back whole and check their sizes against the
     environment; returns (where, bytes, transitions). Raises FetchFailed, or the scripts' BadInput (a SystemExit
@@ -368,7 +375,7 @@ def fetch(env_id: str) -> tuple:
         close = ", ".join(difflib.get_close_matches(env_id, list(script.TASKS), n=3, cutoff=0.5))
         raise FetchFailed(f"unknown task {env_id}" + (f"; did you mean {close}?" if close else ""))
     task = script.TASKS[env_id]
-    path = script.minari_store(task.dataset) if task.source == "minari" else None
+    path = os.path.join(minari_root(), task.dataset) if task.source == "minari" else None
     path = path or script.dataset_file(env_id)
     data = script.load_dataset(env_id)  # downloads a Minari dataset that is not there yet
     env = script.make_env(env_id)
@@ -400,7 +407,7 @@ def fetch_all(env_ids) -> int:
         print(f"not fetched: {', '.join(failed)}", file=sys.stderr)
     if len(failed) < len(dict.fromkeys(env_ids)):
         print(
-            f"to use them on a machine with no network, copy {script.DATA_DIR} and {script.minari_store()} "
+            f"to use them on a machine with no network, copy {script.DATA_DIR} and {minari_root()} "
             "to the same paths there "
             f"(or anywhere, and point O3F_DATA_DIR and MINARI_DATASETS_PATH at them)"
         )

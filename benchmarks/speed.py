@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import awac  # noqa: E402
 import cql_to_sac  # noqa: E402
 import iql_noise  # noqa: E402
 import o3f_iql  # noqa: E402
@@ -150,28 +151,13 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def wrap(fn, suffix: str):
-    """`fn` as the scripts run it with no flag, with --compile, or with --cudagraphs."""
-    if not suffix:
-        return fn
-    compiled = torch.compile(fn, mode="reduce-overhead" if suffix == "_cudagraphs" else None)
-    if suffix != "_cudagraphs":
-        return compiled
-
-    def replay(*args, **kwargs):
-        # As the scripts mark each step: the previous call's outputs are no longer read, so its graph's memory
-        # may be reused (without it, LAPO's actor update after a critic update fails on the GPU).
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled(*args, **kwargs)
-
-    return replay
-
-
 def graph_breaks(fn, *args) -> int:
-    """Graph breaks torch.compile meets in one call of `fn(*args)`: each one ends a graph, so with --cudagraphs one
-    update replays that many more CUDA graphs, with Python (and, where `backward()` broke it, eager autograd) between
-    them. Runs `fn` once."""
-    return torch._dynamo.explain(fn)(*args).graph_break_count
+    """Graph breaks torch.compile meets in one call of `fn(*args)`, traced as the scripts' `compiled()` traces it
+    (backward() traced, the outputs detached): each break ends a graph, so with --cudagraphs one update would replay
+    that many more CUDA graphs, with Python between them; the scripts' fullgraph=True refuses any. Runs `fn` once."""
+    detached = lambda *a: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*a))  # noqa: E731
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        return torch._dynamo.explain(detached)(*args).graph_break_count
 
 
 def script_args(script, suffix: str, **values):
@@ -185,8 +171,11 @@ def bench_iql(bench: Bench, data, env, repeats):
     rb = o3f_iql.ReplayBuffer(data, len(data["rewards"]) + 2 * repeats + 100, bench.device)
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
-        iql_update, select_action = wrap(o3f_iql.iql_update, suffix), wrap(o3f_iql.select_action, suffix)
         args = script_args(o3f_iql, suffix, num_critics=bench.args.num_critics, expectile=0.7, beta=3.0, sigma=0.2)
+        iql_update, select_action = (
+            o3f_iql.compiled(o3f_iql.iql_update, args),
+            o3f_iql.compiled(o3f_iql.select_action, args),
+        )
         agent = o3f_iql.Agent(env, args, bench.device)
         update = lambda: iql_update(agent, rb.sample(args.batch_size), args.expectile, args)  # noqa: E731
         select = lambda obs: select_action(agent, obs, args)  # noqa: E731
@@ -223,9 +212,11 @@ def bench_lapo(bench: Bench, data, env, repeats):
     rb = o3f_lapo.ReplayBuffer(data, len(data["rewards"]) + repeats + 100, bench.device)
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
-        critic_update, actor_update = wrap(o3f_lapo.critic_update, suffix), wrap(o3f_lapo.actor_update, suffix)
-        select_action = wrap(o3f_lapo.select_action, suffix)
         args = script_args(o3f_lapo, suffix, doubleq_min=1.0, sigma=0.2)
+        critic_update, actor_update = (
+            o3f_lapo.compiled(fn, args) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update)
+        )
+        select_action = o3f_lapo.compiled(o3f_lapo.select_action, args)
         agent = o3f_lapo.Agent(env, stats, v_min, v_max, args, bench.device)
         critic = lambda: critic_update(agent, rb.sample(args.batch_size), args)  # noqa: E731
         actor = lambda: actor_update(agent, rb.sample(args.batch_size), args)  # noqa: E731
@@ -267,8 +258,8 @@ def bench_cql(bench: Bench, data, env, repeats):
     rb = cql_to_sac.ReplayBuffer(data, len(data["rewards"]) + repeats + 100, bench.device)
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
-        cql_update = wrap(cql_to_sac.cql_update, suffix)
         args = script_args(cql_to_sac, suffix)
+        cql_update = cql_to_sac.compiled(cql_to_sac.cql_update, args)
         agent = cql_to_sac.Agent(env, args, bench.device)
         update = lambda conservative: cql_update(
             agent, rb.sample(args.batch_size), conservative, args.cql_target_gap, args
@@ -304,6 +295,23 @@ def bench_cql(bench: Bench, data, env, repeats):
                 results[f"{name}_graph_breaks"] = graph_breaks(
                     cql_to_sac.cql_update, agent, rb.sample(args.batch_size), conservative, args.cql_target_gap, args
                 )
+    return results
+
+
+def bench_awac(bench: Bench, data, env, repeats):
+    """AWAC's update (d3rlpy's settings: rewards as they are), eager and compiled, and its graph breaks."""
+    rb = awac.ReplayBuffer(dict(data), len(data["rewards"]) + 100, bench.device)
+    results = {}
+    for suffix in bench.suffixes():
+        args = script_args(awac, suffix)
+        awac_update, agent = awac.compiled(awac.awac_update, args), awac.Agent(env, args, bench.device)
+        update = lambda: awac_update(agent, rb.sample(args.batch_size), args.lam, args)  # noqa: E731
+        ms = bench.median_ms(update, repeats, warmup=10 if not suffix else 30)
+        results |= {f"awac_update{suffix}_ms": ms, **(floor(bench, "awac_update", update, ms) if not suffix else {})}
+        if suffix and suffix == bench.suffixes()[-1]:  # the agent as the last compiled path builds it
+            results["awac_update_graph_breaks"] = graph_breaks(
+                awac.awac_update, agent, rb.sample(args.batch_size), args.lam, args
+            )
     return results
 
 
@@ -386,7 +394,7 @@ def main(args: Args) -> dict:
         "iql_num_critics": args.num_critics,
     }
     d3rlpy = bench_d3rlpy(bench, args.vs_d3rlpy, torch.get_num_threads(), args.repeats) if args.vs_d3rlpy else {}
-    for measure in (bench_iql, bench_lapo, bench_cql):  # each script's numbers as soon as they are measured
+    for measure in (bench_iql, bench_lapo, bench_cql, bench_awac):  # each script's numbers as soon as they are measured
         part = measure(bench, data, env, args.repeats)
         print(f"{measure.__name__[len('bench_') :]}: {json.dumps(part)}", file=sys.stderr, flush=True)
         results |= part

@@ -2,6 +2,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -21,6 +22,23 @@ def random_batch(obs_dim: int, act_dim: int = 2, n: int = 32):
         torch.randn(n, obs_dim),
         (torch.rand(n) < 0.3).float(),
     )
+
+
+def smooth_graph_adam(script):
+    """The scripts' compiled-path Adam (GraphAdam) with eps 1, for compiled-vs-eager comparisons: plain Adam's first
+    steps are +-lr wherever a gradient is ~0, so float rounding would flip them; with eps 1 every step is smooth in
+    its gradient (momentum SGD, bias-corrected), and each of Adam's operations still runs."""
+
+    def make(params, lr):
+        optimizer = script.GraphAdam(params, lr)
+        for group in optimizer.param_groups:
+            group["eps"] = 1.0
+        return optimizer
+
+    return make
+
+
+COMPILE = SimpleNamespace(compile=True, cudagraphs=False)  # the flags under which a script's compiled() compiles
 
 
 def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more):

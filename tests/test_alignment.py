@@ -98,6 +98,12 @@ def test_the_scripts_share_their_plumbing_block_verbatim(other):
     assert iql == lines
 
 
+def test_the_plumbing_is_no_larger_than_its_job():
+    """Tasks and data, buffer, flags, bookkeeping, checkpoints, guards and the compile machinery in at most 600 lines
+    (where a dependency does a job, the block uses it)."""
+    assert len(plumbing(read("o3f_iql.py"))) <= 600
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_the_method_comes_first_and_the_plumbing_last(script):
     """A reader reaches the first network within about 150 lines; nothing but the plumbing follows its marker."""

@@ -307,7 +307,7 @@ def test_a_seed_starts_the_same_whether_the_data_were_made_or_found(small_datase
         with torch.random.fork_rng(devices=[]):
             for load in (real_load, load_while_making):
                 o3f_iql.load_dataset = load
-                o3f_iql.setup(args)
+                o3f_iql.setup(args, {})
                 starts.append((torch.rand(3), np.random.rand(3), random.random()))
     finally:
         o3f_iql.load_dataset = real_load

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import o3f_iql
-from conftest import random_batch, write_d4rl
+from conftest import COMPILE, random_batch, smooth_graph_adam, write_d4rl
 
 
 def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
@@ -160,9 +160,10 @@ def test_batched_ensemble_is_m_independent_mlps():
 
 
 def test_compiled_update_equals_the_eager_update():
-    eager, args = iql_agent(optimizer=torch.optim.SGD)
+    """--compile's one graph (fullgraph: a graph break fails the test) computes what eager code computes."""
+    eager, args = iql_agent(optimizer=smooth_graph_adam(o3f_iql))
     compiled = copy.deepcopy(eager)
-    update = torch.compile(o3f_iql.iql_update)
+    update = o3f_iql.compiled(o3f_iql.iql_update, COMPILE)
     for _ in range(3):
         batch = random_batch(4)
         expected = o3f_iql.iql_update(eager, batch, 0.7, args)
@@ -247,7 +248,7 @@ def test_cuda_graph_replays_mark_a_new_step_before_each_call_and_hand_back_copie
     """--cudagraphs: the plumbing's compiled() marks each call a new graph step and clones what it returns, so the loop
     may read one call's outputs after the next call (LAPO's critic losses after its actor update)."""
     marks, returned = [], []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: fn)  # the wrapping alone, no compilation
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, fullgraph=False: fn)  # the wrapping alone
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(returned)))
 
     def update(x):

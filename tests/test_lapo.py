@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import o3f_lapo
-from conftest import random_batch
+from conftest import COMPILE, random_batch, smooth_graph_adam
 
 
 class HandBuiltEnsemble(nn.Module):
@@ -228,9 +228,10 @@ def test_actor_update_matches_hand_computed_losses_and_polyak_targets():
 
 
 def test_compiled_updates_equal_the_eager_updates(compiled_draws_eagers_random_numbers):
-    eager, args = full_agent(optimizer=torch.optim.SGD)
+    """--compile's one graph per update (fullgraph: a graph break fails the test) computes what eager code computes."""
+    eager, args = full_agent(optimizer=smooth_graph_adam(o3f_lapo))
     compiled = copy.deepcopy(eager)
-    critic, actor = torch.compile(o3f_lapo.critic_update), torch.compile(o3f_lapo.actor_update)
+    critic, actor = (o3f_lapo.compiled(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))
     for i in range(3):
         batch = random_batch(3)
         torch.manual_seed(i)

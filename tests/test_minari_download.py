@@ -211,14 +211,15 @@ def test_the_readme_command_downloads_its_minari_data_and_trains(hub, run_script
     assert hub.requests == []
 
 
-def test_loading_reads_what_the_stand_in_served(hub, tmp_path):
+def test_loading_reads_what_the_stand_in_served(hub, tmp_path, monkeypatch):
     import o3f_iql
 
     assert (
         fetch_command("kitchen-mixed-v0").returncode == 0
     )  # in its own process: huggingface_hub reads HF_ENDPOINT on import
     data = o3f_iql.read_minari("kitchen-mixed-v0")
-    served = o3f_iql.read_minari_dir("kitchen-mixed-v0", str(hub.root) + "/D4RL/kitchen/mixed-v2")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", hub.root)  # the stand-in's files, read in place
+    served = o3f_iql.read_minari("kitchen-mixed-v0")
     assert data["observations"].shape == (20, 59) and data["actions"].shape == (20, 9)
     for key in data:
         assert np.array_equal(data[key], served[key]), key

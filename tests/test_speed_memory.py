@@ -40,22 +40,25 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     assert sum(matmul_flops(func, a) for func, a, _ in recorder.calls) == counter.get_total_flops()
 
 
-def test_the_cuda_graph_path_marks_a_new_step_before_every_call_as_the_scripts_do(monkeypatch):
-    import speed
+def test_the_cuda_graph_path_marks_a_new_step_before_every_call(monkeypatch):
+    """The scripts' compiled() (which speed.py times too): a new CUDA-graph step before each call, none without
+    --cudagraphs, and the function itself when eager."""
+    import o3f_iql
 
     marks, calls = [], []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: fn)  # the wrapping alone, no compilation
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, fullgraph=False: fn)  # the wrapping alone
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(calls)))
 
     def update(x):
         calls.append(x)
         return x + 1
 
-    replay = speed.wrap(update, "_cudagraphs")
+    flags = lambda compile, cudagraphs: SimpleNamespace(compile=compile, cudagraphs=cudagraphs)  # noqa: E731
+    replay = o3f_iql.compiled(update, flags(False, True))
     assert [replay(1), replay(2), replay(3)] == [2, 3, 4]
     assert marks == [0, 1, 2]  # one mark before each call, none after
-    assert speed.wrap(update, "_compiled")(5) == 6 and marks == [0, 1, 2]  # --compile marks nothing
-    assert speed.wrap(update, "") is update
+    assert o3f_iql.compiled(update, flags(True, False))(5) == 6 and marks == [0, 1, 2]  # --compile marks nothing
+    assert o3f_iql.compiled(update, flags(False, False)) is update
 
 
 def test_graph_breaks_counts_where_torch_compile_has_to_stop():
