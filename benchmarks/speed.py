@@ -429,10 +429,16 @@ def report(results: dict, args: Args, device_name: str):
             "lapo_online_step_utd20",
             "cql_update",
             "sac_update",
+            "awac_update",
         ):
             if f"{name}{suffix}_ms" in results:
                 results[f"{name}{suffix}_speedup"] = results[f"{name}_ms"] / results[f"{name}{suffix}_ms"]
-                print(f"{name}{suffix}: {results[f'{name}{suffix}_speedup']:.2f}x the eager speed")
+                matmuls = ""
+                if f"{name}_matmul_ms" in results:  # the same matmuls as eager's, replayed alone
+                    ratio = results[f"{name}{suffix}_ms"] / results[f"{name}_matmul_ms"]
+                    results[f"{name}{suffix}_matmul_ratio"] = ratio
+                    matmuls = f", {ratio:.2f}x its matmul part"
+                print(f"{name}{suffix}: {results[f'{name}{suffix}_speedup']:.2f}x the eager speed{matmuls}")
     for key, value in results.items():
         if key.endswith("_graph_breaks"):
             print(
