@@ -1,9 +1,11 @@
 """Draw the paper's figures from the summary.json files that benchmarks/run.py leaves, and print a table.
 
     python benchmarks/plot.py --results-dir results
+    python benchmarks/plot.py --results-dir results/decide results/evidence_random --out-dir results/across_tasks
 
 Figure 5: O3F vs the noise baseline; Figure 6: omega 0 vs 1; Figure 2: CQL -> SAC across the switch
-(score, Q bias, critic loss); Figure 3: CQL's online objectives; and an aggregate panel. The statistics
+(score, Q bias, critic loss); Figure 3: CQL's online objectives; an aggregate panel and performance profiles
+(several results directories pool their runs: the aggregates across tasks, IQM and mean). The statistics
 are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"), through the
 `rliable` package: the interquartile mean (IQM) over seeds (and tasks), with 95% stratified-bootstrap
 confidence intervals, and the probability that a run of one variant beats a run of the other. Curves
@@ -84,24 +86,28 @@ FIGURES = {  # file -> (title, groups of variants compared in one panel per task
 
 @dataclass
 class Args:
-    results_dir: str = "results"
-    """the output directory of benchmarks/run.py"""
+    results_dir: tuple[str, ...] = ("results",)
+    """output directories of benchmarks/run.py; several pool their runs (one study per task: the aggregates across
+    tasks), and then need --out-dir"""
     out_dir: str | None = None
-    """where to write the PNGs (default: {results_dir}/figures)"""
+    """where to write the PNGs (default, for one results directory: {results_dir}/figures)"""
     reps: int = REPS
     """bootstrap resamples of every confidence interval"""
 
 
-def load(results_dir: str) -> dict:
-    """{variant: {env_id: [summary, ...]}} of the complete runs, each preceded by the offline evaluations of
-    the pretraining run whose model it loaded (so curves show both sides of the switch)."""
+def load(results_dir) -> dict:
+    """{variant: {env_id: [summary, ...]}} of the complete runs under `results_dir` (one directory, or several whose
+    runs are pooled), each preceded by the offline evaluations of the pretraining run whose model it loaded (so
+    curves show both sides of the switch)."""
+    dirs = [results_dir] if isinstance(results_dir, str) else list(results_dir)
     pretraining = {}
-    for path in glob.glob(os.path.join(results_dir, "pretrain-runs", "*", "*", "seed*", "*", "summary.json")):
-        summary = json.load(open(path))
-        if summary.get("complete") and summary["args"].get("save_offline"):
-            pretraining[summary["args"]["save_offline"]] = summary["evaluations"]
+    for d in dirs:
+        for path in glob.glob(os.path.join(d, "pretrain-runs", "*", "*", "seed*", "*", "summary.json")):
+            summary = json.load(open(path))
+            if summary.get("complete") and summary["args"].get("save_offline"):
+                pretraining[summary["args"]["save_offline"]] = summary["evaluations"]
     runs = defaultdict(lambda: defaultdict(list))
-    for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "seed*", "*", "summary.json"))):
+    for path in sorted(p for d in dirs for p in glob.glob(os.path.join(d, "*", "*", "seed*", "*", "summary.json"))):
         summary = json.load(open(path))
         variant, env_id = path.split(os.sep)[-5], path.split(os.sep)[-4]
         if summary.get("complete") and variant != "pretrain-runs":
@@ -142,6 +148,19 @@ def iqm_ci(scores: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
     """IQM and 95% stratified-bootstrap CI (runs resampled within each task) of a (runs, tasks) matrix."""
     point, interval = interval_estimates({"x": scores}, iqm, reps, seed)
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def mean_ci(scores: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
+    """The mean over runs and tasks and its 95% stratified-bootstrap CI of a (runs, tasks) matrix."""
+    point, cis = interval_estimates({"x": scores}, lambda x: np.array([metrics.aggregate_mean(x)]), reps, seed)
+    return float(point["x"][0]), float(cis["x"][0, 0]), float(cis["x"][1, 0])
+
+
+def profile_ci(scores: np.ndarray, taus: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
+    """The performance profile of a (runs, tasks) matrix: the fraction of runs scoring above each tau, over tasks,
+    with its 95% stratified-bootstrap band (rliable's score distributions)."""
+    point, cis = interval_estimates({"x": scores}, lambda x: rly.score_distributions(x, taus), reps, seed)
+    return point["x"], cis["x"][0], cis["x"][1]
 
 
 def improvement_ci(x: np.ndarray, y: np.ndarray, reps: int | None = None, seed: int = 0) -> tuple:
@@ -309,7 +328,15 @@ def statistics(runs: dict) -> dict:
 
     def estimate(scores):
         point, low, high = iqm_ci(scores)
-        return {"iqm": point, "ci": [low, high] if len(scores) >= MIN_SEEDS else None, "seeds": len(scores)}
+        mean, mean_low, mean_high = mean_ci(scores)
+        enough = len(scores) >= MIN_SEEDS
+        return {
+            "iqm": point,
+            "ci": [low, high] if enough else None,
+            "mean": mean,
+            "mean_ci": [mean_low, mean_high] if enough else None,
+            "seeds": len(scores),
+        }
 
     variants = []
     for variant in runs:
@@ -418,6 +445,26 @@ def improvement_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def aggregate_table(stats: dict) -> str:
+    """Each comparison's aggregates over the tasks both ran (runs resampled within each task): the IQM and the mean
+    of the normalised scores [95% CI] of each variant, at the end of fine-tuning and of the mean over it."""
+    lines = [
+        "| comparison, across tasks | tasks | end: IQM of each | end: mean of each "
+        "| over fine-tuning: IQM of each | over fine-tuning: mean of each |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in stats["comparisons"]:
+        first, second = LABELS.get(c["first"], c["first"]), LABELS.get(c["second"], c["second"])
+        cells = []
+        for at in ("end", "mean"):
+            a, b = c[at]["first"], c[at]["second"]
+            cells.append(f"{ci(a)} vs {ci(b)}")
+            mean = lambda x: f"{x['mean']:.1f} {interval(x['mean_ci'], '.1f')}"  # noqa: E731
+            cells.append(f"{mean(a)} vs {mean(b)}")
+        lines.append(f"| {first} vs {second} | {len(c['tasks'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def paired_table(stats: dict) -> str:
     """Each comparison paired by seed (both runs of a seed start from the same pretrained model): the mean of first
     minus second [95% CI] at the end of fine-tuning and of the mean over fine-tuning, and in how many pairs the
@@ -511,26 +558,61 @@ def draw_aggregate(runs: dict, out_dir: str) -> list:
     return ["aggregate.png"]
 
 
+def draw_profiles(runs: dict, out_dir: str) -> list:
+    """Performance profiles of each comparison over the tasks both ran (Agarwal et al., 2021): the fraction of runs
+    whose normalised score exceeds tau, with 95% bands, at the end of fine-tuning and of the mean over it."""
+    pairs = comparisons(runs)
+    if not pairs:
+        return []
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 3 * len(pairs)), squeeze=False)
+    for row, (first, second, tasks) in enumerate(pairs):
+        for ax, at in zip(axes[row], ("end", "mean")):
+            scores = [score_matrix(runs, variant, tasks, at) for variant in (first, second)]
+            taus = np.linspace(min(x.min() for x in scores) - 1, max(x.max() for x in scores) + 1, 101)
+            for colour, (variant, x) in enumerate(zip((first, second), scores)):
+                profile, low, high = profile_ci(x, taus)
+                ax.plot(taus, profile, color=f"C{colour}", label=f"{LABELS.get(variant, variant)} ({len(x)} seeds)")
+                if len(x) >= MIN_SEEDS:
+                    ax.fill_between(taus, low, high, color=f"C{colour}", alpha=0.2)
+            what = "at the end of fine-tuning" if at == "end" else "mean over fine-tuning"
+            ax.set_title(f"{len(tasks)} task(s), {what}", fontsize=9)
+            ax.set_xlabel("D4RL-normalised score tau", fontsize=8)
+            ax.set_ylabel("fraction of runs > tau", fontsize=8)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "profiles.png"), dpi=120)
+    plt.close(fig)
+    return ["profiles.png"]
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     if args.reps < 100:
         print(f"error: --reps {args.reps}: at least 100 resamples are needed for a 95% interval", file=sys.stderr)
         raise SystemExit(2)
     REPS = args.reps
+    if len(args.results_dir) > 1 and not args.out_dir:
+        print(
+            "error: several --results-dir directories need --out-dir (where their pooled figures go)", file=sys.stderr
+        )
+        raise SystemExit(2)
     runs = load(args.results_dir)
     if not runs:
         print(
-            f"error: no complete runs under {args.results_dir} "
+            f"error: no complete runs under {' '.join(args.results_dir)} "
             "(expected {variant}/{env_id}/seed{n}/*/summary.json)",
             file=sys.stderr,
         )
         raise SystemExit(2)
-    out_dir = args.out_dir or os.path.join(args.results_dir, "figures")
+    out_dir = args.out_dir or os.path.join(args.results_dir[0], "figures")
     os.makedirs(out_dir, exist_ok=True)
-    for filename in draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir):
+    drawn = draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir)
+    for filename in drawn + draw_profiles(runs, out_dir):
         print(os.path.join(out_dir, filename))
     stats = statistics(runs)
-    tables = "\n\n".join([table(stats), improvement_table(stats), paired_table(stats), per_run_table(runs)])
+    parts = [table(stats), improvement_table(stats), aggregate_table(stats), paired_table(stats), per_run_table(runs)]
+    tables = "\n\n".join(parts)
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
     with open(os.path.join(out_dir, "tables.md"), "w") as f:

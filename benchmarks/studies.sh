@@ -7,6 +7,7 @@
 #   bash benchmarks/studies.sh start    # start every study not running yet; logs in logs/studies/
 #   bash benchmarks/studies.sh status   # where each run stands and the hours left (benchmarks/run.py --status)
 #   bash benchmarks/studies.sh stop     # stop them; each run saves a checkpoint on SIGTERM
+#   bash benchmarks/studies.sh figures  # every figure and table of results/, regenerated from the summaries
 #
 # 1. decide (nice 0, 2 workers): "Figures 5 and 6 at a budget that can decide", IQL, 5 seeds x 3 rules.
 # 2. lapo_utd20 (nice 10): the same section's LAPO comparison at UTD 20.
@@ -95,8 +96,21 @@ case "${1:-}" in
       pkill -TERM -f -- "--output-dir $PWD/$dir/" && echo "stopped the runs in $dir" || true
     done
     ;;
+  figures)  # each study's figures and tables, the premise's, and the evidence across tasks once a second task has runs
+    for dir in results results/decide results/lapo_utd20 results/online_fraction results/evidence_random \
+      results/evidence_maze; do
+      [[ -d $dir ]] && python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"
+    done
+    python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
+    tasks=(results/decide)
+    for dir in results/evidence_random results/evidence_maze; do [[ -d $dir ]] && tasks+=("$dir"); done
+    if (( ${#tasks[@]} > 1 )); then
+      python benchmarks/plot.py --results-dir "${tasks[@]}" --out-dir results/across_tasks >/dev/null
+      echo "results/across_tasks"
+    fi
+    ;;
   *)
-    echo "usage: bash benchmarks/studies.sh start|status|stop" >&2
+    echo "usage: bash benchmarks/studies.sh start|status|stop|figures" >&2
     exit 2
     ;;
 esac

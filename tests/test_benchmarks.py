@@ -149,6 +149,7 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
         "aggregate.png",
         "figure2_cql_to_sac_embedded-halfcheetah-medium.png",
         "figure5_o3f_vs_noise.png",
+        "profiles.png",
         "statistics.json",
         "tables.md",
     ]
@@ -711,3 +712,38 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
     ]
     assert status.stdout.count("runs to finish") == 7  # each study's closing line from benchmarks/run.py --status
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
+
+
+def test_several_results_directories_pool_their_tasks_into_aggregates_and_profiles(tmp_path):
+    """One study per task (as the evidence campaign runs them): the comparison spans both tasks, with the IQM and the
+    mean over runs and tasks, and performance profiles."""
+    for study, env_id, base in (("decide", "task-a", 0.0), ("random", "task-b", 100.0)):
+        for seed in (1, 2, 3):
+            o3f = fake_summary("o3f_iql", seed, [10, 20, 30, base + seed])
+            write_fake(tmp_path / study, "o3f_iql", seed, o3f, env_id)
+            write_fake(tmp_path / study, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20, 30, base]), env_id)
+    plot = [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", tmp_path / "decide"]
+    plot = list(map(str, plot + [tmp_path / "random", "--reps", "200"]))
+    refused = subprocess.run(plot, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: several --results-dir directories need --out-dir (where their pooled figures go)"
+    ]
+    result = subprocess.run(plot + ["--out-dir", str(tmp_path / "across")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "profiles.png" in os.listdir(tmp_path / "across")
+    stats = json.loads((tmp_path / "across" / "statistics.json").read_text())
+    (pair,) = [c for c in stats["comparisons"] if (c["first"], c["second"]) == ("o3f_iql", "iql_noise")]
+    assert pair["tasks"] == ["task-a", "task-b"] and pair["seeds"] == [3, 3]
+    # the end scores: O3F 1, 2, 3 on task a and 101, 102, 103 on b (mean 52); noise 0 and 100 (mean 50)
+    assert pair["end"]["first"]["mean"] == pytest.approx(52.0) and pair["end"]["second"]["mean"] == pytest.approx(50.0)
+    assert pair["end"]["p"] == pytest.approx(1.0)  # on each task every O3F run beats every noise run
+    assert "| IQL + O3F vs IQL + noise | 2 |" in result.stdout  # the aggregate table's row
+
+
+def test_a_performance_profile_is_the_fraction_of_runs_above_each_threshold():
+    plot = plot_module()
+    profile, low, high = plot.profile_ci(
+        np.array([[1.0, 5.0], [3.0, 7.0]]), np.array([0.0, 2.0, 4.0, 6.0, 8.0]), reps=200
+    )
+    assert profile.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])  # of the 4 runs x tasks, above each tau
+    assert (low <= profile + 1e-9).all() and (profile <= high + 1e-9).all()
