@@ -697,7 +697,9 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
 def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command():
     script = os.path.join(ROOT, "benchmarks", "studies.sh")
     wrong = subprocess.run(["bash", script, "begin"], capture_output=True, text=True, timeout=60)
-    assert wrong.returncode == 2 and wrong.stderr.strip() == "usage: bash benchmarks/studies.sh start|status|stop"
+    assert (
+        wrong.returncode == 2 and wrong.stderr.strip() == "usage: bash benchmarks/studies.sh start|status|stop|figures"
+    )
     status = subprocess.run(["bash", script, "status"], capture_output=True, text=True, timeout=300)
     assert status.returncode == 0, status.stderr[-2000:]
     studies = [line for line in status.stdout.splitlines() if line.startswith("## ")]
