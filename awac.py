@@ -357,8 +357,7 @@ def fail(message: str):
 
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
 D4RL_URL = os.environ.get("O3F_D4RL_URL", "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2")
-# D4RL's antmaze evaluation mazes, row by row: 1 a wall, 0 free, one start (r) and one goal (g), as Minari's ports.
-EVAL_MAZES = {
+EVAL_MAZES = {  # D4RL's antmaze evaluation mazes, row by row: 1 a wall, 0 free, one start (r), one goal (g)
     name: [[cell if cell in "rg" else int(cell) for cell in row] for row in rows.split()]
     for name, rows in {
         "umaze": "11111 100r1 10111 100g1 11111",
@@ -650,15 +649,16 @@ def compiled(fn, args):
     slowdown; with --cudagraphs, that graph replayed as a CUDA graph, each call a new step whose outputs are cloned."""
     if not (args.compile or args.cudagraphs):
         return fn
-    tensors, mode = torch.utils._pytree.tree_map_only, "reduce-overhead" if args.cudagraphs else None
-    graph = torch.compile(lambda *x: tensors(torch.Tensor, torch.Tensor.detach, fn(*x)), fullgraph=True, mode=mode)
+    detached = lambda *x: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*x))  # noqa: E731
+    detached.__code__ = detached.__code__.replace(co_name=fn.__name__)  # its own code: dynamo caches per code object
+    graph = torch.compile(detached, fullgraph=True, mode="reduce-overhead" if args.cudagraphs else None)
     graph = torch._dynamo.config.patch(trace_autograd_ops=True)(graph)  # backward() traced into the graph, not a break
     if not args.cudagraphs:
         return graph
 
     def replay(*inputs):
         torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
-        return tensors(torch.Tensor, torch.Tensor.clone, graph(*inputs))
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, graph(*inputs))
 
     return replay
 
