@@ -109,7 +109,7 @@ class Args:
     resume: str | None = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
-    """if toggled, each update is one torch.compile graph (1.16x eager's speed on a 2-core CPU; docs/speed.md)"""
+    """if toggled, each update is one torch.compile graph (2-core CPU: 1.1-1.2x eager's speed; docs/speed.md)"""
     cudagraphs: bool = False
     """if toggled, the update replays as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
     exp_name: str = "awac"

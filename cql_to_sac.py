@@ -110,7 +110,7 @@ class Args:
     resume: str | None = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
-    """if toggled, each update is one torch.compile graph (2-core CPU: CQL 1.12x, SAC 1.26x eager's speed)"""
+    """if toggled, each update is one torch.compile graph (2-core CPU: CQL 1.1-1.25x eager's speed)"""
     cudagraphs: bool = False
     """if toggled, the update replays as CUDA graphs (torch.compile's reduce-overhead mode; CUDA only)"""
     exp_name: str = "cql_to_sac"

@@ -105,7 +105,7 @@ class Args:
     resume: str | None = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
-    """if toggled, each update is one torch.compile graph (1.05x eager's speed on a 2-core CPU; docs/speed.md)"""
+    """if toggled, each update is one torch.compile graph (2-core CPU: 1.05-1.5x eager's speed; docs/speed.md)"""
     cudagraphs: bool = False
     """if toggled, the update and the action selection replay as CUDA graphs (compile's reduce-overhead mode; CUDA)"""
     exp_name: str = "iql_noise"
