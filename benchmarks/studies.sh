@@ -19,6 +19,9 @@
 # 6. premise_random (nice 15): the evidence campaign's second task, the paper's random data: IQL on
 #    embedded-halfcheetah-random-1m to 300k updates with snapshots, for the premise diagnostic along pretraining
 #    (which budget can decide) before any O3F-vs-noise run on it.
+# 7. premise_maze (nice 15): the third task, a sparse-reward maze (embedded-pointmaze-medium): IQL to 300k updates
+#    with snapshots; its evaluations (10 episodes every 10k updates) say whether IQL's offline policy already
+#    succeeds more than 80% of the time (then a harder maze replaces it), the snapshots feed the premise diagnostic.
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +50,9 @@ online_fraction=(--variants o3f_iql_f05 iql_noise_f05 --env-ids $D4RL_1M --seeds
   --extra="--eval-episodes 10 --checkpoint-every 5000" --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 premise_random=(--variants o3f_iql --env-ids embedded-halfcheetah-random-1m --seeds 1 --offline-steps 300000
   --pretrain-only --output-dir results/premise --workers 1 "${PRE[@]}")
+premise_maze=(--variants o3f_iql --env-ids embedded-pointmaze-medium --seeds 1 --offline-steps 300000 --pretrain-only
+  --output-dir results/premise --workers 1 --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
 
 # the benchmarks/run.py processes working in an output directory of this checkout, whoever started them
 runners() {
@@ -79,9 +85,11 @@ case "${1:-}" in
     launch premise_1m 15 "$(q python benchmarks/run.py "${premise_iql_1m[@]}")"
     launch online_fraction 5 "$(q python benchmarks/run.py "${online_fraction[@]}")"
     launch premise_random 15 "$(q python benchmarks/run.py "${premise_random[@]}")"
+    launch premise_maze 15 "$(q python benchmarks/run.py "${premise_maze[@]}")"
     ;;
   status)
-    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random; do
+    for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random \
+      premise_maze; do
       declare -n flags=$study
       echo "## $study"
       python benchmarks/run.py "${flags[@]}" --status
