@@ -4,13 +4,11 @@ Offline: LAPO (Chen et al., NeurIPS 2022; its final public code, pcchenxi/LAPO-o
 actions, weighted by a binary expectile of the advantage, and a deterministic latent policy acting through its
 decoder; with the O3F paper's change, 5 Q-functions trained REDQ-style (a random subset of them forms each target).
 Online: the same LAPO update, `--utd` critic updates per environment step, while acting with O3F's optimistic action
-selection ("Fine-tuning offline policies with optimistic action selection", Algorithm 1 and Eq. 2);
-`--n-candidates 1` is the paper's "LAPO + noise" baseline of Figure 5.
-Beside o3f_iql.py (`diff o3f_iql.py o3f_lapo.py`), O3F itself differs in two ways: the candidates are drawn around
-LAPO's deterministic action (IQL's: a sample of its Gaussian), and scored in LAPO's normalised units. The rest is
-LAPO's: --utd critic updates per online step (IQL: one), targets from a random subset of 2 of the 5 critics (IQL:
-the min over all 5), and `--expectile` is LAPO's CVAE weight. Reads top to bottom: arguments, networks, the updates,
-the action selection, then `train` (its `ALGO LOGIC` lines are Algorithm 1); the plumbing is one block at the end.
+selection ("Fine-tuning offline policies with optimistic action selection", Algorithm 1 and Eq. 2); with
+`--n-candidates 1`, the paper's "LAPO + noise" baseline (Figure 5). Beside o3f_iql.py (`diff o3f_iql.py o3f_lapo.py`),
+O3F differs in two ways: its candidates are drawn around LAPO's deterministic action (IQL's: a sample of its
+Gaussian) and scored in LAPO's normalised units; `--expectile` is LAPO's CVAE weight. Reads top to bottom: arguments,
+networks, the updates, the action selection, then `train` (its `ALGO LOGIC` lines are Algorithm 1); plumbing last.
 """
 
 import contextlib
@@ -103,6 +101,8 @@ class Args:
     """save the pretrained model here at the end of the offline phase (default: `{run_dir}/offline.pt`)"""
     load_offline: str | None = None
     """skip pretraining and fine-tune this saved model (so O3F and the noise baseline start from the same one)"""
+    block: int = 1
+    """offline, run this many steps' updates as one call (with --cudagraphs one CUDA graph replay); the same updates"""
     checkpoint_every: int = 10_000
     """save the whole run to `{run_dir}/checkpoint.pt` every this many steps (online: at the episode's end); 0: never"""
     snapshot_steps: tuple[int, ...] = ()
@@ -114,7 +114,7 @@ class Args:
     compile: bool = False
     """if toggled, each update is one torch.compile graph (2-core CPU: updates 1.05-1.4x eager's speed)"""
     cudagraphs: bool = False
-    """if toggled, the update and the action selection replay as CUDA graphs (compile's reduce-overhead mode; CUDA)"""
+    """if toggled, as --compile, and each call of the updates (a step, or --block steps) replays one CUDA graph"""
     exp_name: str = "o3f_lapo"
     """the name of this experiment"""
     seed: int = 1
@@ -437,6 +437,15 @@ def train(args: Args):
         compiled(select_action, args),
     )
 
+    def one_step(utd):  # Algorithm 1, line 7: `utd` LAPO critic updates (REDQ), then the actor's, each on its own batch
+        for _ in range(utd):  # the logs show the last of them
+            losses = update_critic(agent, rb.sample(args.batch_size), args)
+        # The actor on a batch of its own, drawn as the critic's are (LAPO's code, at one critic update per step,
+        # reuses the critic's batch; at --utd 20 no single critic batch is the natural one).
+        return losses | update_actor(agent, rb.sample(args.batch_size), args)
+
+    updates = blocks(one_step, args)  # updates(n, utd): n steps in one call
+
     obs = run.obs
     for global_step in range(run.start_step, run.total_steps):
         step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
@@ -452,17 +461,14 @@ def train(args: Args):
             run.record_episode(step, info)
             obs = None if terminated or truncated else next_obs
 
-        # ALGO LOGIC: Algorithm 1, line 7: the same LAPO update offline and online; online, --utd critic steps (REDQ)
-        for _ in range(args.utd if online else 1):  # the logs show the last of them
-            losses = update_critic(agent, rb.sample(args.batch_size), args)
-        # The actor on a batch of its own, drawn as the critic's are (LAPO's code, at one critic update per step,
-        # reuses the critic's batch; at --utd 20 no single critic batch is the natural one).
-        losses |= update_actor(agent, rb.sample(args.batch_size), args)
-
-        # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
-        run.log(step, losses)
-        run.evaluate(step)
-        run.save(step, between_episodes=not online or obs is None)
+        # ALGO LOGIC: Algorithm 1, line 7: the same LAPO update offline and online; online, --utd critic steps (REDQ);
+        # offline, --block steps' updates run as one call (the same updates: only the calls are fewer)
+        if n := run.updates_due(step, now=online):
+            losses = updates(n, args.utd if online else 1)
+            # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
+            run.log(step, losses)
+            run.evaluate(step)
+            run.save(step, between_episodes=not online or obs is None)
     run.finish()
 
 
@@ -690,6 +696,7 @@ class ReplayBuffer:
 
     def __init__(self, data: dict, capacity: int, device: torch.device):
         self.size = self.n_offline = len(data["rewards"])
+        self.count = torch.tensor(self.size, device=device)  # the size on the device, which sample() draws from
 
         def take(key):
             x = data.pop(key)
@@ -705,6 +712,7 @@ class ReplayBuffer:
         self.obs[i], self.actions[i], self.next_obs[i] = torch.as_tensor(obs), action, torch.as_tensor(next_obs)
         self.rewards[i], self.dones[i] = float(reward), float(done)
         self.size += 1
+        self.count += 1
 
     def online_part(self, n_offline: int) -> dict:
         # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
@@ -716,16 +724,18 @@ class ReplayBuffer:
         for key, value in part.items():
             getattr(self, key)[self.size : self.size + n] = value.to(self.obs.device)
         self.size += n
+        self.count += n
 
     def sample(self, batch_size: int, online_fraction: float | None = None):
-        """Uniform over the buffer; with `online_fraction` F, round(F * batch) online rows (RLPD's symmetric: 0.5)."""
-        device = self.obs.device
-        if online_fraction is None or self.size == self.n_offline:  # uniform (and always before the first online step)
-            idx = torch.randint(0, self.size, (batch_size,), device=device)
+        """Uniform over the buffer; with `online_fraction` F, round(F * batch) online rows (RLPD's symmetric: 0.5), once
+        there are any. Drawn on the device from `count`: no host sync, and a CUDA graph of updates replays it as is."""
+        bits = torch.randint(0, 2**62, (batch_size,), device=self.obs.device)  # modulo a size: bias < size / 2^62
+        if online_fraction is None:
+            idx = bits % self.count
         else:
-            n_online = round(online_fraction * batch_size)
-            offline = torch.randint(0, self.n_offline, (batch_size - n_online,), device=device)
-            idx = torch.cat([offline, torch.randint(self.n_offline, self.size, (n_online,), device=device)])
+            n_online, n_new = round(online_fraction * batch_size), self.count - self.n_offline
+            idx, online = bits % self.n_offline, self.n_offline + bits[:n_online] % n_new.clamp(min=1)
+            idx[:n_online] = torch.where(n_new > 0, online, idx[:n_online])
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
 
 
@@ -747,7 +757,7 @@ def read_flags(args):
 def setup(args, method_checks: dict) -> tuple:
     """The flags checked (shared, then `method_checks`), the dataset, seeding, the device and the environment."""
     minima = dict(offline_steps=0, online_steps=0, eval_freq=1, eval_episodes=1, log_freq=1, checkpoint_every=0)
-    minima.update(snapshot_every=0, batch_size=1)
+    minima.update(snapshot_every=0, batch_size=1, block=1)
     checks = {f"--{k.replace('_', '-')} must be >= {v}": getattr(args, k) >= v for k, v in minima.items()}
     cuda = torch.cuda.is_available() and args.cuda
     checks.update(method_checks, **{"--cudagraphs needs a CUDA device (and --cuda)": cuda or not args.cudagraphs})
@@ -771,23 +781,45 @@ def setup(args, method_checks: dict) -> tuple:
 
 
 def compiled(fn, args):
-    """`fn` as the loop calls it: eager by default (the reference); with --compile, traced whole (forward, backward and
-    the optimiser's step: see `adam`) into one graph returning detached outputs, where a break is an error, not a silent
-    slowdown; with --cudagraphs, that graph replayed as a CUDA graph, each call a new step whose outputs are cloned."""
+    """`fn` as the loop calls it: eager by default (the reference); with --compile or --cudagraphs, traced whole
+    (forward, backward and the optimiser's step: see `adam`) into one graph returning detached outputs, where a break is
+    an error, not a silent slowdown (the CUDA graphs are `blocks`': whole training steps, their sampling included)."""
     if not (args.compile or args.cudagraphs):
         return fn
     detached = lambda *x: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*x))  # noqa: E731
     detached.__code__ = detached.__code__.replace(co_name=fn.__name__)  # its own code: dynamo caches per code object
-    graph = torch.compile(detached, fullgraph=True, mode="reduce-overhead" if args.cudagraphs else None)
-    graph = torch._dynamo.config.patch(trace_autograd_ops=True)(graph)  # backward() traced into the graph, not a break
+    graph = torch.compile(detached, fullgraph=True)
+    return torch._dynamo.config.patch(trace_autograd_ops=True)(graph)  # backward() traced into the graph, not a break
+
+
+def blocks(step, args):
+    """`step` (a training step's updates on batches it draws from the buffer) as `updates(n, *inputs)`: n steps in one
+    call, returning the last one's outputs. Eager and --compile: a loop, the same calls as n single steps. --cudagraphs:
+    one CUDA graph of the n steps per (n, bool and int inputs), recorded after a warm-up on a side stream that does the
+    call's steps (PyTorch's whole-network capture), then replayed; float inputs are read from device tensors."""
+    loop = lambda n, *inputs: [step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
-        return graph
+        return loop
+    graphs, floats = {}, {}
 
-    def replay(*inputs):
-        torch.compiler.cudagraph_mark_step_begin()  # the previous call's graph outputs may now be overwritten
-        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, graph(*inputs))
+    def updates(n, *inputs):
+        key = (n, *(type(x) if isinstance(x, float) else x for x in inputs if isinstance(x, (bool, int, float))))
+        inputs = [floats.setdefault(i, torch.zeros((), device="cuda")).fill_(x) if isinstance(x, float) else x
+                  for i, x in enumerate(inputs)]  # fmt: skip
+        if key not in graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                outputs = loop(n, *inputs)  # compiles and allocates; these are the call's n steps
+            torch.cuda.current_stream().wait_stream(side)
+            graphs[key] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graphs[key]):  # records n more steps without running them
+                graphs[key].outputs = loop(n, *inputs)
+            return outputs
+        graphs[key].replay()
+        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, graphs[key].outputs)
 
-    return replay
+    return updates
 
 
 def adam(params, lr: float, args) -> torch.optim.Optimizer:
@@ -874,6 +906,7 @@ class Run:
             self.set_rng_state(resumed["rng"])
             self.obs = None if resumed["episode_over"] else self.obs
         self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
+        self.pending = 0  # steps whose updates wait (updates_due)
         for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
             signal.signal(sig, lambda *_: self.interrupted.append(True))
         self.start_time, self.score = time.time(), float("nan")
@@ -893,11 +926,22 @@ class Run:
             episode = {"step": step, "return": episode_return, "length": length, "normalized_score": score}
             self.summary["train_episodes"].append(episode)
 
+    def updates_due(self, step: int, now: bool) -> int:
+        """How many steps' updates the loop runs at `step`: offline they wait to run as one call (see `blocks`) every
+        --block steps, or sooner where the bookkeeping of `step` needs them; online, or `now`, at each step (1)."""
+        args, self.pending = self.args, self.pending + 1
+        every = (args.log_freq, args.eval_freq, args.checkpoint_every, args.snapshot_every)
+        due = now or self.pending >= args.block or self.interrupted or any(f and step % f == 0 for f in every)
+        if due or step in (args.offline_steps, self.total_steps, *args.snapshot_steps):
+            n, self.pending = self.pending, 0
+            return n
+        return 0
+
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
-        """After the update of `step`: the divergence guard, and every --log-freq steps (or `now`) the losses, `scalars`
+        """After the updates up to `step`: the divergence guard, every --log-freq steps (or `now`) the losses, `scalars`
         and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
         args = self.args
-        self.progress.update(1)
+        self.progress.update(step - self.progress.n)
         self.healthy &= all_finite(losses)
         self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
         due = step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted

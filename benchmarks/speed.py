@@ -46,6 +46,8 @@ ENV_ID = "embedded-halfcheetah-medium"
 class Args:
     repeats: int = 200
     """timed calls per update measurement (online env steps: a tenth of it)"""
+    block: int = 20
+    """compiled paths: also time blocks of this many updates in one call (the scripts' --block)"""
     threads: int = 0
     """torch threads (0: PyTorch's default)"""
     device: Literal["cpu", "cuda"] = "cpu"
@@ -145,6 +147,12 @@ def online_step(select, update, env, rb, scale_reward, state):
     update()
 
 
+def block_ms(bench: Bench, steps) -> float:
+    """Milliseconds per update when `steps` (a script's `blocks`) runs --block of them in one call."""
+    n = bench.args.block
+    return bench.median_ms(lambda: steps(n), max(bench.args.repeats // n, 5), warmup=2) / n
+
+
 def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -177,12 +185,14 @@ def bench_iql(bench: Bench, data, env, repeats):
             o3f_iql.compiled(o3f_iql.select_action, args),
         )
         agent = o3f_iql.Agent(env, args, bench.device)
-        update = lambda: iql_update(agent, rb.sample(args.batch_size), args.expectile, args)  # noqa: E731
+        steps = o3f_iql.blocks(lambda: iql_update(agent, rb.sample(args.batch_size), args.expectile, args), args)
+        update = lambda: steps(1)  # noqa: E731
         select = lambda obs: select_action(agent, obs, args)  # noqa: E731
         ms = bench.median_ms(update, repeats, warmup=10 if not suffix else 30)
         first_obs = lambda: torch.as_tensor(state["obs"], dtype=torch.float32, device=bench.device)[None]  # noqa: E731
         results |= {
             f"iql_update{suffix}_ms": ms,
+            **({f"iql_update_block{suffix}_ms": block_ms(bench, steps)} if suffix else {}),
             **(floor(bench, "iql_update", update, ms) if not suffix else {}),
             f"iql_selection{suffix}_ms": bench.median_ms(lambda: select(first_obs()), 5 * repeats),
             f"iql_online_step{suffix}_ms": bench.median_ms(
@@ -218,20 +228,25 @@ def bench_lapo(bench: Bench, data, env, repeats):
         )
         select_action = o3f_lapo.compiled(o3f_lapo.select_action, args)
         agent = o3f_lapo.Agent(env, stats, v_min, v_max, args, bench.device)
-        critic = lambda: critic_update(agent, rb.sample(args.batch_size), args)  # noqa: E731
-        actor = lambda: actor_update(agent, rb.sample(args.batch_size), args)  # noqa: E731
+        critics = o3f_lapo.blocks(lambda: critic_update(agent, rb.sample(args.batch_size), args), args)
+        actors = o3f_lapo.blocks(lambda: actor_update(agent, rb.sample(args.batch_size), args), args)
+        critic, actor = (lambda: critics(1)), (lambda: actors(1))
         select = lambda obs: select_action(agent, obs, args)  # noqa: E731
 
-        def utd20():
-            for _ in range(20):
-                critic()
-            actor()
+        def one_step(utd):  # as o3f_lapo.train's: --utd critic updates, then the actor's
+            for _ in range(utd):
+                losses = critic_update(agent, rb.sample(args.batch_size), args)
+            return losses | actor_update(agent, rb.sample(args.batch_size), args)
+
+        online_steps = o3f_lapo.blocks(one_step, args)
+        utd20 = lambda: online_steps(1, 20)  # noqa: E731
 
         warmup = 10 if not suffix else 30
         critic_ms, actor_ms = bench.median_ms(critic, repeats, warmup), bench.median_ms(actor, repeats, warmup)
         first_obs = lambda: torch.as_tensor(state["obs"], dtype=torch.float32, device=bench.device)[None]  # noqa: E731
         results |= {
             f"lapo_critic_update{suffix}_ms": critic_ms,
+            **({f"lapo_critic_update_block{suffix}_ms": block_ms(bench, critics)} if suffix else {}),
             **(floor(bench, "lapo_critic_update", critic, critic_ms) if not suffix else {}),
             f"lapo_actor_update{suffix}_ms": actor_ms,
             **(floor(bench, "lapo_actor_update", actor, actor_ms) if not suffix else {}),
@@ -261,9 +276,11 @@ def bench_cql(bench: Bench, data, env, repeats):
         args = script_args(cql_to_sac, suffix)
         cql_update = cql_to_sac.compiled(cql_to_sac.cql_update, args)
         agent = cql_to_sac.Agent(env, args, bench.device)
-        update = lambda conservative: cql_update(
-            agent, rb.sample(args.batch_size), conservative, args.cql_target_gap, args
-        )  # noqa: E731
+        steps = cql_to_sac.blocks(
+            lambda conservative: cql_update(agent, rb.sample(args.batch_size), conservative, args.cql_target_gap, args),
+            args,
+        )
+        update = lambda conservative: steps(1, conservative)  # noqa: E731
         warmup = 10 if not suffix else 30
         cql_ms, sac_ms = (
             bench.median_ms(lambda: update(True), repeats // 2, warmup),
@@ -305,7 +322,8 @@ def bench_awac(bench: Bench, data, env, repeats):
     for suffix in bench.suffixes():
         args = script_args(awac, suffix)
         awac_update, agent = awac.compiled(awac.awac_update, args), awac.Agent(env, args, bench.device)
-        update = lambda: awac_update(agent, rb.sample(args.batch_size), args.lam, args)  # noqa: E731
+        steps = awac.blocks(lambda: awac_update(agent, rb.sample(args.batch_size), args.lam, args), args)
+        update = lambda: steps(1)  # noqa: E731
         ms = bench.median_ms(update, repeats, warmup=10 if not suffix else 30)
         results |= {f"awac_update{suffix}_ms": ms, **(floor(bench, "awac_update", update, ms) if not suffix else {})}
         if suffix and suffix == bench.suffixes()[-1]:  # the agent as the last compiled path builds it
@@ -430,12 +448,15 @@ def report(results: dict, args: Args, device_name: str):
             "cql_update",
             "sac_update",
             "awac_update",
+            "iql_update_block",
+            "lapo_critic_update_block",
         ):
+            eager = name.removesuffix("_block")  # a block's updates, set against one eager update
             if f"{name}{suffix}_ms" in results:
-                results[f"{name}{suffix}_speedup"] = results[f"{name}_ms"] / results[f"{name}{suffix}_ms"]
+                results[f"{name}{suffix}_speedup"] = results[f"{eager}_ms"] / results[f"{name}{suffix}_ms"]
                 matmuls = ""
-                if f"{name}_matmul_ms" in results:  # the same matmuls as eager's, replayed alone
-                    ratio = results[f"{name}{suffix}_ms"] / results[f"{name}_matmul_ms"]
+                if f"{eager}_matmul_ms" in results:  # the same matmuls as eager's, replayed alone
+                    ratio = results[f"{name}{suffix}_ms"] / results[f"{eager}_matmul_ms"]
                     results[f"{name}{suffix}_matmul_ratio"] = ratio
                     matmuls = f", {ratio:.2f}x its matmul part"
                 print(f"{name}{suffix}: {results[f'{name}{suffix}_speedup']:.2f}x the eager speed{matmuls}")

@@ -99,9 +99,9 @@ def test_the_scripts_share_their_plumbing_block_verbatim(other):
 
 
 def test_the_plumbing_is_no_larger_than_its_job():
-    """Tasks and data, buffer, flags, bookkeeping, checkpoints, guards and the compile machinery in at most 600 lines
-    (where a dependency does a job, the block uses it)."""
-    assert len(plumbing(read("o3f_iql.py"))) <= 600
+    """Tasks and data, buffer, flags, bookkeeping, checkpoints, guards, the compile machinery and the update blocks in
+    at most 640 lines (where a dependency does a job, the block uses it)."""
+    assert len(plumbing(read("o3f_iql.py"))) <= 640
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -69,16 +69,27 @@ def buffer_with_online_rows(module, n_offline=10, n_online=4):
 
 
 @pytest.mark.parametrize("module", [o3f_iql, o3f_lapo, cql_to_sac])
-def test_by_default_a_batch_is_uniform_over_the_whole_buffer_as_before(module):
-    """The paper's sampling, unchanged by --online-fraction's default: the rows of one randint over the filled rows."""
+def test_by_default_a_batch_is_uniform_over_the_whole_buffer(module):
+    """The paper's sampling, unchanged by --online-fraction's default: one 62-bit draw per row, modulo the filled rows
+    (the size the buffer keeps on the device, so that no draw waits for the host and a CUDA graph replays it)."""
     rb = buffer_with_online_rows(module)
     torch.manual_seed(3)
     rewards = rb.sample(500)[2]
     torch.manual_seed(3)
-    expected = torch.randint(0, 14, (500,))
+    expected = torch.randint(0, 2**62, (500,)) % 14
     assert torch.equal(rewards, torch.where(expected < 10, expected.float(), 1000.0 + expected - 10))
     torch.manual_seed(3)
     assert torch.equal(rb.sample(500, None)[2], rewards)
+    counts = torch.bincount(rb.sample(140_000)[2].long() % 1000, minlength=10)  # offline rows 0-9, online 0-3 again
+    assert counts[:4].min() > 2 * 9_000 and counts[4:].min() > 9_000 and counts[4:].max() < 11_000  # 10k, 20k each
+
+
+def test_the_size_on_the_device_follows_the_rows():
+    rb = buffer_with_online_rows(o3f_iql)
+    assert int(rb.count) == rb.size == 14
+    fresh = o3f_iql.ReplayBuffer(numbered_dataset(10), capacity=14, device=torch.device("cpu"))
+    fresh.restore_online_part(rb.online_part(10))
+    assert int(fresh.count) == fresh.size == 14
 
 
 @pytest.mark.parametrize("fraction, n_online", [(0.5, 128), (0.25, 64), (0.0, 0), (1.0, 256), (0.3, 77)])

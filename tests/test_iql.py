@@ -1,5 +1,6 @@
 """IQL's losses against hand-computed values, and the data conventions they rely on."""
 
+import contextlib
 import copy
 import glob
 import json
@@ -244,20 +245,61 @@ def test_the_default_run_is_the_run_whose_expectile_stays(run_script, small_data
     assert moved[:2] == default[:2] and moved[2:] != default[2:]  # evaluations at 20, 40 (offline), then 60, 80
 
 
-def test_cuda_graph_replays_mark_a_new_step_before_each_call_and_hand_back_copies(monkeypatch):
-    """--cudagraphs: the plumbing's compiled() marks each call a new graph step and clones what it returns, so the loop
-    may read one call's outputs after the next call (LAPO's critic losses after its actor update)."""
-    marks, returned = [], []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, fullgraph=False: fn)  # the wrapping alone
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(returned)))
+class FakeGraph:
+    """torch.cuda.CUDAGraph as a CPU test sees it: what is captured is recorded, not run, and runs at each replay."""
 
-    def update(x):
-        returned.append(x * 2)
-        return {"loss": returned[-1], "step": 1}
+    capturing = None
 
-    replay = o3f_iql.compiled(update, SimpleNamespace(compile=False, cudagraphs=True))
-    got = [replay(torch.tensor(float(i))) for i in range(3)]
-    assert marks == [0, 1, 2]  # one mark before each call, none after
-    assert [g["loss"].item() for g in got] == [0.0, 2.0, 4.0] and [g["step"] for g in got] == [1, 1, 1]
-    assert all(g["loss"] is not r for g, r in zip(got, returned))  # copies, not the graph's own output buffers
-    assert o3f_iql.compiled(update, SimpleNamespace(compile=False, cudagraphs=False)) is update  # eager: as written
+    def __init__(self):
+        self.recorded = []
+
+    def replay(self):
+        for op in self.recorded:
+            op()
+
+
+@contextlib.contextmanager
+def fake_capture(graph):
+    FakeGraph.capturing = graph
+    yield
+    FakeGraph.capturing = None
+
+
+def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch):
+    """--cudagraphs: a block's first call does its n steps (the warm-up) and records n more without running them; each
+    later call with the same n and bool/int inputs replays them, reading float inputs from device tensors written before
+    the replay, and hands back copies of the graph's outputs (the next replay overwrites the graph's own)."""
+    zeros = torch.zeros
+    monkeypatch.setattr(torch, "zeros", lambda *size, device=None, **kw: zeros(*size, **kw))  # "cuda" on this CPU
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", fake_capture)
+    ran = []
+
+    def step(scale, double):  # a training step whose effect is to note scale (x2 if double) and return it
+        out = zeros(())
+
+        def run():
+            ran.append(float(scale) * (2 if double else 1))
+            out.fill_(ran[-1])
+
+        FakeGraph.capturing.recorded.append(run) if FakeGraph.capturing else run()
+        return {"loss": out}
+
+    updates = o3f_iql.blocks(step, SimpleNamespace(cudagraphs=True))
+    first = updates(3, 0.5, True)
+    assert ran == [1.0] * 3 and first["loss"].item() == 1.0  # the warm-up's 3 steps; the 3 recorded did not run
+    second = updates(3, 0.25, True)
+    assert ran[3:] == [0.5] * 3 and second["loss"].item() == 0.5  # a replay, with the new float
+    third = updates(3, 0.75, True)
+    assert ran[6:] == [1.5] * 3 and second["loss"].item() == 0.5  # the earlier result is a copy the replay left alone
+    updates(3, 0.25, False)  # another bool: warm-up and a recording of its own
+    updates(1, 0.25, False)  # another n: too
+    assert ran[9:] == [0.25] * 3 + [0.25] and third["loss"].item() == 1.5
+    updates(3, 0.25, False)
+    assert ran[13:] == [0.25] * 3  # the bool's graph, replayed
+    eager = o3f_iql.blocks(step, SimpleNamespace(cudagraphs=False))(2, 0.5, False)
+    assert ran[16:] == [0.5, 0.5] and eager["loss"].item() == 0.5  # eager and --compile: a loop

@@ -245,6 +245,36 @@ def test_compiled_updates_equal_the_eager_updates(compiled_draws_eagers_random_n
             assert torch.allclose(p_e, p_c, atol=1e-5), name
 
 
+def test_a_compiled_block_of_steps_equals_the_eager_steps_one_by_one(compiled_draws_eagers_random_numbers):
+    """--compile with blocks: n training steps (--utd critic updates, then the actor's, each drawing its own batch from
+    the buffer) in one call, as eager code takes them one call at a time."""
+    eager, args = full_agent(optimizer=smooth_graph_adam(o3f_lapo))
+    compiled, batch_size = copy.deepcopy(eager), 16
+    data = dict(zip(("observations", "actions", "rewards", "next_observations", "terminals"), random_batch(3, n=200)))
+    rb = o3f_lapo.ReplayBuffer({k: v.numpy() for k, v in data.items()}, 200, torch.device("cpu"))
+
+    def training_step(agent, critic_update, actor_update):
+        def one_step(utd):
+            for _ in range(utd):
+                losses = critic_update(agent, rb.sample(batch_size), args)
+            return losses | actor_update(agent, rb.sample(batch_size), args)
+
+        return one_step
+
+    torch.manual_seed(0)
+    step = training_step(eager, o3f_lapo.critic_update, o3f_lapo.actor_update)
+    expected = [step(2) for _ in range(3)][-1]
+    torch.manual_seed(0)
+    graphs = (o3f_lapo.compiled(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))
+    got = o3f_lapo.blocks(training_step(compiled, *graphs), COMPILE)(3, 2)
+    for name in expected:
+        assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6), name
+    for name in ("qf", "vf", "cvae", "latent_policy", "qf_target"):
+        for p_e, p_c in zip(getattr(eager, name).parameters(), getattr(compiled, name).parameters()):
+            assert torch.allclose(p_e, p_c, atol=1e-5), name
+    assert not torch.equal(next(eager.qf.parameters()), next(full_agent()[0].qf.parameters()))  # they did learn
+
+
 TINY = [
     "--offline-steps",
     30,

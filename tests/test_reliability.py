@@ -188,6 +188,8 @@ def test_resuming_from_a_mid_run_checkpoint_replays_the_same_history(run_script,
         40,
         "--log-freq",
         20,
+        "--block",  # offline updates in blocks: the checkpoint at 40 holds every step's before it
+        7,
     ]
     result = run_script(script, "--dataset-path", small_dataset, "--output-dir", tmp_path / "a", *flags)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -40,25 +40,23 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     assert sum(matmul_flops(func, a) for func, a, _ in recorder.calls) == counter.get_total_flops()
 
 
-def test_the_cuda_graph_path_marks_a_new_step_before_every_call(monkeypatch):
-    """The scripts' compiled() (which speed.py times too): a new CUDA-graph step before each call, none without
-    --cudagraphs, and the function itself when eager."""
+def test_compiled_is_the_function_itself_when_eager_and_one_whole_graph_under_either_flag(monkeypatch):
+    """The scripts' compiled() (which speed.py times too): eager code as written; --compile and --cudagraphs trace one
+    graph with fullgraph (a break is an error), the CUDA graphs being the blocks' (tests/test_iql.py)."""
     import o3f_iql
 
-    marks, calls = [], []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, fullgraph=False: fn)  # the wrapping alone
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(calls)))
+    traced = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: traced.append(options) or fn)
 
     def update(x):
-        calls.append(x)
-        return x + 1
+        return {"loss": x + 1}
 
     flags = lambda compile, cudagraphs: SimpleNamespace(compile=compile, cudagraphs=cudagraphs)  # noqa: E731
-    replay = o3f_iql.compiled(update, flags(False, True))
-    assert [replay(1), replay(2), replay(3)] == [2, 3, 4]
-    assert marks == [0, 1, 2]  # one mark before each call, none after
-    assert o3f_iql.compiled(update, flags(True, False))(5) == 6 and marks == [0, 1, 2]  # --compile marks nothing
-    assert o3f_iql.compiled(update, flags(False, False)) is update
+    assert o3f_iql.compiled(update, flags(False, False)) is update and traced == []
+    for compile, cudagraphs in ((True, False), (False, True)):
+        got = o3f_iql.compiled(update, flags(compile, cudagraphs))(torch.tensor(1.0, requires_grad=True))
+        assert got["loss"].item() == 2.0 and not got["loss"].requires_grad  # outputs detached
+    assert traced == [{"fullgraph": True}] * 2
 
 
 def test_graph_breaks_counts_where_torch_compile_has_to_stop():
