@@ -750,3 +750,22 @@ def test_a_performance_profile_is_the_fraction_of_runs_above_each_threshold():
     )
     assert profile.tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])  # of the 4 runs x tasks, above each tau
     assert (low <= profile + 1e-9).all() and (profile <= high + 1e-9).all()
+
+
+def test_the_gpu_checks_compare_blocks_with_eager_steps_and_read_a_runs_pace(
+    run_script, small_dataset, tmp_path, monkeypatch
+):
+    """benchmarks/gpu_equality.py, as far as a CPU runs it: the harness finds eager blocks equal to eager steps, and
+    the pace of a run comes from its TensorBoard log, per phase, from the second log point of each."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import gpu_equality
+
+    result = gpu_equality.equality("cpu")
+    assert result["qf_loss_rel"] == 0.0 and result["qf_max_abs_diff"] == 0.0 and result["actor_max_abs_diff"] == 0.0
+    flags = ["--dataset-path", small_dataset, "--offline-steps", 60, "--online-steps", 40, "--block", 7]
+    flags += ["--log-freq", 10, "--eval-freq", 1000, "--eval-episodes", 1, "--checkpoint-every", 0]
+    run = run_script("o3f_iql.py", *flags, "--batch-size", 32, "--output-dir", tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = gpu_equality.pace(str(tmp_path))
+    assert row["complete"] and row["offline_steps_per_s"] > 0 and row["online_steps_per_s"] > 0
+    assert row["wall_s"] > 40 / row["offline_steps_per_s"]  # the run took at least its measured stretch, steps 20-60
