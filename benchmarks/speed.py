@@ -54,7 +54,7 @@ class Args:
     compile: bool = False
     """also time the torch.compile'd updates and selection (as the scripts' --compile does)"""
     cudagraphs: bool = False
-    """also time them as CUDA graphs (torch.compile's reduce-overhead mode, as the scripts' --cudagraphs does)"""
+    """also time them as CUDA graphs: each call of a block of updates one replay, as the scripts' --cudagraphs does"""
     num_critics: int = 5
     """critics of the IQL ensemble (the paper's 5; the original IQL has 2)"""
     dataset_path: str | None = None
