@@ -595,7 +595,7 @@ def summary_table(results: list) -> str:
     score = lambda row: f"{row['episode_score']:.1f} ± {row['episode_score_se']:.1f}" if row else ""  # noqa: E731
     distance = lambda row: f"{row['distance']:.2f}" if row and "distance" in row else ""  # noqa: E731
     for r in sorted(
-        results, key=lambda r: (r["algorithm"], r["dataset_size"], r["phase"], r["step"], r["train_seed"], r["model"])
+        results, key=lambda r: (r["algorithm"], data(r), r["phase"], r["step"], r["train_seed"], r["model"])
     ):
         rows = {(x["kind"], x["n"], x["sigma"], x["omega"]): x for x in r["rules"]}
         for rank in r["rank"]:
@@ -607,7 +607,7 @@ def summary_table(results: list) -> str:
                 else f"{r['step'] - r['online_steps']:,} + {r['online_steps']:,} online ({r.get('exp_name')})"
             )
             lines.append(
-                f"| {r['algorithm'].upper()} | {r['dataset_size'] // 1000}k | {r['train_seed']} | {updates} | {s:g} "
+                f"| {r['algorithm'].upper()} | {data(r)} | {r['train_seed']} | {updates} | {s:g} "
                 f"| {score(rows.get(('policy', 1, 0.0, 0.0)))} | {score(rows.get(('sample', 1, 0.0, 0.0)))} "
                 f"| {score(rows.get(('noise', 1, s, 0.0)))} | {score(rows.get(('o3f', 10, s, 0.0)))} | {score(o3f)} "
                 f"| {pm(o3f, 'episode_gain')} | {over(gain_over(r, 'sample', 100, s))} "
@@ -629,10 +629,8 @@ def glance_table(offline: list, sigma: float = 0.2) -> str:
         "| algorithm | data | O3F N 100 minus | " + " | ".join(f"{budget(s)} updates" for s in steps) + " |",
         "|---|---|---|" + "---|" * len(steps),
     ]
-    for algorithm, size in sorted(
-        {(r["algorithm"], r["dataset_size"]) for r in offline}, key=lambda c: (c[0] != "iql", c)
-    ):
-        models = [r for r in offline if (r["algorithm"], r["dataset_size"]) == (algorithm, size)]
+    for algorithm, size in sorted({(r["algorithm"], data(r)) for r in offline}, key=lambda c: (c[0] != "iql", c)):
+        models = [r for r in offline if (r["algorithm"], data(r)) == (algorithm, size)]
         for reference, label in REFERENCES:
             cells = []
             for step in steps:
@@ -645,7 +643,7 @@ def glance_table(offline: list, sigma: float = 0.2) -> str:
                     mean, se = mean_se([v for v, _ in values])
                     cells.append(f"{mean:+.1f} ± {se:.1f} ({len(values)} seeds)")
             if any(cells):
-                lines.append(f"| {algorithm.upper()} | {size // 1000}k | {label} | " + " | ".join(cells) + " |")
+                lines.append(f"| {algorithm.upper()} | {size} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -670,6 +668,13 @@ def gain_over(r: dict, reference: str, n: int = 100, sigma: float = 0.2) -> tupl
     return o3f["episode_score"] - ref["episode_score"], float(
         np.hypot(o3f["episode_score_se"], ref["episode_score_se"])
     )
+
+
+def data(r: dict) -> str:
+    """The data a model learnt from, as tables and figures name it: its task (embedded- and -1m dropped) and size, so
+    that two datasets of one size (the medium and the random 1M) stay apart."""
+    name = r.get("env_id", "").removeprefix("embedded-").removesuffix("-1m")
+    return f"{name}, {r['dataset_size'] // 1000}k" if name else f"{r['dataset_size'] // 1000}k"
 
 
 def budget(n: int) -> str:
@@ -719,15 +724,15 @@ def online_table(online: list, offline: list) -> str:
     groups = {}  # runs pooled by algorithm, data size, pretraining updates (the switch), rule and online step
     for r in online:
         name, switch = r.get("exp_name") or "?", r["step"] - r["online_steps"]
-        groups.setdefault((r["algorithm"], r["dataset_size"], switch, name, r["online_steps"]), []).append(r)
+        groups.setdefault((r["algorithm"], data(r), switch, name, r["online_steps"]), []).append(r)
         for start in offline:  # the pretrained model the run started from
-            if (start["algorithm"], start["dataset_size"], start["train_seed"], start["step"]) == (
+            if (start["algorithm"], data(start), start["train_seed"], start["step"]) == (
                 r["algorithm"],
-                r["dataset_size"],
+                data(r),
                 r["train_seed"],
                 switch,
             ):
-                key = (r["algorithm"], r["dataset_size"], switch, "pretrained model, at the switch", 0)
+                key = (r["algorithm"], data(r), switch, "pretrained model, at the switch", 0)
                 group = groups.setdefault(key, [])
                 group += [start] if start not in group else []
     for (algorithm, size, switch, name, steps), models in sorted(
@@ -735,7 +740,7 @@ def online_table(online: list, offline: list) -> str:
     ):
         models = sorted(models, key=lambda r: r["train_seed"])
         lines.append(
-            f"| {name} ({algorithm.upper()}, {size // 1000}k data, {budget(switch)} updates) | {steps:,} "
+            f"| {name} ({algorithm.upper()}, {size} data, {budget(switch)} updates) | {steps:,} "
             f"| {', '.join(str(r['train_seed']) for r in models)} | {pooled(models, policy)} "
             f"| {pooled(models, sample)} | {pooled(models, score('noise'))} | {pooled(models, score('o3f', 100))} "
             f"| {pooled(models, gain(0.05), sign='+')} | {pooled(models, gain(0.1), sign='+')} "
@@ -779,7 +784,7 @@ def plot_offline(offline: list, out: str) -> str:
     ranking at sigma 0.2); lines join a training seed's models, markers tell the training seeds apart."""
     import matplotlib.pyplot as plt
 
-    columns = sorted({(r["algorithm"], r["dataset_size"]) for r in offline}, key=lambda c: (c[0] != "iql", c))
+    columns = sorted({(r["algorithm"], data(r)) for r in offline}, key=lambda c: (c[0] != "iql", c))
     seeds = sorted({r["train_seed"] for r in offline})
     sigmas = sorted({x["sigma"] for r in offline for x in r["rules"] if x["kind"] == "o3f"})  # one colour each
     horizons = sorted({y["horizon"] for r in offline for x in r["rank"] for y in x["by_horizon"]})
@@ -803,7 +808,7 @@ def plot_offline(offline: list, out: str) -> str:
     for col, (algorithm, size) in enumerate(columns):
         for seed in seeds:
             models = sorted(
-                (r for r in offline if (r["algorithm"], r["dataset_size"], r["train_seed"]) == (algorithm, size, seed)),
+                (r for r in offline if (r["algorithm"], data(r), r["train_seed"]) == (algorithm, size, seed)),
                 key=lambda r: r["step"],
             )
             if not models:
@@ -847,7 +852,7 @@ def plot_offline(offline: list, out: str) -> str:
                 draw(axes[3, col], x, y, e, f"C{c}", marker)
                 y, e = [p[1]["replicate_spearman"] for p in pts], [p[1]["replicate_spearman_se"] for p in pts]
                 draw(axes[3, col], x, y, e, f"C{c}", marker, alpha=0.35, mfc="none", ls=":")
-        axes[0, col].set_title(f"{algorithm.upper()}, {size // 1000}k transitions", fontsize=11)
+        axes[0, col].set_title(f"{algorithm.upper()}, {size} transitions", fontsize=11)
         for row in range(len(rows)):
             ax = axes[row, col]
             ax.set_xscale("log")
@@ -887,7 +892,7 @@ def plot_online(online: list, offline: list, out: str) -> str:
         return next((x for x in r["rules"] if (x["kind"], x["n"], x["sigma"], x["omega"]) == (kind, n, 0.2, 0.0)), None)
 
     def run(r):  # the run a model comes from: algorithm, data size, pretraining updates, training seed, rule
-        return r["algorithm"], r["dataset_size"], r["step"] - r["online_steps"], r["train_seed"], r.get("exp_name")
+        return r["algorithm"], data(r), r["step"] - r["online_steps"], r["train_seed"], r.get("exp_name")
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     runs = sorted({run(r) for r in online}, key=str)
@@ -901,7 +906,7 @@ def plot_online(online: list, offline: list, out: str) -> str:
         start = [
             r
             for r in offline
-            if (r["algorithm"], r["dataset_size"], r["train_seed"], r["step"]) == (algorithm, size, seed, switch)
+            if (r["algorithm"], data(r), r["train_seed"], r["step"]) == (algorithm, size, seed, switch)
         ]
         models = [r for r in start[-1:] + models if pick(r, "o3f", 100) and pick(r, "noise")]  # measured at N 100
         if not models:
@@ -932,7 +937,7 @@ def plot_online(online: list, offline: list, out: str) -> str:
                 alpha=0.8,
             )  # the colour: the rule that fine-tuned the model; the line style: the rule measured on it
     for c, (algorithm, size, switch, name) in enumerate(groups):
-        label = f"fine-tuned by {name} ({algorithm.upper()}, {size // 1000}k data, {budget(switch)} updates)"
+        label = f"fine-tuned by {name} ({algorithm.upper()}, {size} data, {budget(switch)} updates)"
         axes[0].plot([], [], color=f"C{c % 10}", lw=3, label=label)
     for seed, marker in zip(seeds, markers * len(seeds)):
         axes[0].plot([], [], color="k", marker=marker, ls="none", label=f"training seed {seed}")

@@ -200,6 +200,36 @@ def test_the_pretraining_figure_draws_each_seeds_gain_along_the_budget(monkeypat
     )
 
 
+def test_two_datasets_of_one_size_stay_apart_in_the_tables_and_the_figure(monkeypatch, tmp_path):
+    """The medium and the random 1M data: the same algorithm and size, each its own rows and its own column."""
+
+    def model(env_id, offline, gain):
+        r = hand_made_model(1, 0, 30.0, gain, offline=offline)
+        r["rules"][1] |= {"true_gain": gain / 10, "true_gain_se": 0.1}
+        r["rank"][0]["by_horizon"][0] |= {"replicate_spearman": 0.9, "replicate_spearman_se": 0.01}
+        return {**r, "env_id": env_id}
+
+    medium = [
+        model("embedded-halfcheetah-medium-1m", 30_000, 1.0),
+        model("embedded-halfcheetah-medium-1m", 100_000, 2.0),
+    ]
+    random = [
+        model("embedded-halfcheetah-random-1m", 30_000, -1.0),
+        model("embedded-halfcheetah-random-1m", 100_000, -2.0),
+    ]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in premise.glance_table(medium + random).splitlines()]
+    noise = {row[1]: row[3:] for row in rows[2:] if row[2] == "noise"}
+    assert noise == {
+        "halfcheetah-medium, 1000k": ["+1.0 ± 0.5", "+2.0 ± 0.5"],
+        "halfcheetah-random, 1000k": ["-1.0 ± 0.5", "-2.0 ± 0.5"],
+    }
+    figures = []
+    monkeypatch.setattr(premise, "save_figure", lambda fig, title, out: figures.append(fig) or out)
+    premise.plot_offline(medium + random, str(tmp_path / "premise.png"))
+    titles = [ax.get_title() for ax in np.array(figures[0].axes).reshape(4, 2)[0]]
+    assert titles == ["IQL, halfcheetah-medium, 1000k transitions", "IQL, halfcheetah-random, 1000k transitions"]
+
+
 def test_the_fine_tuning_figure_draws_runs_from_different_pretraining_budgets_apart(monkeypatch, tmp_path):
     def model(seed, online_steps, gain, offline=300_000, exp_name="o3f_iql"):
         r = hand_made_model(seed, online_steps, 38.0, gain, exp_name=exp_name, offline=offline)
@@ -354,7 +384,9 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
     )
     assert plotted.returncode == 0, plotted.stderr[-2000:]
     assert os.path.isfile(tmp_path / "premise.png")  # what it shows: test_the_pretraining_figure_draws_...
-    assert "| LAPO | 3k | 1 | 10 | 0.2 |" in plotted.stdout  # one row per model and sigma, with its training seed
+    assert (
+        "| LAPO | halfcheetah-medium, 3k | 1 | 10 | 0.2 |" in plotted.stdout
+    )  # one row per model and sigma, with its training seed
 
 
 def test_a_model_of_another_algorithm_is_one_line(tmp_path):
@@ -460,7 +492,8 @@ def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, 
     assert os.path.isfile(tmp_path / "premise_online.png") and not os.path.exists(tmp_path / "premise.png")
     # the models along fine-tuning go to the second table, one row per rule and online step
     assert (
-        "| iql_noise (IQL, 3k data, 5 updates) | 495 | 1 |" in plotted.stdout and "| IQL | 3k |" not in plotted.stdout
+        "| iql_noise (IQL, halfcheetah-medium, 3k data, 5 updates) | 495 | 1 |" in plotted.stdout
+        and "| IQL | halfcheetah-medium, 3k |" not in plotted.stdout
     )
 
 
