@@ -59,6 +59,17 @@ def test_compiled_is_the_function_itself_when_eager_and_one_whole_graph_under_ei
     assert traced == [{"fullgraph": True}] * 2
 
 
+def test_a_blocks_time_is_per_update_over_calls_of_the_whole_block(monkeypatch):
+    """speed.py's block rows: each timed call runs --block updates at once, and the row is the time per update."""
+    import speed
+
+    calls, clock = [], iter(range(0, 10_000, 2))  # every call of the block takes 2 s on this clock
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
+    bench = speed.Bench(speed.Args(block=20, repeats=100), torch.device("cpu"))
+    assert speed.block_ms(bench, lambda n: calls.append(n)) == pytest.approx(2000 / 20)
+    assert set(calls) == {20} and len(calls) == 2 + 5  # the warm-up, then max(100 // 20, 5) timed calls
+
+
 def test_graph_breaks_counts_where_torch_compile_has_to_stop():
     import speed
 
