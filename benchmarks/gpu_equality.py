@@ -96,11 +96,21 @@ def pace(root: str) -> list:
     return rows
 
 
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--pace":
-        for row in pace(sys.argv[2]):
+        rows = pace(sys.argv[2])
+        if not rows:
+            fail(f"--pace {sys.argv[2]}: no run directory with a summary.json there")
+        for row in rows:
             print(json.dumps(row))
     elif len(sys.argv) == 1:
+        if not torch.cuda.is_available():
+            fail("no CUDA device here: the CUDA-graph check runs on a GPU (benchmarks/gpu_session.sh)")
         print(json.dumps(equality()))
     else:
-        sys.exit("usage: python benchmarks/gpu_equality.py [--pace DIR]")
+        fail("usage: python benchmarks/gpu_equality.py [--pace DIR]")
