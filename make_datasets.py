@@ -58,6 +58,9 @@ EMBEDDED = {
     # D4RL's maze2d recipe, the cheap stand-in for antmaze: a point mass steered through the
     # medium maze to random goal cells by BFS waypoints and a PD controller, plus action noise.
     "embedded-pointmaze-medium": ("PointMaze_Medium-v3", "maze-waypoints", 100_000),
+    # The same recipe and size in D4RL's large maze (antmaze-large's layout): IQL's offline policy solves
+    # the medium maze from 30k updates, which leaves fine-tuning nothing to explore for.
+    "embedded-pointmaze-large": ("PointMaze_Large-v3", "maze-waypoints", 100_000),
 }
 # The paper's twelve tasks (section 6): the locomotion random and medium datasets, the three diverse
 # antmazes and the three kitchens.
@@ -75,9 +78,11 @@ PAPER_TASKS = (
     "kitchen-mixed-v0",
     "kitchen-partial-v0",
 )
-# The reward of the pointmaze data is relabelled to the evaluation task's goal: the cell (6, 6) of
-# D4RL's medium evaluation maze (EVAL_MAZES["medium"] in the scripts), within 0.45 as in PointMaze.
-MAZE_GOAL_CELL, MAZE_GOAL_RADIUS, MAZE_EPISODE_STEPS = (6, 6), 0.45, 600
+# The reward of the pointmaze data is relabelled to the evaluation task's goal, the cell marked g in
+# D4RL's evaluation maze (EVAL_MAZES in the scripts), within 0.45 as in PointMaze; an episode of the
+# data lasts as long as the environment's own (600 steps in the medium maze, 800 in the large one).
+MAZE_GOAL_CELL = {"PointMaze_Medium-v3": (6, 6), "PointMaze_Large-v3": (7, 9)}
+MAZE_GOAL_RADIUS = 0.45
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,10 +246,11 @@ def rollout_maze(env_id: str, size: int, seed: int, noise: float = 0.5) -> dict:
         import gymnasium_robotics
 
         gym.register_envs(gymnasium_robotics)
+    episode_steps = gym.spec(env_id).max_episode_steps
     env = gym.make(env_id, continuing_task=True, reset_target=False, max_episode_steps=None)
     maze, rng = env.unwrapped.maze, np.random.default_rng(seed)
     free = [(r, c) for r, row in enumerate(maze.maze_map) for c, cell in enumerate(row) if cell != 1]
-    goal_xy = maze.cell_rowcol_to_xy(np.array(MAZE_GOAL_CELL))
+    goal_xy = maze.cell_rowcol_to_xy(np.array(MAZE_GOAL_CELL[env_id]))
 
     def distances_to(goal):  # BFS over the free cells
         dist, frontier = {goal: 0}, [goal]
@@ -274,7 +280,7 @@ def rollout_maze(env_id: str, size: int, seed: int, noise: float = 0.5) -> dict:
         next_obs, _, _, _, _ = env.step(action)
         steps += 1
         reward = float(np.linalg.norm(next_obs["observation"][:2] - goal_xy) <= MAZE_GOAL_RADIUS)
-        timeout = steps == MAZE_EPISODE_STEPS
+        timeout = steps == episode_steps
         for key, value in zip(data, (obs["observation"], action, reward, next_obs["observation"], False, timeout)):
             data[key][i] = value
         if np.linalg.norm(next_obs["observation"][:2] - maze.cell_rowcol_to_xy(np.array(target))) < 0.5:
@@ -328,6 +334,7 @@ class Make:
         "embedded-halfcheetah-random",
         "embedded-halfcheetah-random-1m",
         "embedded-pointmaze-medium",
+        "embedded-pointmaze-large",
     ]
     """which embedded dataset to make"""
     out: str | None = None

@@ -234,16 +234,20 @@ def test_embedded_dataset_is_deterministic_and_loads_for_its_task(name, tmp_path
     assert name in o3f_iql.TASKS and o3f_iql.TASKS[name].source == "embedded"
 
 
-def test_pointmaze_rewards_mark_the_evaluation_goal(tmp_path):
-    path = make_datasets.generate("embedded-pointmaze-medium", str(tmp_path / "p.hdf5"), seed=0, transitions=20_000)
-    env = o3f_iql.make_env("embedded-pointmaze-medium")
-    maze = o3f_iql.TASKS["embedded-pointmaze-medium"].env_kwargs["maze_map"]
-    assert maze[make_datasets.MAZE_GOAL_CELL[0]][make_datasets.MAZE_GOAL_CELL[1]] == "g"
-    goal = env.unwrapped.maze.cell_rowcol_to_xy(np.array(make_datasets.MAZE_GOAL_CELL))
+@pytest.mark.parametrize("name", ["embedded-pointmaze-medium", "embedded-pointmaze-large"])
+def test_pointmaze_rewards_mark_the_evaluation_goal(name, tmp_path):
+    path = make_datasets.generate(name, str(tmp_path / "p.hdf5"), seed=0, transitions=20_000)
+    env = o3f_iql.make_env(name)
+    goal_cell = make_datasets.MAZE_GOAL_CELL[o3f_iql.TASKS[name].env]
+    assert o3f_iql.TASKS[name].env_kwargs["maze_map"][goal_cell[0]][goal_cell[1]] == "g"
+    goal = env.unwrapped.maze.cell_rowcol_to_xy(np.array(goal_cell))
+    episode_steps = env.spec.max_episode_steps  # the data's episodes last as long as the evaluation's
     with h5py.File(path) as f:
         at_goal = np.linalg.norm(f["next_observations"][:, :2] - goal, axis=1) <= 0.45
         assert np.array_equal(f["rewards"][:] == 1.0, at_goal) and at_goal.any()
-        assert f["terminals"][:].sum() == 0 and f["timeouts"][:].sum() >= 20_000 // 600
+        assert f["terminals"][:].sum() == 0
+        ends = np.flatnonzero(f["timeouts"][:-1]) + 1  # the last row's timeout is the dataset's end
+        assert np.array_equal(ends, np.arange(episode_steps, 20_000, episode_steps))
 
 
 def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
