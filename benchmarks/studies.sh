@@ -19,9 +19,15 @@
 # 6. premise_random (nice 15): the evidence campaign's second task, the paper's random data: IQL on
 #    embedded-halfcheetah-random-1m to 300k updates with snapshots, for the premise diagnostic along pretraining
 #    (which budget can decide) before any O3F-vs-noise run on it.
-# 7. premise_maze (nice 15): the third task, a sparse-reward maze (embedded-pointmaze-medium): IQL to 300k updates
-#    with snapshots; its evaluations (10 episodes every 10k updates) say whether IQL's offline policy already
-#    succeeds more than 80% of the time (then a harder maze replaces it), the snapshots feed the premise diagnostic.
+# 7. maze_models (nice 15): the third task, a sparse-reward maze: IQL's 5 models (300k updates, snapshots at 10k, 30k
+#    and 100k, 10 evaluation episodes every 10k) for its gate (does IQL's offline policy already succeed more than
+#    80% of the time?) and its premise diagnostic, both read before any O3F-vs-noise run on it. The maze is
+#    embedded-pointmaze-large-20k: the medium maze (results/premise/pretrain-runs/iql/embedded-pointmaze-medium) and
+#    the large one with 100k transitions (.../embedded-pointmaze-large) failed that gate on one seed each.
+# 8. evidence_random (nice 5, 2 workers): O3F vs noise on the random data, the deciding study's protocol (5 seeds,
+#    300k-update models, 100k online steps, 10 evaluation episodes every 5000), the budget fixed by the premise
+#    diagnostic before any of its runs. Its seed-1 model is premise_random's (same script, data, seed and budget), so
+#    it starts once that model exists; the models of seeds 2-5 go next to it, with a snapshot at 100k.
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,9 +56,15 @@ online_fraction=(--variants o3f_iql_f05 iql_noise_f05 --env-ids $D4RL_1M --seeds
   --extra="--eval-episodes 10 --checkpoint-every 5000" --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 premise_random=(--variants o3f_iql --env-ids embedded-halfcheetah-random-1m --seeds 1 --offline-steps 300000
   --pretrain-only --output-dir results/premise --workers 1 "${PRE[@]}")
-premise_maze=(--variants o3f_iql --env-ids embedded-pointmaze-medium --seeds 1 --offline-steps 300000 --pretrain-only
-  --output-dir results/premise --workers 1 --extra="--eval-episodes 10 --checkpoint-every 5000"
+maze_models=(--variants o3f_iql --env-ids embedded-pointmaze-large-20k --seeds 1 2 3 4 5 --offline-steps 300000
+  --pretrain-only --output-dir results/evidence_maze --workers 1 --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
+RANDOM_1=results/premise/pretrained/iql__embedded-halfcheetah-random-1m__seed1.pt
+evidence_random=(--variants o3f_iql iql_noise --env-ids embedded-halfcheetah-random-1m --seeds 1 2 3 4 5
+  --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_random
+  --pretrained-dir results/premise/pretrained --workers 2 --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 25000 --eval-episodes 5 --snapshot-steps 100000"
+  --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 
 # the benchmarks/run.py processes working in an output directory of this checkout, whoever started them
 runners() {
@@ -85,11 +97,16 @@ case "${1:-}" in
     launch premise_1m 15 "$(q python benchmarks/run.py "${premise_iql_1m[@]}")"
     launch online_fraction 5 "$(q python benchmarks/run.py "${online_fraction[@]}")"
     launch premise_random 15 "$(q python benchmarks/run.py "${premise_random[@]}")"
-    launch premise_maze 15 "$(q python benchmarks/run.py "${premise_maze[@]}")"
+    launch maze_models 15 "$(q python benchmarks/run.py "${maze_models[@]}")"
+    if [[ -f $RANDOM_1 ]]; then
+      launch evidence_random 5 "$(q python benchmarks/run.py "${evidence_random[@]}")"
+    else
+      echo "evidence_random: waits for premise_random's model ($RANDOM_1); run start again once it exists"
+    fi
     ;;
   status)
     for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random \
-      premise_maze; do
+      maze_models evidence_random; do
       declare -n flags=$study
       echo "## $study"
       python benchmarks/run.py "${flags[@]}" --status
@@ -97,7 +114,8 @@ case "${1:-}" in
     ;;
   stop)  # run.py first (so that it starts nothing more), then the runs, which save their checkpoints: found by
     # their own --output-dir (absolute, below the study's), not as run.py's children, which a killed run.py orphans
-    for dir in results/decide results/lapo_utd20 results/premise results/online_fraction; do
+    for dir in results/decide results/lapo_utd20 results/premise results/online_fraction results/evidence_random \
+      results/evidence_maze; do
       for pid in $(runners "$dir"); do
         kill -TERM "$pid" 2>/dev/null || true
       done

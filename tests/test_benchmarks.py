@@ -711,9 +711,10 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
         "## premise_iql_1m",
         "## online_fraction",
         "## premise_random",
-        "## premise_maze",
+        "## maze_models",
+        "## evidence_random",
     ]
-    assert status.stdout.count("runs to finish") == 8  # each study's closing line from benchmarks/run.py --status
+    assert status.stdout.count("runs to finish") == 9  # each study's closing line from benchmarks/run.py --status
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
 
 

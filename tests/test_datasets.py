@@ -3,6 +3,7 @@
 import http.server
 import os
 import threading
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -234,7 +235,9 @@ def test_embedded_dataset_is_deterministic_and_loads_for_its_task(name, tmp_path
     assert name in o3f_iql.TASKS and o3f_iql.TASKS[name].source == "embedded"
 
 
-@pytest.mark.parametrize("name", ["embedded-pointmaze-medium", "embedded-pointmaze-large"])
+@pytest.mark.parametrize(
+    "name", ["embedded-pointmaze-medium", "embedded-pointmaze-large", "embedded-pointmaze-large-20k"]
+)
 def test_pointmaze_rewards_mark_the_evaluation_goal(name, tmp_path):
     path = make_datasets.generate(name, str(tmp_path / "p.hdf5"), seed=0, transitions=20_000)
     env = o3f_iql.make_env(name)
@@ -263,6 +266,17 @@ def test_each_d4rl_sized_dataset_is_its_small_ones_recipe_at_1m(name):
     small, large = make_datasets.EMBEDDED[name], make_datasets.EMBEDDED[f"{name}-1m"]
     assert large == (*small[:2], 1_000_000) and small[2] == 100_000
     assert o3f_iql.TASKS[f"{name}-1m"].ref_max == o3f_iql.TASKS[name].ref_max
+
+
+def test_the_sparse_maze_is_the_large_mazes_first_20k_transitions():
+    large, sparse = (
+        make_datasets.EMBEDDED["embedded-pointmaze-large"],
+        make_datasets.EMBEDDED["embedded-pointmaze-large-20k"],
+    )
+    assert sparse == (*large[:2], 20_000) and large[2] == 100_000
+    assert o3f_iql.TASKS["embedded-pointmaze-large-20k"] == replace(
+        o3f_iql.TASKS["embedded-pointmaze-large"], dataset="embedded-pointmaze-large-20k"
+    )
 
 
 def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):
