@@ -88,6 +88,10 @@ launch() {  # launch NAME NICE COMMAND: in the background, unless this study's l
 
 q() { printf '%q ' "$@"; }  # one command line, quoted, for bash -c
 
+has_runs() {  # whether a study's directory holds a complete fine-tuning run (a study that only pretrained has none)
+  [[ -n $(grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null) ]]
+}
+
 case "${1:-}" in
   start)
     launch decide 0 "$(q python benchmarks/run.py "${decide[@]}")"
@@ -125,11 +129,11 @@ case "${1:-}" in
   figures)  # each study's figures and tables, the premise's, and the evidence across tasks once a second task has runs
     for dir in results results/decide results/lapo_utd20 results/online_fraction results/evidence_random \
       results/evidence_maze; do
-      [[ -d $dir ]] && python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"
+      if has_runs "$dir"; then python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"; fi
     done
     python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
     tasks=(results/decide)
-    for dir in results/evidence_random results/evidence_maze; do [[ -d $dir ]] && tasks+=("$dir"); done
+    for dir in results/evidence_random results/evidence_maze; do if has_runs "$dir"; then tasks+=("$dir"); fi; done
     if (( ${#tasks[@]} > 1 )); then
       python benchmarks/plot.py --results-dir "${tasks[@]}" --out-dir results/across_tasks >/dev/null
       echo "results/across_tasks"
