@@ -28,6 +28,8 @@
 #    300k-update models, 100k online steps, 10 evaluation episodes every 5000), the budget fixed by the premise
 #    diagnostic before any of its runs. Its seed-1 model is premise_random's (same script, data, seed and budget), so
 #    it starts once that model exists; the models of seeds 2-5 go next to it, with a snapshot at 100k.
+# 9. evidence_maze (nice 5, 2 workers): O3F vs noise on the maze's five models, once the gate and the premise read on
+#    them are written down in results/evidence_maze/gate.md (the decision, made before any of its runs, starts them).
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +61,11 @@ premise_random=(--variants o3f_iql --env-ids embedded-halfcheetah-random-1m --se
 maze_models=(--variants o3f_iql --env-ids embedded-pointmaze-large-20k --seeds 1 2 3 4 5 --offline-steps 300000
   --pretrain-only --output-dir results/evidence_maze --workers 1 --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
+evidence_maze=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-large-20k --seeds 1 2 3 4 5
+  --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_maze --workers 2
+  --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
+  --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 RANDOM_1=results/premise/pretrained/iql__embedded-halfcheetah-random-1m__seed1.pt
 evidence_random=(--variants o3f_iql iql_noise --env-ids embedded-halfcheetah-random-1m --seeds 1 2 3 4 5
   --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_random
@@ -107,10 +114,15 @@ case "${1:-}" in
     else
       echo "evidence_random: waits for premise_random's model ($RANDOM_1); run start again once it exists"
     fi
+    if [[ -f results/evidence_maze/gate.md ]]; then
+      launch evidence_maze 5 "$(q python benchmarks/run.py "${evidence_maze[@]}")"
+    else
+      echo "evidence_maze: waits for its gate's record (results/evidence_maze/gate.md), read on maze_models' five models"
+    fi
     ;;
   status)
     for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random \
-      maze_models evidence_random; do
+      maze_models evidence_random evidence_maze; do
       declare -n flags=$study
       echo "## $study"
       python benchmarks/run.py "${flags[@]}" --status

@@ -713,8 +713,9 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
         "## premise_random",
         "## maze_models",
         "## evidence_random",
+        "## evidence_maze",
     ]
-    assert status.stdout.count("runs to finish") == 9  # each study's closing line from benchmarks/run.py --status
+    assert status.stdout.count("runs to finish") == 10  # each study's closing line from benchmarks/run.py --status
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
 
 
