@@ -95,14 +95,27 @@ REPLICATE = 1e-3  # the nudge of the rank correlation's control
 
 
 def mean_se(x) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for a single value)."""
+    """Mean and standard error of the mean (0 for a single value) of the defined values (NaN: none)."""
     x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan")
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
+def ranks(x) -> np.ndarray:
+    """Ranks from 0, tied values sharing their mean rank."""
+    _, group, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2)[group.reshape(-1)]
+
+
 def spearman(a, b) -> float:
-    """Rank correlation of two samples (no ties: continuous values)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    """Rank correlation of two samples; NaN where either is constant (a sparse reward no candidate reaches within
+    the horizon leaves every true return equal: no order to follow)."""
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
@@ -466,6 +479,9 @@ def measure_model(agent: Agent, args: Measure) -> dict:
                 "horizon": h,
                 **dict(zip(("spearman", "spearman_se"), mean_se(correlations[:, i]))),
                 **dict(zip(("replicate_spearman", "replicate_spearman_se"), mean_se(replicates[:, i]))),
+                "ranked_states": int(
+                    np.isfinite(correlations[:, i]).sum()
+                ),  # where the candidates' true returns differ
             }
             for i, h in enumerate(horizons)
         ]
@@ -505,6 +521,19 @@ def measure_model(agent: Agent, args: Measure) -> dict:
     }
 
 
+def corr(value, se) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:+.2f} ± {se:.2f}"
+
+
+def ranked(x: dict, states: int) -> str:
+    """A rank correlation and its control, as printed; n/a where no state's candidates differ in true return."""
+    n = x.get("ranked_states", states)  # lines measured before the count was kept: every state ranked
+    if n == 0:
+        return "n/a (the candidates' true returns tie in every state)"
+    text = f"{corr(x['spearman'], x['spearman_se'])} ({corr(x['replicate_spearman'], x['replicate_spearman_se'])})"
+    return text + (f" in {n} of {states} states" if n < states else "")
+
+
 def table(result: dict) -> str:
     lines = [
         f"{result['model']}: {result['algorithm']} on {result['env_id']} ({result['dataset_size']:,} transitions), "
@@ -532,11 +561,7 @@ def table(result: dict) -> str:
     for r in result["rank"]:
         lines.append(
             f"  sigma {r['sigma']:g}: "
-            + ", ".join(
-                f"h {x['horizon']}: {x['spearman']:+.2f} ± {x['spearman_se']:.2f} "
-                f"({x['replicate_spearman']:+.2f} ± {x['replicate_spearman_se']:.2f})"
-                for x in r["by_horizon"]
-            )
+            + ", ".join(f"h {x['horizon']}: {ranked(x, result['states'])}" for x in r["by_horizon"])
         )
     return "\n".join(lines)
 
@@ -613,8 +638,8 @@ def summary_table(results: list) -> str:
                 f"| {pm(o3f, 'episode_gain')} | {over(gain_over(r, 'sample', 100, s))} "
                 f"| {over(gain_over(r, 'policy', 100, s))} | {pm(o3f, 'true_gain', 2)} "
                 f"| {pm(o3f, 'predicted_gain', 2)} "
-                f"| {rank['spearman']:+.2f} ± {rank['spearman_se']:.2f} "
-                f"| {rank['replicate_spearman']:+.2f} ± {rank['replicate_spearman_se']:.2f} "
+                f"| {corr(rank['spearman'], rank['spearman_se'])} "
+                f"| {corr(rank['replicate_spearman'], rank['replicate_spearman_se'])} "
                 f"| {distance(rows.get(('noise', 1, s, 0.0)))}, {distance(o3f)} |"
             )
     return "\n".join(lines)
@@ -697,7 +722,7 @@ def online_table(online: list, offline: list) -> str:
     ]
 
     def measured(row, key):
-        return (row[key], row[key + "_se"]) if row and key in row else None
+        return (row[key], row[key + "_se"]) if row and key in row and np.isfinite(row[key]) else None
 
     def rule(kind, n=1, sigma=0.2):
         return lambda r: next(

@@ -727,7 +727,8 @@ def test_the_figures_skip_a_study_that_only_pretrained(tmp_path):
     write_fake(tmp_path / "models", "pretrain-runs", 1, {**fake_summary("iql", 1, [10]), "complete": True})
     write_fake(tmp_path / "going", "o3f_iql", 1, {**fake_summary("o3f_iql", 1, [10, 20]), "complete": False})
     write_fake(tmp_path / "done", "o3f_iql", 1, {**fake_summary("o3f_iql", 1, [10, 20]), "complete": True})
-    check = f'set -euo pipefail\n{has_runs}\nfor d in models going done absent; do if has_runs "$d"; then echo "$d"; fi; done'
+    loop = 'for d in models going done absent; do if has_runs "$d"; then echo "$d"; fi; done'
+    check = f"set -euo pipefail\n{has_runs}\n{loop}"
     result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.split() == ["done"], result.stderr
 

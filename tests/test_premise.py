@@ -78,6 +78,14 @@ def test_statistics_on_hand_made_numbers():
     assert premise.mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0 / np.sqrt(3)))
     assert premise.spearman([1, 2, 3, 4], [10, 40, 20, 30]) == pytest.approx(0.4)
     assert premise.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ties share their mean rank: [0.5, 0.5, 2, 3] against [0, 1, 2, 3]
+    assert premise.spearman([5, 5, 7, 9], [1, 2, 3, 4]) == pytest.approx(
+        np.corrcoef([0.5, 0.5, 2, 3], [0, 1, 2, 3])[0, 1]
+    )
+    # a constant sample (a sparse reward no candidate reached) has no order: undefined, and left out of the mean
+    assert np.isnan(premise.spearman([-95.1, -95.1, -95.1], [1, 2, 3]))
+    assert premise.mean_se([np.nan, 1.0, 3.0]) == pytest.approx((2.0, 1.0))
+    assert all(np.isnan(premise.mean_se([np.nan, np.nan])))
 
 
 def test_the_eta_times_each_kind_of_phase_by_its_own_finished_phases(monkeypatch, capsys):
@@ -321,13 +329,13 @@ def test_a_model_without_optimiser_state_measures_the_same(snapshots, tmp_path):
     a, b = measure(full), measure(str(tmp_path / "model.pt"))
     for r in (a, b):
         r.pop("wall_s"), r.pop("model")
-    assert a == b
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN (sigma 0: no ranking) equal to NaN
 
 
 def test_two_runs_on_the_same_model_agree(snapshots):
     a, b = measure(snapshots["o3f_iql.py"][1]), measure(snapshots["o3f_iql.py"][1])
     a.pop("wall_s"), b.pop("wall_s")
-    assert a == b
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN (sigma 0: no ranking) equal to NaN
 
 
 def test_the_diagnostic_uses_the_scripts_policy_and_reward_units(snapshots, small_dataset):
@@ -556,3 +564,8 @@ def test_the_diagnostic_reads_a_maze_model(tmp_path, data_dir):
     assert set(rows) == {"policy mean", "a ~ pi", "noise s0", "O3F N5 s0", "noise s0.2", "O3F N5 s0.2"}
     assert all(row["episode_score"] in (0.0, 100.0) for row in rows.values())  # one episode: failed or succeeded
     assert rows["O3F N5 s0"]["true_gain"] == 0.0  # per state, the same draw: sigma 0 picks noise's action
+    # far from the goal within H = 5 steps every candidate's true return is the same: the ranking is undefined, and
+    # said so, rather than a correlation with the candidates' order
+    (ranking,) = [r for r in result["rank"] if r["sigma"] == 0.2]
+    assert all(x["ranked_states"] == 0 and np.isnan(x["spearman"]) for x in ranking["by_horizon"])
+    assert "h 5: n/a (the candidates' true returns tie in every state)" in premise.table(result)
