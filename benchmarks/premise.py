@@ -559,6 +559,9 @@ def table(result: dict) -> str:
         "(control: true vs true of the candidates nudged by 1e-3):"
     )
     for r in result["rank"]:
+        if all(x.get("ranked_states", 1) == 0 for x in r["by_horizon"]):
+            lines.append(f"  sigma {r['sigma']:g}: every h: {ranked(r['by_horizon'][0], result['states'])}")
+            continue
         lines.append(
             f"  sigma {r['sigma']:g}: "
             + ", ".join(f"h {x['horizon']}: {ranked(x, result['states'])}" for x in r["by_horizon"])

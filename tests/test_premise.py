@@ -568,4 +568,4 @@ def test_the_diagnostic_reads_a_maze_model(tmp_path, data_dir):
     # said so, rather than a correlation with the candidates' order
     (ranking,) = [r for r in result["rank"] if r["sigma"] == 0.2]
     assert all(x["ranked_states"] == 0 and np.isnan(x["spearman"]) for x in ranking["by_horizon"])
-    assert "h 5: n/a (the candidates' true returns tie in every state)" in premise.table(result)
+    assert "sigma 0.2: every h: n/a (the candidates' true returns tie in every state)" in premise.table(result)
