@@ -19,8 +19,8 @@
 # 6. premise_random (nice 15): the evidence campaign's second task, the paper's random data: IQL on
 #    embedded-halfcheetah-random-1m to 300k updates with snapshots, for the premise diagnostic along pretraining
 #    (which budget can decide) before any O3F-vs-noise run on it.
-# 7. maze_models (nice 15): the third task, a sparse-reward maze: IQL's 5 models (300k updates, snapshots at 10k, 30k
-#    and 100k, 10 evaluation episodes every 10k) for its gate (does IQL's offline policy already succeed more than
+# 7. maze_models (nice 5, sharing the cores evenly with evidence_random): the third task, a sparse-reward maze: IQL's
+#    5 models (300k updates, snapshots at 10k, 30k and 100k, 10 evaluation episodes every 10k) for its gate (does IQL's offline policy already succeed more than
 #    80% of the time?) and its premise diagnostic, both read before any O3F-vs-noise run on it. The maze is
 #    embedded-pointmaze-large-20k: the medium maze (results/premise/pretrain-runs/iql/embedded-pointmaze-medium) and
 #    the large one with 100k transitions (.../embedded-pointmaze-large) failed that gate on one seed each.
@@ -108,7 +108,7 @@ case "${1:-}" in
     launch premise_1m 15 "$(q python benchmarks/run.py "${premise_iql_1m[@]}")"
     launch online_fraction 5 "$(q python benchmarks/run.py "${online_fraction[@]}")"
     launch premise_random 15 "$(q python benchmarks/run.py "${premise_random[@]}")"
-    launch maze_models 15 "$(q python benchmarks/run.py "${maze_models[@]}")"
+    launch maze_models 5 "$(q python benchmarks/run.py "${maze_models[@]}")"
     if [[ -f $RANDOM_1 ]]; then
       launch evidence_random 5 "$(q python benchmarks/run.py "${evidence_random[@]}")"
     else
