@@ -62,7 +62,8 @@ EMBEDDED = {
     # the medium maze from 30k updates, which leaves fine-tuning nothing to explore for.
     "embedded-pointmaze-large": ("PointMaze_Large-v3", "maze-waypoints", 100_000),
     # Its first 20k transitions: the evidence study's maze, since IQL's offline policy solves the large
-    # maze too from 100k transitions (10 of 10 from 30k updates), and is unstable below 80% from 20k.
+    # maze too from 100k transitions (10 of 10 from 30k updates, one seed); from 20k one seed's policy
+    # fails and another's succeeds (docs/reproduction.md).
     "embedded-pointmaze-large-20k": ("PointMaze_Large-v3", "maze-waypoints", 20_000),
 }
 # The paper's twelve tasks (section 6): the locomotion random and medium datasets, the three diverse

@@ -479,9 +479,7 @@ def measure_model(agent: Agent, args: Measure) -> dict:
                 "horizon": h,
                 **dict(zip(("spearman", "spearman_se"), mean_se(correlations[:, i]))),
                 **dict(zip(("replicate_spearman", "replicate_spearman_se"), mean_se(replicates[:, i]))),
-                "ranked_states": int(
-                    np.isfinite(correlations[:, i]).sum()
-                ),  # where the candidates' true returns differ
+                "ranked_states": int(np.isfinite(correlations[:, i]).sum()),  # the states whose candidates differ
             }
             for i, h in enumerate(horizons)
         ]
