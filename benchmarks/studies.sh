@@ -19,15 +19,18 @@
 # 6. premise_random (nice 15): the evidence campaign's second task, the paper's random data: IQL on
 #    embedded-halfcheetah-random-1m to 300k updates with snapshots, for the premise diagnostic along pretraining
 #    (which budget can decide) before any O3F-vs-noise run on it.
-# 7. maze_models (nice 5, sharing the cores evenly with evidence_random): the third task, a sparse-reward maze: IQL's
-#    5 models (300k updates, snapshots at 10k, 30k and 100k, 10 evaluation episodes every 10k) for its gate (does IQL's offline policy already succeed more than
-#    80% of the time?) and its premise diagnostic, both read before any O3F-vs-noise run on it. The maze is
-#    embedded-pointmaze-large-20k: the medium maze (results/premise/pretrain-runs/iql/embedded-pointmaze-medium) and
-#    the large one with 100k transitions (.../embedded-pointmaze-large) failed that gate on one seed each.
-# 8. evidence_random (nice 5, 2 workers): O3F vs noise on the random data, the deciding study's protocol (5 seeds,
-#    300k-update models, 100k online steps, 10 evaluation episodes every 5000), the budget fixed by the premise
-#    diagnostic before any of its runs. Its seed-1 model is premise_random's (same script, data, seed and budget), so
-#    it starts once that model exists; the models of seeds 2-5 go next to it, with a snapshot at 100k.
+# 7. maze_models (nice 5, 2 workers, ahead of evidence_random: the riskier study first, since its gate may yet
+#    reject the maze and its fine-tunings wait for all five models): the third task, a sparse-reward maze: IQL's
+#    5 models (300k updates, snapshots at 10k, 30k and 100k, 10 evaluation episodes every 10k) for its gate (does
+#    IQL's offline policy already succeed more than 80% of the time?) and its premise diagnostic, both read before
+#    any O3F-vs-noise run on it. The maze is embedded-pointmaze-large-20k: the medium maze
+#    (results/premise/pretrain-runs/iql/embedded-pointmaze-medium) and the large one with 100k transitions
+#    (.../embedded-pointmaze-large) failed that gate on one seed each.
+# 8. evidence_random (nice 10, 2 workers, on the share of the cores maze_models leaves): O3F vs noise on the random
+#    data, the deciding study's protocol (5 seeds, 300k-update models, 100k online steps, 10 evaluation episodes
+#    every 5000), the budget fixed by the premise diagnostic before any of its runs. Its seed-1 model is
+#    premise_random's (same script, data, seed and budget), so it starts once that model exists; the models of
+#    seeds 2-5 go next to it, with a snapshot at 100k.
 # 9. evidence_maze (nice 5, 2 workers): O3F vs noise on the maze's five models, once the gate and the premise read on
 #    them are written down in results/evidence_maze/gate.md (the decision, made before any of its runs, starts them).
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
@@ -59,7 +62,7 @@ online_fraction=(--variants o3f_iql_f05 iql_noise_f05 --env-ids $D4RL_1M --seeds
 premise_random=(--variants o3f_iql --env-ids embedded-halfcheetah-random-1m --seeds 1 --offline-steps 300000
   --pretrain-only --output-dir results/premise --workers 1 "${PRE[@]}")
 maze_models=(--variants o3f_iql --env-ids embedded-pointmaze-large-20k --seeds 1 2 3 4 5 --offline-steps 300000
-  --pretrain-only --output-dir results/evidence_maze --workers 1 --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-only --output-dir results/evidence_maze --workers 2 --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
 evidence_maze=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-large-20k --seeds 1 2 3 4 5
   --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_maze --workers 2
@@ -110,7 +113,7 @@ case "${1:-}" in
     launch premise_random 15 "$(q python benchmarks/run.py "${premise_random[@]}")"
     launch maze_models 5 "$(q python benchmarks/run.py "${maze_models[@]}")"
     if [[ -f $RANDOM_1 ]]; then
-      launch evidence_random 5 "$(q python benchmarks/run.py "${evidence_random[@]}")"
+      launch evidence_random 10 "$(q python benchmarks/run.py "${evidence_random[@]}")"
     else
       echo "evidence_random: waits for premise_random's model ($RANDOM_1); run start again once it exists"
     fi
