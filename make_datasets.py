@@ -252,6 +252,7 @@ def rollout_maze(env_id: str, size: int, seed: int, noise: float = 0.5) -> dict:
         gym.register_envs(gymnasium_robotics)
     episode_steps = gym.spec(env_id).max_episode_steps
     env = gym.make(env_id, continuing_task=True, reset_target=False, max_episode_steps=None)
+    os.remove(env.unwrapped.tmp_xml_file_path)  # the maze's model file, loaded: gymnasium-robotics leaves it behind
     maze, rng = env.unwrapped.maze, np.random.default_rng(seed)
     free = [(r, c) for r, row in enumerate(maze.maze_map) for c, cell in enumerate(row) if cell != 1]
     goal_xy = maze.cell_rowcol_to_xy(np.array(MAZE_GOAL_CELL[env_id]))

@@ -569,9 +569,10 @@ def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval
     with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
         warnings.filterwarnings("ignore", message=".*out of date.*")
         env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
+    if os.path.isfile(xml := getattr(env.unwrapped, "tmp_xml_file_path", "")):  # a maze's model file, loaded, which
+        os.remove(xml)  # gymnasium-robotics (1.4.2) would leave in the temporary folder, one per environment made
     if task.obs_keys is not None:
-        size = sum(env.observation_space[key].shape[0] for key in task.obs_keys)
-        space = gym.spaces.Box(-np.inf, np.inf, (size,))
+        space = gym.spaces.Box(-np.inf, np.inf, (sum(env.observation_space[k].shape[0] for k in task.obs_keys),))
         env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), space)
     if capture_video:
         env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)

@@ -5,6 +5,7 @@ import os
 import threading
 from dataclasses import replace
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
@@ -251,6 +252,24 @@ def test_pointmaze_rewards_mark_the_evaluation_goal(name, tmp_path):
         assert f["terminals"][:].sum() == 0
         ends = np.flatnonzero(f["timeouts"][:-1]) + 1  # the last row's timeout is the dataset's end
         assert np.array_equal(ends, np.arange(episode_steps, 20_000, episode_steps))
+
+
+@pytest.mark.parametrize("env_id", ["embedded-pointmaze-medium", "antmaze-umaze-v2"])
+def test_a_maze_environment_leaves_no_model_file_behind(env_id):
+    """gymnasium-robotics 1.4.2 writes each maze's MuJoCo model to the temporary folder and never removes it (a
+    long study made thousands); the scripts remove it once loaded, and the environment still runs."""
+    env = o3f_iql.make_env(env_id)
+    assert not os.path.exists(env.unwrapped.tmp_xml_file_path)
+    obs, _ = env.reset(seed=0)
+    assert np.isfinite(env.step(env.action_space.sample())[0]).all() and obs.shape == env.observation_space.shape
+    env.close()
+
+
+def test_making_maze_data_leaves_no_model_file_behind(tmp_path, monkeypatch):
+    made, make = [], gym.make
+    monkeypatch.setattr(gym, "make", lambda *a, **k: made.append(make(*a, **k)) or made[-1])
+    make_datasets.generate("embedded-pointmaze-medium", str(tmp_path / "m.hdf5"), seed=0, transitions=300)
+    assert made and not any(os.path.exists(env.unwrapped.tmp_xml_file_path) for env in made)
 
 
 def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
