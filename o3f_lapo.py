@@ -84,7 +84,7 @@ class Args:
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
     kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (embedded-halfcheetah-medium,
     embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-halfcheetah-random-1m (1M: D4RL's size),
-    embedded-pointmaze-medium, embedded-pointmaze-large, embedded-pointmaze-large-20k)"""
+    embedded-pointmaze-medium, embedded-pointmaze-large, embedded-pointmaze-large-20k{,-any-start})"""
     dataset_path: str | None = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
@@ -545,6 +545,9 @@ def task_table() -> dict:
         maze = {"maze_map": EVAL_MAZES[data.split("-")[0]], "continuing_task": False, "reset_target": False}
         env, name = f"PointMaze_{data.split('-')[0].title()}-v3", f"embedded-pointmaze-{data}"
         tasks[name] = Task("antmaze", env, maze, ("observation",), "embedded", name, 0.0, 1.0)
+    maze = tasks["embedded-pointmaze-large-20k"]  # its data, but each episode starts in any free cell (D4RL's maze2d)
+    any_start = {**maze.env_kwargs, "maze_map": [[0 if c == "r" else c for c in row] for row in EVAL_MAZES["large"]]}
+    tasks["embedded-pointmaze-large-20k-any-start"] = replace(maze, env_kwargs=any_start)
     return tasks
 
 
@@ -1078,7 +1081,8 @@ def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     A model-only file (results/MODELS.md) loads the networks, and the optimisers start afresh."""
     state = read_checkpoint(source, flag) if isinstance(source, str) else source
     where, trained_on = f"{flag} {state['path']}", state["env_id"]
-    if trained_on != args.env_id:
+    data_of = {env_id: replace(task, env_kwargs={}) for env_id, task in TASKS.items()}  # a task less its env's settings
+    if data_of.get(trained_on, trained_on) != data_of[args.env_id]:  # the same data and conventions (a maze's starts)
         fail(f"{where}: trained on {trained_on}, not {args.env_id}; pass --env-id {trained_on}")
     parts = agent_state(agent)
     fresh = [name for name, part in parts.items() if isinstance(part, torch.optim.Optimizer) and name not in state]

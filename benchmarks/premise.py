@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -74,6 +74,9 @@ class Measure:
     """R, candidates per state for the rank correlation (each one a rollout of H steps)"""
     seed: int = 0
     """seed of the start states, the visited states and every rule's random draws"""
+    env_id: str | None = None
+    """measure on this task instead of each model's own: one with the model's data and conventions (the 20k maze's
+    models on embedded-pointmaze-large-20k-any-start)"""
     threads: int = 1
     """torch threads"""
 
@@ -198,7 +201,7 @@ class Rule:
 class Agent:
     """A saved IQL or LAPO model with its task, its critic's reward scale and the scripts' selection functions."""
 
-    def __init__(self, path: str, device: str = "cpu"):
+    def __init__(self, path: str, device: str = "cpu", env_id: str | None = None):
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as e:
@@ -215,7 +218,10 @@ class Agent:
 
         self.script = o3f_iql if self.algorithm == "iql" else o3f_lapo
         self.noise_script = iql_noise if self.algorithm == "iql" else o3f_lapo
-        self.path, self.env_id, self.step, args = path, state["env_id"], state["step"], state["args"]
+        self.path, self.env_id, self.step, args = path, env_id or state["env_id"], state["step"], state["args"]
+        alike = {name: replace(task, env_kwargs={}) for name, task in self.script.TASKS.items()}  # less env settings
+        if alike.get(self.env_id, self.env_id) != alike.get(state["env_id"], state["env_id"]):
+            fail(f"{path}: trained on {state['env_id']}; {self.env_id} is not a task with its data and conventions")
         if self.script.TASKS[self.env_id].domain == "kitchen":
             fail(
                 f"{path}: trained on {self.env_id}; the diagnostic restores the locomotion and maze tasks' states only"
@@ -570,7 +576,7 @@ def table(result: dict) -> str:
 def done_models(path: str | None) -> set:
     if not path or not os.path.isfile(path):
         return set()
-    return {json.loads(line)["model"] for line in open(path) if line.strip()}
+    return {(r["model"], r["env_id"]) for r in map(json.loads, filter(str.strip, open(path)))}  # a model on a task
 
 
 def measure(args: Measure):
@@ -591,11 +597,12 @@ def measure(args: Measure):
     torch.set_num_threads(args.threads)
     done = done_models(args.out)
     for path in args.models:
-        if os.path.relpath(os.path.abspath(path), ROOT) in done:
-            print(f"{path}: already in {args.out}, skipped", file=sys.stderr)
+        agent = Agent(path, env_id=args.env_id)
+        if (os.path.relpath(os.path.abspath(path), ROOT), agent.env_id) in done:
+            print(f"{path}: already in {args.out} on {agent.env_id}, skipped", file=sys.stderr)
             continue
         print(f"{path}:", file=sys.stderr, flush=True)
-        result = measure_model(Agent(path), args)
+        result = measure_model(agent, args)
         print(table(result), flush=True)
         if args.out:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

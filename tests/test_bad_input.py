@@ -81,6 +81,7 @@ def test_checkpoint_of_another_task_or_file(run_script, small_dataset, tmp_path)
     "state, words",
     [
         ({"algorithm": "iql", "env_id": "hopper-medium-v2", "step": 10}, ["trained on hopper-medium-v2", "--env-id"]),
+        ({"algorithm": "iql", "env_id": "old-task-v0", "step": 10}, ["trained on old-task-v0", "--env-id"]),  # unknown
         ({"algorithm": "lapo", "env_id": "embedded-halfcheetah-medium", "step": 10}, ["another script"]),
         ({"algorithm": "iql", "env_id": "embedded-halfcheetah-medium", "step": 10, "actor": {}}, ["does not fit"]),
     ],

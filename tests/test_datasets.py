@@ -276,8 +276,10 @@ def test_the_dataset_tool_and_the_scripts_agree_on_the_embedded_names():
     import typing
 
     assert set(typing.get_args(make_datasets.Make.__annotations__["name"])) == set(make_datasets.EMBEDDED)
-    assert {name for name, task in o3f_iql.TASKS.items() if task.source == "embedded"} == set(make_datasets.EMBEDDED)
-    assert all(name.startswith("embedded-") for name in make_datasets.EMBEDDED)  # never mistaken for D4RL's
+    embedded = {name: task for name, task in o3f_iql.TASKS.items() if task.source == "embedded"}
+    assert {task.dataset for task in embedded.values()} == set(make_datasets.EMBEDDED)
+    assert set(make_datasets.EMBEDDED) <= set(embedded)  # each dataset is a task of its own name
+    assert all(name.startswith("embedded-") for name in embedded)  # never mistaken for D4RL's
 
 
 @pytest.mark.parametrize("name", ["embedded-halfcheetah-medium", "embedded-halfcheetah-random"])
@@ -296,6 +298,37 @@ def test_the_sparse_maze_is_the_large_mazes_first_20k_transitions():
     assert o3f_iql.TASKS["embedded-pointmaze-large-20k"] == replace(
         o3f_iql.TASKS["embedded-pointmaze-large"], dataset="embedded-pointmaze-large-20k"
     )
+
+
+def test_the_any_start_maze_is_the_20k_maze_with_every_free_cell_a_start():
+    """D4RL's maze2d protocol on the 20k maze's data: the data, goal and success rule stay; a start is any free cell."""
+    name = "embedded-pointmaze-large-20k"
+    fixed, anywhere = o3f_iql.TASKS[name], o3f_iql.TASKS[f"{name}-any-start"]
+    assert replace(anywhere, env_kwargs=fixed.env_kwargs) == fixed
+
+    def start_cells(env_id: str, episodes: int) -> set:
+        env = o3f_iql.make_env(env_id)
+        maze = env.unwrapped.maze
+        return {tuple(int(v) for v in maze.cell_xy_to_rowcol(env.reset(seed=i)[0][:2])) for i in range(episodes)}
+
+    cells, maze_map = start_cells(f"{name}-any-start", 60), fixed.env_kwargs["maze_map"]
+    assert all(maze_map[r][c] in (0, "r") for r, c in cells)  # free cells, never the goal's
+    assert len(cells) > 20 and start_cells(name, 5) == {(1, 1)}  # the fixed-start maze always starts in one cell
+    assert o3f_iql.make_env(f"{name}-any-start").unwrapped.continuing_task is False  # success ends the episode
+
+
+def test_a_model_of_the_20k_maze_fine_tunes_on_its_any_start_task_and_on_no_other_data():
+    """A pretrained model fits any task with the same data and conventions: the any-start maze loads the 20k maze's
+    models (pretraining never sees the start cells), a task with other data refuses them with one line."""
+    args = o3f_iql.domain_defaults(o3f_iql.Args(env_id="embedded-pointmaze-large-20k-any-start", num_critics=2))
+    agent = o3f_iql.Agent(o3f_iql.make_env(args.env_id), args, torch.device("cpu"))
+    parts = {name: part.state_dict() for name, part in o3f_iql.agent_state(agent).items()}
+    model = {"algorithm": "iql", "env_id": "embedded-pointmaze-large-20k", "step": 7, "path": "m.pt", **parts}
+    assert o3f_iql.load_model(model, args, agent) == 7
+    for other in ("embedded-pointmaze-large", "embedded-pointmaze-medium"):  # the same maze or spaces, other data
+        with pytest.raises(o3f_iql.BadInput) as refused:
+            o3f_iql.load_model(model, replace(args, env_id=other), agent)
+        assert "trained on embedded-pointmaze-large-20k" in refused.value.message
 
 
 def test_the_d4rl_sized_dataset_extends_the_small_one(tmp_path):

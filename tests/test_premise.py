@@ -569,3 +569,34 @@ def test_the_diagnostic_reads_a_maze_model(tmp_path, data_dir):
     (ranking,) = [r for r in result["rank"] if r["sigma"] == 0.2]
     assert all(x["ranked_states"] == 0 and np.isnan(x["spearman"]) for x in ranking["by_horizon"])
     assert "sigma 0.2: every h: n/a (the candidates' true returns tie in every state)" in premise.table(result)
+
+
+def test_the_diagnostic_measures_the_20k_mazes_model_from_any_start_cell(tmp_path, data_dir, capsys):
+    """`--env-id`: a model measured on another task with its data (the 20k maze's from any start cell): its episodes
+    start all over the maze, its line names that task, and a task with other data is refused in one line."""
+    import make_datasets
+
+    data = make_datasets.generate("embedded-pointmaze-large-20k", str(tmp_path / "m.hdf5"), seed=0, transitions=2000)
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "o3f_iql.py"),
+        "--no-cuda",
+        "--env-id",
+        "embedded-pointmaze-large-20k",
+    ]
+    command += ["--dataset-path", data, "--offline-steps", "10", "--online-steps", "0", "--eval-episodes", "1"]
+    command += ["--batch-size", "32", "--save-offline", str(tmp_path / "m.pt"), "--output-dir", str(tmp_path / "runs")]
+    run = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "O3F_DATA_DIR": data_dir}
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    agent = premise.Agent(str(tmp_path / "m.pt"), env_id="embedded-pointmaze-large-20k-any-start")
+    env = agent.script.make_env(agent.env_id)
+    assert len({tuple(np.round(env.reset(seed=10_000 + i)[0][:2])) for i in range(5)}) == 5  # episode_scores' starts
+    result = premise.measure_model(agent, premise.Measure(models=(str(tmp_path / "m.pt"),), **SMALL))
+    assert result["env_id"] == "embedded-pointmaze-large-20k-any-start" and result["dataset_size"] == 2000
+    assert premise.done_models(None) == set()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        premise.Agent(str(tmp_path / "m.pt"), env_id="embedded-pointmaze-large")  # the same maze, other data
+    assert refused.value.code == 2 and "not a task with its data" in capsys.readouterr().err
