@@ -92,6 +92,9 @@ class Args:
     pretrained_dir: str | None = None
     """where the pretrained models are (or go): default `{output_dir}/pretrained`; another study's folder to fine-tune
     its models"""
+    pretrained_on: str | None = None
+    """fine-tune the models pretrained on this task, one with the same data (the 20k maze's models on its any-start
+    task); default: each task of --env-ids its own"""
     pretrain_only: bool = False
     """if toggled, only pretrain (each variant's base algorithm), fine-tuning nothing"""
     workers: int = 2
@@ -162,18 +165,19 @@ def plan(args: Args):
     # seed by seed (every variant of seed 1, then of seed 2, ...): a study stopped part-way has whole seeds to compare
     for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
         script, base, flags = VARIANTS[variant]
-        model = model_path(args, base, env_id, seed)
+        trained = args.pretrained_on or env_id  # the task the model is pretrained on
+        model = model_path(args, base, trained, seed)
         run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
-        pretrain_dir = os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}")
+        pretrain_dir = os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}")
         stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
         if model not in pretrain and not os.path.isfile(model) and running(pretrain_dir):
             pretrain[model] = None  # made by another process: not planned here (dropped below)
-            elsewhere.append(f"pretrain {base} {env_id} seed {seed}")
+            elsewhere.append(f"pretrain {base} {trained} seed {seed}")
         elif (
             not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir)
         ):  # a pretraining that was stopped: continue it
             pretrain[model] = (
-                f"pretrain {base} {env_id} seed {seed} (resumed)",
+                f"pretrain {base} {trained} seed {seed} (resumed)",
                 [
                     sys.executable,
                     os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
@@ -185,12 +189,12 @@ def plan(args: Args):
             )
         elif not os.path.isfile(model) and model not in pretrain:
             pretrain[model] = (
-                f"pretrain {base} {env_id} seed {seed}",
+                f"pretrain {base} {trained} seed {seed}",
                 [
                     sys.executable,
                     os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
                     "--env-id",
-                    env_id,
+                    trained,
                     "--seed",
                     str(seed),
                     "--offline-steps",
@@ -314,15 +318,16 @@ def study_status(args: Args) -> tuple[list[dict], str]:
     rows, seen = [], set()
     for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
         _, base, _ = VARIANTS[variant]
-        if (base, env_id, seed) not in seen:
-            seen.add((base, env_id, seed))
-            model = model_path(args, base, env_id, seed)
-            row = progress(os.path.join(out, "pretrain-runs", base, env_id, f"seed{seed}"))
+        trained = args.pretrained_on or env_id
+        if (base, trained, seed) not in seen:
+            seen.add((base, trained, seed))
+            model = model_path(args, base, trained, seed)
+            row = progress(os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}"))
             if os.path.isfile(model):
                 row |= {"state": "complete", "step": args.offline_steps}
             rows.append(
                 {
-                    "run": f"pretrain {base} {env_id} seed {seed}",
+                    "run": f"pretrain {base} {trained} seed {seed}",
                     "kind": f"pretrain {base}",
                     "base": f"pretrain {base}",
                     "target": args.offline_steps,

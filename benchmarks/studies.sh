@@ -34,6 +34,10 @@
 # 9. evidence_maze (nice 5, 2 workers): O3F vs noise on the maze's five models, once the gate and the premise read on
 #    them are written down in results/evidence_maze/gate.md with the line "Decision: pass" (made before any of its
 #    runs, it starts them; the 20k maze's record says "Decision: fail").
+# 10. evidence_maze_any (nice 5, 2 workers): O3F vs noise on embedded-pointmaze-large-20k-any-start (the 20k maze
+#    from any start cell, D4RL's maze2d resets) from maze_models' five models, once that task's gate, read on them
+#    (their success from 100 random starts, the premise diagnostic with --env-id), passes in
+#    results/evidence_maze_any/gate.md ("Decision: pass").
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +74,12 @@ evidence_maze=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-large-2
   --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
   --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
+evidence_maze_any=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-large-20k-any-start --seeds 1 2 3 4 5
+  --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_maze_any
+  --pretrained-dir results/evidence_maze/pretrained --pretrained-on embedded-pointmaze-large-20k --workers 2
+  --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
+  --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 RANDOM_1=results/premise/pretrained/iql__embedded-halfcheetah-random-1m__seed1.pt
 evidence_random=(--variants o3f_iql iql_noise --env-ids embedded-halfcheetah-random-1m --seeds 1 2 3 4 5
   --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_random
@@ -103,8 +113,8 @@ has_runs() {  # whether a study's directory holds a complete fine-tuning run (a 
   [[ -n $(grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null) ]]
 }
 
-gate_passed() {  # whether the maze's gate record says it passed (the O3F-vs-noise runs on it start only then)
-  grep -qs "^Decision: pass" results/evidence_maze/gate.md
+gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it passed (its O3F-vs-noise runs start only then)
+  grep -qs "^Decision: pass" "results/$1/gate.md"
 }
 
 case "${1:-}" in
@@ -122,19 +132,22 @@ case "${1:-}" in
     else
       echo "evidence_random: waits for premise_random's model ($RANDOM_1); run start again once it exists"
     fi
-    if gate_passed; then
-      launch evidence_maze 5 "$(q python benchmarks/run.py "${evidence_maze[@]}")"
-    else
-      echo "evidence_maze: not started: its gate (results/evidence_maze/gate.md) has not passed"
-    fi
+    for study in evidence_maze evidence_maze_any; do
+      declare -n flags=$study
+      if gate_passed $study; then
+        launch $study 5 "$(q python benchmarks/run.py "${flags[@]}")"
+      else
+        echo "$study: not started: its gate (results/$study/gate.md) has not passed"
+      fi
+    done
     ;;
   status)
     for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random \
-      maze_models evidence_random evidence_maze; do
+      maze_models evidence_random evidence_maze evidence_maze_any; do
       declare -n flags=$study
       echo "## $study"
-      if [[ $study == evidence_maze ]] && ! gate_passed; then
-        echo "not started: its gate (results/evidence_maze/gate.md) has not passed"
+      if [[ $study == evidence_maze* ]] && ! gate_passed $study; then
+        echo "not started: its gate (results/$study/gate.md) has not passed"
         continue
       fi
       python benchmarks/run.py "${flags[@]}" --status
@@ -143,7 +156,7 @@ case "${1:-}" in
   stop)  # run.py first (so that it starts nothing more), then the runs, which save their checkpoints: found by
     # their own --output-dir (absolute, below the study's), not as run.py's children, which a killed run.py orphans
     for dir in results/decide results/lapo_utd20 results/premise results/online_fraction results/evidence_random \
-      results/evidence_maze; do
+      results/evidence_maze results/evidence_maze_any; do
       for pid in $(runners "$dir"); do
         kill -TERM "$pid" 2>/dev/null || true
       done
@@ -152,12 +165,12 @@ case "${1:-}" in
     ;;
   figures)  # each study's figures and tables, the premise's, and the evidence across tasks once a second task has runs
     for dir in results results/decide results/lapo_utd20 results/online_fraction results/evidence_random \
-      results/evidence_maze; do
+      results/evidence_maze results/evidence_maze_any; do
       if has_runs "$dir"; then python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"; fi
     done
     python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
     tasks=(results/decide)
-    for dir in results/evidence_random results/evidence_maze; do if has_runs "$dir"; then tasks+=("$dir"); fi; done
+    for dir in results/evidence_random results/evidence_maze results/evidence_maze_any; do if has_runs "$dir"; then tasks+=("$dir"); fi; done
     if (( ${#tasks[@]} > 1 )); then
       python benchmarks/plot.py --results-dir "${tasks[@]}" --out-dir results/across_tasks >/dev/null
       echo "results/across_tasks"

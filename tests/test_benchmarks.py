@@ -506,6 +506,38 @@ def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exist
     assert pretrain_codes == [0] and finetune_codes == [0, 0, 0, 0]
 
 
+def test_the_runner_fine_tunes_one_tasks_models_on_another_with_its_data(tmp_path):
+    """--pretrained-on: the any-start maze's runs load (and, where missing, pretrain) the 20k maze's models."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    fixed, anywhere = "embedded-pointmaze-large-20k", "embedded-pointmaze-large-20k-any-start"
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / f"iql__{fixed}__seed1.pt").write_bytes(b"")  # seed 1's model exists
+    args = run.Args(
+        variants=["o3f_iql"], env_ids=[anywhere], seeds=[1, 2], output_dir=str(tmp_path), pretrained_on=fixed
+    )
+    pretrain, finetune, _ = run.plan(args)
+    ((name, command),) = pretrain.values()
+    assert name == f"pretrain iql {fixed} seed 2" and command[command.index("--env-id") + 1] == fixed
+    assert command[command.index("--save-offline") + 1] == str(tmp_path / "pretrained" / f"iql__{fixed}__seed2.pt")
+    for seed, (name, command, model) in zip((1, 2), finetune):
+        assert name == f"o3f_iql {anywhere} seed {seed}" and command[command.index("--env-id") + 1] == anywhere
+        assert (
+            command[command.index("--load-offline") + 1]
+            == model
+            == str(tmp_path / "pretrained" / f"iql__{fixed}__seed{seed}.pt")
+        )
+    rows, _ = run.study_status(args)
+    assert [row["run"] for row in rows] == [
+        f"pretrain iql {fixed} seed 1",
+        f"o3f_iql {anywhere} seed 1",
+        f"pretrain iql {fixed} seed 2",
+        f"o3f_iql {anywhere} seed 2",
+    ]
+    assert rows[0]["state"] == "complete"
+
+
 def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_seeds_pretraining(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
@@ -714,10 +746,12 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
         "## maze_models",
         "## evidence_random",
         "## evidence_maze",
+        "## evidence_maze_any",
     ]
     # each study's closing line from benchmarks/run.py --status; the maze's fine-tunings wait for a gate that passed
     assert status.stdout.count("runs to finish") == 9
-    assert "## evidence_maze\nnot started: its gate (results/evidence_maze/gate.md) has not passed" in status.stdout
+    for study in ("evidence_maze", "evidence_maze_any"):
+        assert f"## {study}\nnot started: its gate (results/{study}/gate.md) has not passed" in status.stdout
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
 
 
