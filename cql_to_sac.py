@@ -553,6 +553,7 @@ def task_table() -> dict:
 
 
 TASKS = task_table()
+DATA_OF = {env_id: replace(task, env_kwargs={}) for env_id, task in TASKS.items()}  # each task less its env's settings
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -1082,8 +1083,7 @@ def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     A model-only file (results/MODELS.md) loads the networks, and the optimisers start afresh."""
     state = read_checkpoint(source, flag) if isinstance(source, str) else source
     where, trained_on = f"{flag} {state['path']}", state["env_id"]
-    data_of = {env_id: replace(task, env_kwargs={}) for env_id, task in TASKS.items()}  # a task less its env's settings
-    if data_of.get(trained_on, trained_on) != data_of[args.env_id]:  # the same data and conventions (a maze's starts)
+    if DATA_OF.get(trained_on, trained_on) != DATA_OF[args.env_id]:  # a model serves every task with its data
         fail(f"{where}: trained on {trained_on}, not {args.env_id}; pass --env-id {trained_on}")
     parts = agent_state(agent)
     fresh = [name for name, part in parts.items() if isinstance(part, torch.optim.Optimizer) and name not in state]

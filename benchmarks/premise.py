@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -219,7 +219,7 @@ class Agent:
         self.script = o3f_iql if self.algorithm == "iql" else o3f_lapo
         self.noise_script = iql_noise if self.algorithm == "iql" else o3f_lapo
         self.path, self.env_id, self.step, args = path, env_id or state["env_id"], state["step"], state["args"]
-        alike = {name: replace(task, env_kwargs={}) for name, task in self.script.TASKS.items()}  # less env settings
+        alike = self.script.DATA_OF  # each task less its env's settings: a model serves every task with its data
         if alike.get(self.env_id, self.env_id) != alike.get(state["env_id"], state["env_id"]):
             fail(f"{path}: trained on {state['env_id']}; {self.env_id} is not a task with its data and conventions")
         if self.script.TASKS[self.env_id].domain == "kitchen":

@@ -26,11 +26,10 @@
 #    (results/evidence_maze/gate.md), as the medium maze and the large one with 100k transitions had
 #    (results/premise/pretrain-runs/iql/embedded-pointmaze-{medium,large}); the same models, which never see a start
 #    cell, are read next on embedded-pointmaze-large-20k-any-start (D4RL's maze2d starts: any free cell).
-# 8. evidence_random (nice 5, 2 workers): O3F vs noise on the random
-#    data, the deciding study's protocol (5 seeds, 300k-update models, 100k online steps, 10 evaluation episodes
-#    every 5000), the budget fixed by the premise diagnostic before any of its runs. Its seed-1 model is
-#    premise_random's (same script, data, seed and budget), so it starts once that model exists; the models of
-#    seeds 2-5 go next to it, with a snapshot at 100k.
+# 8. evidence_random (nice 5, 2 workers): O3F vs noise on the random data, the deciding study's protocol (5 seeds,
+#    300k-update models, 100k online steps, 10 evaluation episodes every 5000), the budget fixed by the premise
+#    diagnostic before any of its runs. Its seed-1 model is premise_random's (same script, data, seed and budget),
+#    so it starts once that model exists; the models of seeds 2-5 go next to it, with a snapshot at 100k.
 # 9. evidence_maze (nice 5, 2 workers): O3F vs noise on the maze's five models, once the gate and the premise read on
 #    them are written down in results/evidence_maze/gate.md with the line "Decision: pass" (made before any of its
 #    runs, it starts them; the 20k maze's record says "Decision: fail").
@@ -170,7 +169,9 @@ case "${1:-}" in
     done
     python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
     tasks=(results/decide)
-    for dir in results/evidence_random results/evidence_maze results/evidence_maze_any; do if has_runs "$dir"; then tasks+=("$dir"); fi; done
+    for dir in results/evidence_random results/evidence_maze results/evidence_maze_any; do
+      if has_runs "$dir"; then tasks+=("$dir"); fi
+    done
     if (( ${#tasks[@]} > 1 )); then
       python benchmarks/plot.py --results-dir "${tasks[@]}" --out-dir results/across_tasks >/dev/null
       echo "results/across_tasks"
