@@ -44,7 +44,8 @@ LOGS=logs/studies
 export OMP_NUM_THREADS=1
 
 D4RL_1M=embedded-halfcheetah-medium-1m
-PRE=(--extra="--eval-episodes 5 --checkpoint-every 5000" --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
+PRE=(--extra="--eval-episodes 5 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
 
 decide=(--variants o3f_iql iql_noise o3f_iql_omega1 --env-ids $D4RL_1M --seeds 1 2 3 4 5 --offline-steps 300000
   --online-steps 100000 --output-dir results/decide --workers 2 --extra="--eval-episodes 10 --checkpoint-every 5000"
@@ -112,7 +113,7 @@ has_runs() {  # whether a study's directory holds a complete fine-tuning run (a 
   [[ -n $(grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null) ]]
 }
 
-gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it passed (its O3F-vs-noise runs start only then)
+gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it passed (only then its runs start)
   grep -qs "^Decision: pass" "results/$1/gate.md"
 }
 
