@@ -595,7 +595,9 @@ def test_the_diagnostic_measures_the_20k_mazes_model_from_any_start_cell(tmp_pat
     assert len({tuple(np.round(env.reset(seed=10_000 + i)[0][:2])) for i in range(5)}) == 5  # episode_scores' starts
     result = premise.measure_model(agent, premise.Measure(models=(str(tmp_path / "m.pt"),), **SMALL))
     assert result["env_id"] == "embedded-pointmaze-large-20k-any-start" and result["dataset_size"] == 2000
-    assert premise.done_models(None) == set()
+    done = tmp_path / "done.jsonl"  # a model is done per task: read on its own task, it is still to do on another
+    done.write_text(json.dumps({"model": "m.pt", "env_id": "embedded-pointmaze-large-20k"}) + "\n")
+    assert premise.done_models(str(done)) == {("m.pt", "embedded-pointmaze-large-20k")}
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
         premise.Agent(str(tmp_path / "m.pt"), env_id="embedded-pointmaze-large")  # the same maze, other data
