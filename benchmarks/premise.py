@@ -198,20 +198,26 @@ class Rule:
         )
 
 
+def read_model(path: str, device: str = "cpu") -> dict:
+    """A saved IQL or LAPO model's state (networks, task, arguments), or one line and exit code 2."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        fail(f"{path}: not a model of this project ({type(e).__name__})")
+    algorithm = state.get("algorithm") if isinstance(state, dict) else None
+    if algorithm not in ("iql", "lapo"):
+        fail(
+            f"{path}: the diagnostic reads IQL and LAPO models (o3f_iql.py, iql_noise.py, o3f_lapo.py), not {algorithm}"
+        )
+    return state
+
+
 class Agent:
     """A saved IQL or LAPO model with its task, its critic's reward scale and the scripts' selection functions."""
 
     def __init__(self, path: str, device: str = "cpu", env_id: str | None = None):
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as e:
-            fail(f"{path}: not a model of this project ({type(e).__name__})")
-        self.algorithm = state.get("algorithm") if isinstance(state, dict) else None
-        if self.algorithm not in ("iql", "lapo"):
-            fail(
-                f"{path}: the diagnostic reads IQL and LAPO models (o3f_iql.py, iql_noise.py, o3f_lapo.py), "
-                f"not {self.algorithm}"
-            )
+        state = read_model(path, device)
+        self.algorithm = state["algorithm"]
         import iql_noise
         import o3f_iql
         import o3f_lapo
@@ -219,6 +225,8 @@ class Agent:
         self.script = o3f_iql if self.algorithm == "iql" else o3f_lapo
         self.noise_script = iql_noise if self.algorithm == "iql" else o3f_lapo
         self.path, self.env_id, self.step, args = path, env_id or state["env_id"], state["step"], state["args"]
+        if self.env_id not in self.script.TASKS:
+            fail(f"{path}: {self.env_id} is not a task of {self.script.__name__}.py; --env-id names one it serves")
         alike = self.script.DATA_OF  # each task less its env's settings: a model serves every task with its data
         if alike.get(self.env_id, self.env_id) != alike.get(state["env_id"], state["env_id"]):
             fail(f"{path}: trained on {state['env_id']}; {self.env_id} is not a task with its data and conventions")
@@ -597,10 +605,11 @@ def measure(args: Measure):
     torch.set_num_threads(args.threads)
     done = done_models(args.out)
     for path in args.models:
-        agent = Agent(path, env_id=args.env_id)
-        if (os.path.relpath(os.path.abspath(path), ROOT), agent.env_id) in done:
-            print(f"{path}: already in {args.out} on {agent.env_id}, skipped", file=sys.stderr)
+        env_id = args.env_id or read_model(path)["env_id"]  # known before the data and env load: skips cost nothing
+        if (os.path.relpath(os.path.abspath(path), ROOT), env_id) in done:
+            print(f"{path}: already in {args.out} on {env_id}, skipped", file=sys.stderr)
             continue
+        agent = Agent(path, env_id=env_id)
         print(f"{path}:", file=sys.stderr, flush=True)
         result = measure_model(agent, args)
         print(table(result), flush=True)

@@ -571,9 +571,10 @@ def test_the_diagnostic_reads_a_maze_model(tmp_path, data_dir):
     assert "sigma 0.2: every h: n/a (the candidates' true returns tie in every state)" in premise.table(result)
 
 
-def test_the_diagnostic_measures_the_20k_mazes_model_from_any_start_cell(tmp_path, data_dir, capsys):
+def test_the_diagnostic_measures_the_20k_mazes_model_from_any_start_cell(tmp_path, data_dir, capsys, monkeypatch):
     """`--env-id`: a model measured on another task with its data (the 20k maze's from any start cell): its episodes
-    start all over the maze, its line names that task, and a task with other data is refused in one line."""
+    start all over the maze, its line names that task, and a task with other data is refused in one line; a model
+    done on a task is skipped before its data and env load, and one of a task this code lacks is one line."""
     import make_datasets
 
     data = make_datasets.generate("embedded-pointmaze-large-20k", str(tmp_path / "m.hdf5"), seed=0, transitions=2000)
@@ -602,3 +603,14 @@ def test_the_diagnostic_measures_the_20k_mazes_model_from_any_start_cell(tmp_pat
     with pytest.raises(SystemExit) as refused:
         premise.Agent(str(tmp_path / "m.pt"), env_id="embedded-pointmaze-large")  # the same maze, other data
     assert refused.value.code == 2 and "not a task with its data" in capsys.readouterr().err
+    model = os.path.relpath(tmp_path / "m.pt", ROOT)
+    done.write_text(json.dumps({"model": model, "env_id": "embedded-pointmaze-large-20k"}) + "\n")
+    with monkeypatch.context() as m:
+        m.setattr(premise, "Agent", None)  # a skipped model builds no Agent (no data, no env)
+        premise.measure(premise.Measure(models=(str(tmp_path / "m.pt"),), out=str(done), **SMALL))
+    assert "skipped" in capsys.readouterr().err and len(done.read_text().splitlines()) == 1
+    gone = tmp_path / "gone.pt"  # a model saved for a task this code no longer knows
+    torch.save({**torch.load(tmp_path / "m.pt", weights_only=True), "env_id": "pointmaze-gone-v0"}, gone)
+    with pytest.raises(SystemExit) as refused:
+        premise.Agent(str(gone))
+    assert refused.value.code == 2 and "pointmaze-gone-v0 is not a task of o3f_iql.py" in capsys.readouterr().err
