@@ -77,9 +77,9 @@ class Args:
     env_id: str = "embedded-halfcheetah-medium"
     """the task: a D4RL name ({halfcheetah,hopper,walker2d}-{random,medium,medium-replay,medium-expert,expert}-v2,
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
-    kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (embedded-halfcheetah-medium,
-    embedded-halfcheetah-medium-1m, embedded-halfcheetah-random, embedded-halfcheetah-random-1m (1M: D4RL's size),
-    embedded-pointmaze-medium, embedded-pointmaze-large, embedded-pointmaze-large-20k{,-any-start})"""
+    kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (docs/data.md:
+    embedded-halfcheetah-{medium,random}{,-1m} (1M: D4RL's size), embedded-pointmaze-{medium,large},
+    embedded-pointmaze-large-20k{,-any-start}, embedded-pointmaze-large-10k-any-start)"""
     dataset_path: str | None = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
@@ -462,7 +462,8 @@ def task_table() -> dict:
         tasks[name] = Task("antmaze", env, maze, ("observation",), "embedded", name, 0.0, 1.0)
     maze = tasks["embedded-pointmaze-large-20k"]  # its data, but each episode starts in any free cell (D4RL's maze2d)
     any_start = {**maze.env_kwargs, "maze_map": [[0 if c == "r" else c for c in row] for row in EVAL_MAZES["large"]]}
-    tasks["embedded-pointmaze-large-20k-any-start"] = replace(maze, env_kwargs=any_start)
+    tasks["embedded-pointmaze-large-20k-any-start"] = anywhere = replace(maze, env_kwargs=any_start)
+    tasks["embedded-pointmaze-large-10k-any-start"] = replace(anywhere, dataset="embedded-pointmaze-large-10k")
     return tasks
 
 

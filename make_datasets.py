@@ -65,6 +65,9 @@ EMBEDDED = {
     # maze too from 100k transitions (10 of 10 from 30k updates, one seed); from 20k one seed's policy
     # fails and another's succeeds (docs/reproduction.md).
     "embedded-pointmaze-large-20k": ("PointMaze_Large-v3", "maze-waypoints", 20_000),
+    # Its first 10k (12 episodes): the maze's last attempt here, from any start cell, written down before the 20k
+    # maze's any-start gate was decided (results/evidence_maze_any/gate.md): sparser data, for a policy that fails.
+    "embedded-pointmaze-large-10k": ("PointMaze_Large-v3", "maze-waypoints", 10_000),
 }
 # The paper's twelve tasks (section 6): the locomotion random and medium datasets, the three diverse
 # antmazes and the three kitchens.
@@ -341,6 +344,7 @@ class Make:
         "embedded-pointmaze-medium",
         "embedded-pointmaze-large",
         "embedded-pointmaze-large-20k",
+        "embedded-pointmaze-large-10k",
     ]
     """which embedded dataset to make"""
     out: str | None = None

@@ -37,6 +37,11 @@
 #    from any start cell, D4RL's maze2d resets) from maze_models' five models, once that task's gate, read on them
 #    (their success from 100 random starts, the premise diagnostic with --env-id), passes in
 #    results/evidence_maze_any/gate.md ("Decision: pass").
+# 11. maze10k_models (nice 5): if that gate fails ("Decision: fail"), the maze's last attempt written in its record:
+#    IQL on embedded-pointmaze-large-10k-any-start (the first 10k transitions, any start cell), seed 1 alone until
+#    results/evidence_maze_10k/gate.md says "Seed 1: continue" (its 300k model succeeds 80% or less), then seeds 1-5.
+# 12. evidence_maze_10k (nice 5, 2 workers): O3F vs noise from those five models, once that record says "Decision:
+#    pass" (their mean success 80% or less).
 # benchmarks/run.py leaves alone any run another process already works on, so starting twice is harmless.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +85,15 @@ evidence_maze_any=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-lar
   --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
   --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
+maze10k_models=(--variants o3f_iql --env-ids embedded-pointmaze-large-10k-any-start --offline-steps 300000
+  --pretrain-only --output-dir results/evidence_maze_10k --workers 1
+  --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
+evidence_maze_10k=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-large-10k-any-start --seeds 1 2 3 4 5
+  --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_maze_10k --workers 2
+  --extra="--eval-episodes 10 --checkpoint-every 5000"
+  --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
+  --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 RANDOM_1=results/premise/pretrained/iql__embedded-halfcheetah-random-1m__seed1.pt
 evidence_random=(--variants o3f_iql iql_noise --env-ids embedded-halfcheetah-random-1m --seeds 1 2 3 4 5
   --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_random
@@ -117,6 +131,11 @@ gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it pass
   grep -qs "^Decision: pass" "results/$1/gate.md"
 }
 
+maze10k_seeds() {  # the 10k maze's models to train: none before the 20k any-start gate fails, then seed 1 alone
+  if ! grep -qs "^Decision: fail" results/evidence_maze_any/gate.md; then return; fi
+  if grep -qs "^Seed 1: continue" results/evidence_maze_10k/gate.md; then echo 1 2 3 4 5; else echo 1; fi
+}
+
 case "${1:-}" in
   start)
     launch decide 0 "$(q python benchmarks/run.py "${decide[@]}")"
@@ -132,7 +151,13 @@ case "${1:-}" in
     else
       echo "evidence_random: waits for premise_random's model ($RANDOM_1); run start again once it exists"
     fi
-    for study in evidence_maze evidence_maze_any; do
+    seeds=$(maze10k_seeds)
+    if [[ -n $seeds ]]; then
+      launch maze10k_models 5 "$(q python benchmarks/run.py "${maze10k_models[@]}" --seeds $seeds)"
+    else
+      echo "maze10k_models: not started: the 20k maze's any-start gate has not failed"
+    fi
+    for study in evidence_maze evidence_maze_any evidence_maze_10k; do
       declare -n flags=$study
       if gate_passed $study; then
         launch $study 5 "$(q python benchmarks/run.py "${flags[@]}")"
@@ -143,9 +168,14 @@ case "${1:-}" in
     ;;
   status)
     for study in decide lapo_utd20 premise_iql_100k premise_lapo premise_iql_1m online_fraction premise_random \
-      maze_models evidence_random evidence_maze evidence_maze_any; do
+      maze_models evidence_random evidence_maze evidence_maze_any maze10k_models evidence_maze_10k; do
       declare -n flags=$study
       echo "## $study"
+      if [[ $study == maze10k_models ]]; then
+        seeds=$(maze10k_seeds)
+        if [[ -z $seeds ]]; then echo "not started: the 20k maze's any-start gate has not failed"; continue; fi
+        flags+=(--seeds $seeds)
+      fi
       if [[ $study == evidence_maze* ]] && ! gate_passed $study; then
         echo "not started: its gate (results/$study/gate.md) has not passed"
         continue
@@ -156,7 +186,7 @@ case "${1:-}" in
   stop)  # run.py first (so that it starts nothing more), then the runs, which save their checkpoints: found by
     # their own --output-dir (absolute, below the study's), not as run.py's children, which a killed run.py orphans
     for dir in results/decide results/lapo_utd20 results/premise results/online_fraction results/evidence_random \
-      results/evidence_maze results/evidence_maze_any; do
+      results/evidence_maze results/evidence_maze_any results/evidence_maze_10k; do
       for pid in $(runners "$dir"); do
         kill -TERM "$pid" 2>/dev/null || true
       done
@@ -165,12 +195,12 @@ case "${1:-}" in
     ;;
   figures)  # each study's figures and tables, the premise's, and the evidence across tasks once a second task has runs
     for dir in results results/decide results/lapo_utd20 results/online_fraction results/evidence_random \
-      results/evidence_maze results/evidence_maze_any; do
+      results/evidence_maze results/evidence_maze_any results/evidence_maze_10k; do
       if has_runs "$dir"; then python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"; fi
     done
     python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
     tasks=(results/decide)
-    for dir in results/evidence_random results/evidence_maze results/evidence_maze_any; do
+    for dir in results/evidence_random results/evidence_maze results/evidence_maze_any results/evidence_maze_10k; do
       if has_runs "$dir"; then tasks+=("$dir"); fi
     done
     if (( ${#tasks[@]} > 1 )); then

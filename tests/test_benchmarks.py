@@ -747,12 +747,39 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
         "## evidence_random",
         "## evidence_maze",
         "## evidence_maze_any",
+        "## maze10k_models",
+        "## evidence_maze_10k",
     ]
     # each study's closing line from benchmarks/run.py --status; the maze's fine-tunings wait for a gate that passed
     assert status.stdout.count("runs to finish") == 9
-    for study in ("evidence_maze", "evidence_maze_any"):
+    for study in ("evidence_maze", "evidence_maze_any", "evidence_maze_10k"):
         assert f"## {study}\nnot started: its gate (results/{study}/gate.md) has not passed" in status.stdout
+    assert "## maze10k_models\nnot started: the 20k maze's any-start gate has not failed" in status.stdout
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
+
+
+def test_the_10k_maze_trains_nothing_before_the_20k_gate_fails_then_seed_1_then_five(tmp_path):
+    """The maze's last attempt follows its record: no model while the 20k any-start gate is pending or passed, seed
+    1's alone once it failed, all five once the 10k record lets seed 1's reading continue."""
+    script = os.path.join(ROOT, "benchmarks", "studies.sh")
+    seeds = subprocess.run(["sed", "-n", "/^maze10k_seeds()/,/^}/p", script], capture_output=True, text=True).stdout
+    check = f'set -euo pipefail\n{seeds}\necho "[$(maze10k_seeds)]"'
+
+    def trained(any_start: str | None, record: str | None) -> str:
+        for study, text in (("evidence_maze_any", any_start), ("evidence_maze_10k", record)):
+            if text is not None:
+                (tmp_path / "results" / study).mkdir(parents=True, exist_ok=True)
+                (tmp_path / "results" / study / "gate.md").write_text(text)
+        result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert trained(None, None) == "[]"
+    assert trained("# Gate\n\nDecision: pending (2 of 5 models read)\n", None) == "[]"
+    assert trained("Decision: pass (mean 70%)\n", None) == "[]"
+    assert trained("Decision: fail (mean 86%)\n", None) == "[1]"
+    assert trained("Decision: fail (mean 86%)\n", "| seed 1 | 95 |\n\nSeed 1: stop (95%)\n") == "[1]"
+    assert trained("Decision: fail (mean 86%)\n", "| seed 1 | 60 |\n\nSeed 1: continue (60%)\n") == "[1 2 3 4 5]"
 
 
 def test_the_figures_skip_a_study_that_only_pretrained(tmp_path):

@@ -289,14 +289,15 @@ def test_each_d4rl_sized_dataset_is_its_small_ones_recipe_at_1m(name):
     assert o3f_iql.TASKS[f"{name}-1m"].ref_max == o3f_iql.TASKS[name].ref_max
 
 
-def test_the_sparse_maze_is_the_large_mazes_first_20k_transitions():
-    large, sparse = (
-        make_datasets.EMBEDDED["embedded-pointmaze-large"],
-        make_datasets.EMBEDDED["embedded-pointmaze-large-20k"],
-    )
-    assert sparse == (*large[:2], 20_000) and large[2] == 100_000
+def test_the_sparse_mazes_are_the_large_mazes_first_20k_and_10k_transitions():
+    large, sparse, sparser = (make_datasets.EMBEDDED[f"embedded-pointmaze-large{n}"] for n in ("", "-20k", "-10k"))
+    assert sparse == (*large[:2], 20_000) and sparser == (*large[:2], 10_000) and large[2] == 100_000
     assert o3f_iql.TASKS["embedded-pointmaze-large-20k"] == replace(
         o3f_iql.TASKS["embedded-pointmaze-large"], dataset="embedded-pointmaze-large-20k"
+    )
+    assert "embedded-pointmaze-large-10k" not in o3f_iql.TASKS  # the 10k data are read from any start cell only
+    assert o3f_iql.TASKS["embedded-pointmaze-large-10k-any-start"] == replace(
+        o3f_iql.TASKS["embedded-pointmaze-large-20k-any-start"], dataset="embedded-pointmaze-large-10k"
     )
 
 
@@ -325,7 +326,8 @@ def test_a_model_of_the_20k_maze_fine_tunes_on_its_any_start_task_and_on_no_othe
     parts = {name: part.state_dict() for name, part in o3f_iql.agent_state(agent).items()}
     model = {"algorithm": "iql", "env_id": "embedded-pointmaze-large-20k", "step": 7, "path": "m.pt", **parts}
     assert o3f_iql.load_model(model, args, agent) == 7
-    for other in ("embedded-pointmaze-large", "embedded-pointmaze-medium"):  # the same maze or spaces, other data
+    # the same maze or spaces, other data
+    for other in ("embedded-pointmaze-large", "embedded-pointmaze-large-10k-any-start", "embedded-pointmaze-medium"):
         with pytest.raises(o3f_iql.BadInput) as refused:
             o3f_iql.load_model(model, replace(args, env_id=other), agent)
         assert "trained on embedded-pointmaze-large-20k" in refused.value.message
