@@ -83,7 +83,7 @@ class Args:
     antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}-v2,
     kitchen-{complete,partial,mixed}-v0) or a dataset made here with no network (docs/data.md:
     embedded-halfcheetah-{medium,random}{,-1m} (1M: D4RL's size), embedded-pointmaze-{medium,large},
-    embedded-pointmaze-large-20k{,-any-start}, embedded-pointmaze-large-10k-any-start)"""
+    embedded-pointmaze-large-{20k,10k}{,-any-start})"""
     dataset_path: str | None = None
     """a local D4RL-format HDF5 file to use instead of the task's own dataset"""
     offline_steps: int = 1_000_000
@@ -468,7 +468,7 @@ def task_table() -> dict:
     for data in ("medium", "medium-1m", "random", "random-1m"):
         name = f"embedded-halfcheetah-{data}"
         tasks[name] = replace(tasks["halfcheetah-medium-v2"], source="embedded", dataset=name)
-    for data in ("medium", "large", "large-20k"):  # PointMaze in D4RL's evaluation maze: a cheap stand-in for antmaze
+    for data in ("medium", "large", "large-20k", "large-10k"):  # PointMaze in D4RL's evaluation maze, for antmaze
         maze = {"maze_map": EVAL_MAZES[data.split("-")[0]], "continuing_task": False, "reset_target": False}
         env, name = f"PointMaze_{data.split('-')[0].title()}-v3", f"embedded-pointmaze-{data}"
         tasks[name] = Task("antmaze", env, maze, ("observation",), "embedded", name, 0.0, 1.0)

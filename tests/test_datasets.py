@@ -295,10 +295,10 @@ def test_the_sparse_mazes_are_the_large_mazes_first_20k_and_10k_transitions():
     assert o3f_iql.TASKS["embedded-pointmaze-large-20k"] == replace(
         o3f_iql.TASKS["embedded-pointmaze-large"], dataset="embedded-pointmaze-large-20k"
     )
-    assert "embedded-pointmaze-large-10k" not in o3f_iql.TASKS  # the 10k data are read from any start cell only
-    assert o3f_iql.TASKS["embedded-pointmaze-large-10k-any-start"] == replace(
-        o3f_iql.TASKS["embedded-pointmaze-large-20k-any-start"], dataset="embedded-pointmaze-large-10k"
-    )
+    for n in ("", "-any-start"):  # the 10k maze: the 20k one, fixed or any start, on its first 10k transitions
+        assert o3f_iql.TASKS[f"embedded-pointmaze-large-10k{n}"] == replace(
+            o3f_iql.TASKS[f"embedded-pointmaze-large-20k{n}"], dataset="embedded-pointmaze-large-10k"
+        )
 
 
 def test_the_any_start_maze_is_the_20k_maze_with_every_free_cell_a_start():
