@@ -460,10 +460,10 @@ def task_table() -> dict:
         maze = {"maze_map": EVAL_MAZES[data.split("-")[0]], "continuing_task": False, "reset_target": False}
         env, name = f"PointMaze_{data.split('-')[0].title()}-v3", f"embedded-pointmaze-{data}"
         tasks[name] = Task("antmaze", env, maze, ("observation",), "embedded", name, 0.0, 1.0)
-    maze = tasks["embedded-pointmaze-large-20k"]  # its data, but each episode starts in any free cell (D4RL's maze2d)
-    any_start = {**maze.env_kwargs, "maze_map": [[0 if c == "r" else c for c in row] for row in EVAL_MAZES["large"]]}
-    tasks["embedded-pointmaze-large-20k-any-start"] = anywhere = replace(maze, env_kwargs=any_start)
-    tasks["embedded-pointmaze-large-10k-any-start"] = replace(anywhere, dataset="embedded-pointmaze-large-10k")
+    any_start = [[0 if c == "r" else c for c in row] for row in EVAL_MAZES["large"]]  # D4RL's maze2d: any free cell
+    for name in ("embedded-pointmaze-large-20k", "embedded-pointmaze-large-10k"):  # their data, any start cell
+        maze = tasks[name]
+        tasks[f"{name}-any-start"] = replace(maze, env_kwargs={**maze.env_kwargs, "maze_map": any_start})
     return tasks
 
 
