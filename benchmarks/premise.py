@@ -209,6 +209,9 @@ def read_model(path: str, device: str = "cpu") -> dict:
         fail(
             f"{path}: the diagnostic reads IQL and LAPO models (o3f_iql.py, iql_noise.py, o3f_lapo.py), not {algorithm}"
         )
+    missing = [key for key in ("env_id", "step", "args") if key not in state]  # what every saved model carries
+    if missing:
+        fail(f"{path}: a {algorithm} model without {', '.join(missing)}: not one this project's scripts saved")
     return state
 
 

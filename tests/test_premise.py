@@ -409,6 +409,20 @@ def test_a_model_of_another_algorithm_is_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not cql" in result.stderr
 
 
+@pytest.mark.parametrize("extra", [[], ["--env-id", "embedded-halfcheetah-medium"]])
+def test_a_model_without_its_task_or_arguments_is_one_line(tmp_path, extra):
+    path = tmp_path / "partial.pt"
+    torch.save({"algorithm": "iql", "step": 3}, path)  # no env_id, no args: not a file the scripts write
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", str(path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith("without env_id, args: not one this project's scripts saved")
+
+
 @pytest.mark.parametrize(
     "script, other", [("o3f_iql.py", "iql_noise.py"), ("o3f_iql.py", "o3f_iql.py"), ("o3f_lapo.py", "o3f_lapo.py")]
 )
