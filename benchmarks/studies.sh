@@ -36,8 +36,10 @@
 # 10. evidence_maze_any (nice 5, 2 workers): O3F vs noise on embedded-pointmaze-large-20k-any-start (the 20k maze
 #    from any start cell, D4RL's maze2d resets) from maze_models' five models, once that task's gate, read on them
 #    (their success from 100 random starts, the premise diagnostic with --env-id), passes in
-#    results/evidence_maze_any/gate.md ("Decision: pass").
-# 11. maze10k_models (nice 5): if that gate fails ("Decision: fail"), the maze's last attempt written in its record:
+#    results/evidence_maze_any/gate.md ("Decision: pass"). If the fixed-start record passes too (read on all five
+#    models, the rule as first written), that study runs first and this one once its 10 runs are complete.
+# 11. maze10k_models (nice 5): if that gate fails ("Decision: fail") and the fixed start's has not passed, the maze's
+#    last attempt written in its record:
 #    IQL on embedded-pointmaze-large-10k-any-start (the first 10k transitions, any start cell), seed 1 alone until
 #    results/evidence_maze_10k/gate.md says "Seed 1: continue" (its 300k model succeeds 80% or less), then seeds 1-5.
 # 12. evidence_maze_10k (nice 5, 2 workers): O3F vs noise from those five models, once that record says "Decision:
@@ -132,8 +134,18 @@ gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it pass
 }
 
 maze10k_seeds() {  # the 10k maze's models to train: none before the 20k any-start gate fails, then seed 1 alone
-  if ! grep -qs "^Decision: fail" results/evidence_maze_any/gate.md; then return; fi
+  if gate_passed evidence_maze || ! grep -qs "^Decision: fail" results/evidence_maze_any/gate.md; then return; fi
   if grep -qs "^Seed 1: continue" results/evidence_maze_10k/gate.md; then echo 1 2 3 4 5; else echo 1; fi
+}
+
+complete_runs() {  # how many of a study's fine-tuning runs are complete
+  grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null | wc -l
+}
+
+maze_waits() {  # maze_waits STUDY: why a maze study whose gate passed waits (nothing when it may start)
+  if [[ $1 == evidence_maze_any ]] && gate_passed evidence_maze && (( $(complete_runs results/evidence_maze) < 10 )); then
+    echo "waits for evidence_maze's 10 runs (both mazes passed; the fixed-start one, the task the gate was set for, runs first)"
+  fi
 }
 
 case "${1:-}" in
@@ -155,11 +167,13 @@ case "${1:-}" in
     if [[ -n $seeds ]]; then
       launch maze10k_models 5 "$(q python benchmarks/run.py "${maze10k_models[@]}" --seeds $seeds)"
     else
-      echo "maze10k_models: not started: the 20k maze's any-start gate has not failed"
+      echo "maze10k_models: not started: the 20k maze's any-start gate has not failed, or the fixed start passed"
     fi
     for study in evidence_maze evidence_maze_any evidence_maze_10k; do
       declare -n flags=$study
-      if gate_passed $study; then
+      if gate_passed $study && [[ -n $(maze_waits $study) ]]; then
+        echo "$study: not started: $(maze_waits $study)"
+      elif gate_passed $study; then
         launch $study 5 "$(q python benchmarks/run.py "${flags[@]}")"
       else
         echo "$study: not started: its gate (results/$study/gate.md) has not passed"
@@ -173,13 +187,14 @@ case "${1:-}" in
       echo "## $study"
       if [[ $study == maze10k_models ]]; then
         seeds=$(maze10k_seeds)
-        if [[ -z $seeds ]]; then echo "not started: the 20k maze's any-start gate has not failed"; continue; fi
+        if [[ -z $seeds ]]; then echo "not started: the 20k maze's any-start gate has not failed, or the fixed start passed"; continue; fi
         flags+=(--seeds $seeds)
       fi
       if [[ $study == evidence_maze* ]] && ! gate_passed $study; then
         echo "not started: its gate (results/$study/gate.md) has not passed"
         continue
       fi
+      if [[ $study == evidence_maze_any && -n $(maze_waits $study) ]]; then echo "not started: $(maze_waits $study)" && continue; fi
       python benchmarks/run.py "${flags[@]}" --status
     done
     ;;
@@ -200,8 +215,9 @@ case "${1:-}" in
     done
     python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
     tasks=(results/decide)
-    for dir in results/evidence_random results/evidence_maze results/evidence_maze_any results/evidence_maze_10k; do
-      if has_runs "$dir"; then tasks+=("$dir"); fi
+    if has_runs results/evidence_random; then tasks+=(results/evidence_random); fi
+    for dir in results/evidence_maze results/evidence_maze_any results/evidence_maze_10k; do  # one maze: the first run
+      if has_runs "$dir"; then tasks+=("$dir") && break; fi
     done
     if (( ${#tasks[@]} > 1 )); then
       python benchmarks/plot.py --results-dir "${tasks[@]}" --out-dir results/across_tasks >/dev/null

@@ -754,19 +754,32 @@ def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command()
     assert status.stdout.count("runs to finish") == 9
     for study in ("evidence_maze", "evidence_maze_any", "evidence_maze_10k"):
         assert f"## {study}\nnot started: its gate (results/{study}/gate.md) has not passed" in status.stdout
-    assert "## maze10k_models\nnot started: the 20k maze's any-start gate has not failed" in status.stdout
+    assert (
+        "## maze10k_models\nnot started: the 20k maze's any-start gate has not failed, or the fixed start passed"
+        in status.stdout
+    )
     assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
+
+
+def shell_functions(*names: str) -> str:
+    """The named functions of benchmarks/studies.sh, as text to run in a shell of a test's own."""
+    script = os.path.join(ROOT, "benchmarks", "studies.sh")
+    found = [
+        subprocess.run(["sed", "-n", f"/^{name}()/,/^}}/p", script], capture_output=True, text=True).stdout
+        for name in names
+    ]
+    assert all(found), names
+    return "set -euo pipefail\n" + "\n".join(found)
 
 
 def test_the_10k_maze_trains_nothing_before_the_20k_gate_fails_then_seed_1_then_five(tmp_path):
     """The maze's last attempt follows its record: no model while the 20k any-start gate is pending or passed, seed
-    1's alone once it failed, all five once the 10k record lets seed 1's reading continue."""
-    script = os.path.join(ROOT, "benchmarks", "studies.sh")
-    seeds = subprocess.run(["sed", "-n", "/^maze10k_seeds()/,/^}/p", script], capture_output=True, text=True).stdout
-    check = f'set -euo pipefail\n{seeds}\necho "[$(maze10k_seeds)]"'
+    1's alone once it failed, all five once the 10k record lets seed 1's reading continue; none once the fixed-start
+    maze passed its own gate (it has its study then)."""
+    check = shell_functions("gate_passed", "maze10k_seeds") + '\necho "[$(maze10k_seeds)]"'
 
-    def trained(any_start: str | None, record: str | None) -> str:
-        for study, text in (("evidence_maze_any", any_start), ("evidence_maze_10k", record)):
+    def trained(any_start: str | None, record: str | None, fixed: str | None = None) -> str:
+        for study, text in (("evidence_maze_any", any_start), ("evidence_maze_10k", record), ("evidence_maze", fixed)):
             if text is not None:
                 (tmp_path / "results" / study).mkdir(parents=True, exist_ok=True)
                 (tmp_path / "results" / study / "gate.md").write_text(text)
@@ -780,6 +793,36 @@ def test_the_10k_maze_trains_nothing_before_the_20k_gate_fails_then_seed_1_then_
     assert trained("Decision: fail (mean 86%)\n", None) == "[1]"
     assert trained("Decision: fail (mean 86%)\n", "| seed 1 | 95 |\n\nSeed 1: stop (95%)\n") == "[1]"
     assert trained("Decision: fail (mean 86%)\n", "| seed 1 | 60 |\n\nSeed 1: continue (60%)\n") == "[1 2 3 4 5]"
+    assert trained("Decision: fail (mean 86%)\n", None, fixed="Decision: pass (mean 78%)\n") == "[]"
+
+
+def test_the_any_start_maze_waits_for_the_fixed_start_mazes_runs_when_both_pass(tmp_path):
+    """Both mazes' gates passed: the fixed-start study (the task the gate was set for) runs first, the any-start one
+    once its 10 fine-tunings are complete; alone, a passed any-start gate starts at once."""
+    check = shell_functions("gate_passed", "complete_runs", "maze_waits") + '\necho "[$(maze_waits evidence_maze_any)]"'
+
+    def waits() -> bool:
+        result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip() != "[]"
+
+    for study in ("evidence_maze", "evidence_maze_any"):
+        (tmp_path / "results" / study).mkdir(parents=True)
+    (tmp_path / "results" / "evidence_maze_any" / "gate.md").write_text("Decision: pass (mean 78%)\n")
+    (tmp_path / "results" / "evidence_maze" / "gate.md").write_text("Decision: fail\n")
+    assert not waits()
+    (tmp_path / "results" / "evidence_maze" / "gate.md").write_text("Decision: pass (mean 79%)\n")
+    assert waits()
+    for seed in range(1, 6):  # its models' pretraining runs do not count, nor a run still going
+        write_fake(tmp_path / "results" / "evidence_maze" / "pretrain-runs", "iql", seed, {"complete": True})
+    for variant in ("o3f_iql", "iql_noise"):
+        for seed in range(1, 6):
+            complete = not (variant == "iql_noise" and seed == 5)
+            write_fake(tmp_path / "results" / "evidence_maze", variant, seed, {"complete": complete})
+    assert waits()
+    last = tmp_path / "results" / "evidence_maze" / "iql_noise" / "embedded-halfcheetah-medium" / "seed5" / "run"
+    (last / "summary.json").write_text(json.dumps({"complete": True}))  # the last run finishes
+    assert not waits()
 
 
 def test_the_figures_skip_a_study_that_only_pretrained(tmp_path):
