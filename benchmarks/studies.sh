@@ -125,8 +125,12 @@ launch() {  # launch NAME NICE COMMAND: in the background, unless this study's l
 
 q() { printf '%q ' "$@"; }  # one command line, quoted, for bash -c
 
+complete_runs() {  # how many of a study's fine-tuning runs are complete (its models' pretraining runs do not count)
+  grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null | wc -l
+}
+
 has_runs() {  # whether a study's directory holds a complete fine-tuning run (a study that only pretrained has none)
-  [[ -n $(grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null) ]]
+  (( $(complete_runs "$1") > 0 ))
 }
 
 gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it passed (only then its runs start)
@@ -136,10 +140,6 @@ gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it pass
 maze10k_seeds() {  # the 10k maze's models to train: none before the 20k any-start gate fails, then seed 1 alone
   if gate_passed evidence_maze || ! grep -qs "^Decision: fail" results/evidence_maze_any/gate.md; then return; fi
   if grep -qs "^Seed 1: continue" results/evidence_maze_10k/gate.md; then echo 1 2 3 4 5; else echo 1; fi
-}
-
-complete_runs() {  # how many of a study's fine-tuning runs are complete
-  grep -rl --include=summary.json --exclude-dir=pretrain-runs '"complete": true' "$1" 2>/dev/null | wc -l
 }
 
 maze_waits() {  # maze_waits STUDY: why a maze study whose gate passed waits (nothing when it may start)

@@ -828,13 +828,11 @@ def test_the_any_start_maze_waits_for_the_fixed_start_mazes_runs_when_both_pass(
 def test_the_figures_skip_a_study_that_only_pretrained(tmp_path):
     """`studies.sh figures` plots a study's directory once it holds a complete fine-tuning run: a study with only its
     models (the maze's, before its gate) or with runs still going has no figures yet, and does not stop the others."""
-    script = os.path.join(ROOT, "benchmarks", "studies.sh")
-    has_runs = subprocess.run(["sed", "-n", "/^has_runs()/,/^}/p", script], capture_output=True, text=True).stdout
     write_fake(tmp_path / "models", "pretrain-runs", 1, {**fake_summary("iql", 1, [10]), "complete": True})
     write_fake(tmp_path / "going", "o3f_iql", 1, {**fake_summary("o3f_iql", 1, [10, 20]), "complete": False})
     write_fake(tmp_path / "done", "o3f_iql", 1, {**fake_summary("o3f_iql", 1, [10, 20]), "complete": True})
     loop = 'for d in models going done absent; do if has_runs "$d"; then echo "$d"; fi; done'
-    check = f"set -euo pipefail\n{has_runs}\n{loop}"
+    check = shell_functions("complete_runs", "has_runs") + "\n" + loop
     result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.split() == ["done"], result.stderr
 
