@@ -125,11 +125,10 @@ def run_command(command: list[str], threads: int) -> int | str:
     if running(run_dir):
         return ELSEWHERE
     model = command[command.index("--save-offline") + 1] if "--save-offline" in command else None  # a pretraining's
-    ended = complete(run_dir)
-    if os.path.isfile(model) if model else ended:
+    if os.path.isfile(model) if model else complete(run_dir):
         return 0
-    stopped = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
-    if stopped and not ended and "--resume" not in command:
+    stopped = resumable(run_dir)
+    if stopped and "--resume" not in command:
         command = [*command[:2], "--resume", stopped[-1], "--output-dir", run_dir]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log = run_dir + ".log"
@@ -143,11 +142,21 @@ def run_after(command: list[str], threads: int, pretraining_code: int | str) -> 
     return pretraining_code or run_command(command, threads)
 
 
+def finished(run: str) -> bool:
+    """Whether one run (the folder a script made, with its summary.json) reached its last step."""
+    path = os.path.join(run, "summary.json")
+    return os.path.isfile(path) and bool(json.load(open(path)).get("complete"))
+
+
 def complete(run_dir: str) -> bool:
-    for path in glob.glob(os.path.join(run_dir, "*", "summary.json")):
-        if json.load(open(path)).get("complete"):
-            return True
-    return False
+    """Whether a run directory of the study (a variant, task and seed) holds a run that finished."""
+    return any(finished(run) for run in glob.glob(os.path.join(run_dir, "*")))
+
+
+def resumable(run_dir: str) -> list[str]:
+    """The checkpoints of the runs in a run directory that were stopped before their end, oldest first."""
+    paths = glob.glob(os.path.join(run_dir, "*", "checkpoint.pt"))
+    return sorted(path for path in paths if not finished(os.path.dirname(path)))
 
 
 def model_path(args: Args, base: str, env_id: str, seed: int) -> str:
@@ -169,13 +178,16 @@ def plan(args: Args):
         model = model_path(args, base, trained, seed)
         run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
         pretrain_dir = os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}")
-        stopped = sorted(glob.glob(os.path.join(pretrain_dir, "*", "checkpoint.pt")))
-        if model not in pretrain and not os.path.isfile(model) and running(pretrain_dir):
+        stopped = resumable(pretrain_dir)
+        # a missing model is made only for what is left: a fine-tuning run not complete, or a pretraining not finished
+        # (a new machine lacks the models of finished studies, which are not committed: nothing to redo for those)
+        needed = not complete(pretrain_dir) if args.pretrain_only else not complete(run_dir)
+        if not needed or model in pretrain or os.path.isfile(model):
+            pass  # nothing to make: nothing left needs it, it is planned already, or it exists
+        elif running(pretrain_dir):
             pretrain[model] = None  # made by another process: not planned here (dropped below)
             elsewhere.append(f"pretrain {base} {trained} seed {seed}")
-        elif (
-            not os.path.isfile(model) and model not in pretrain and stopped and not complete(pretrain_dir)
-        ):  # a pretraining that was stopped: continue it
+        elif stopped:  # a pretraining that was stopped: continue it
             pretrain[model] = (
                 f"pretrain {base} {trained} seed {seed} (resumed)",
                 [
@@ -187,7 +199,7 @@ def plan(args: Args):
                     pretrain_dir,
                 ],
             )
-        elif not os.path.isfile(model) and model not in pretrain:
+        else:
             pretrain[model] = (
                 f"pretrain {base} {trained} seed {seed}",
                 [
@@ -209,7 +221,7 @@ def plan(args: Args):
                     *shlex.split(args.pretrain_extra),
                 ],
             )
-        interrupted = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")))
+        interrupted = resumable(run_dir)
         if args.pretrain_only or complete(run_dir):
             continue
         if running(run_dir) or pretrain.get(model, ()) is None:  # running, or waiting for a model made elsewhere

@@ -421,6 +421,38 @@ def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tm
     assert run.plan(args)[1] == []
 
 
+def test_a_new_machine_remakes_only_the_models_that_runs_left_to_do_need(tmp_path):
+    """Models are not committed: on a new machine a finished study's models are missing. Nothing is retrained for
+    runs that are complete; a model that an unfinished run needs is, and a stopped retraining resumes beside the
+    finished first pretraining rather than starting over."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run
+
+    env = "embedded-halfcheetah-medium"
+
+    def make_run(run_dir, complete, checkpoint):
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"complete": complete}))
+        if checkpoint:
+            (run_dir / "checkpoint.pt").write_bytes(b"")
+
+    for seed in (1, 2):  # both pretrainings finished (their checkpoints kept), no model file left
+        make_run(tmp_path / "pretrain-runs" / "iql" / env / f"seed{seed}" / "first", True, True)
+    for variant in ("o3f_iql", "iql_noise"):  # seed 1's fine-tunings are complete, seed 2's noise run is too
+        make_run(tmp_path / variant / env / "seed1" / "run", True, False)
+    make_run(tmp_path / "iql_noise" / env / "seed2" / "run", True, False)
+    args = run.Args(variants=["o3f_iql", "iql_noise"], seeds=[1, 2], output_dir=str(tmp_path), workers=1)
+    pretrain, finetune, _ = run.plan(args)
+    assert [name for name, _ in pretrain.values()] == [f"pretrain iql {env} seed 2"]
+    assert [name for name, _, _ in finetune] == [f"o3f_iql {env} seed 2"]
+    retraining = tmp_path / "pretrain-runs" / "iql" / env / "seed2" / "second"
+    make_run(retraining, False, True)  # the retraining was stopped part-way
+    (command,) = [command for _, command in run.plan(args)[0].values()]
+    assert command[2:4] == ["--resume", str(retraining / "checkpoint.pt")]
+    args.pretrain_only = True  # a study that only pretrains is done once its pretrainings finished
+    assert run.plan(args) == ({}, [], [])
+
+
 def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path, monkeypatch):
     results = tmp_path / "results"
     for variant, scores in (
