@@ -96,7 +96,6 @@ evidence_maze_10k=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-lar
   --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
   --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
-RANDOM_1=results/premise/pretrained/iql__embedded-halfcheetah-random-1m__seed1.pt
 evidence_random=(--variants o3f_iql iql_noise --env-ids embedded-halfcheetah-random-1m --seeds 1 2 3 4 5
   --offline-steps 300000 --online-steps 100000 --output-dir results/evidence_random
   --pretrained-dir results/premise/pretrained --workers 2 --extra="--eval-episodes 10 --checkpoint-every 5000"
@@ -142,6 +141,12 @@ maze10k_seeds() {  # the 10k maze's models to train: none before the 20k any-sta
   if grep -qs "^Seed 1: continue" results/evidence_maze_10k/gate.md; then echo 1 2 3 4 5; else echo 1; fi
 }
 
+random_model_made() {  # whether premise_random made the random data's seed-1 model, which evidence_random shares:
+  # the model is there, or its pretraining finished (a new machine lacks the model; run.py remakes it if a run needs it)
+  [[ -f results/premise/pretrained/iql__embedded-halfcheetah-random-1m__seed1.pt ]] ||
+    grep -qs '"complete": true' results/premise/pretrain-runs/iql/embedded-halfcheetah-random-1m/seed1/*/summary.json
+}
+
 maze_waits() {  # maze_waits STUDY: why a maze study whose gate passed waits (nothing when it may start)
   if [[ $1 == evidence_maze_any ]] && gate_passed evidence_maze && (( $(complete_runs results/evidence_maze) < 10 )); then
     echo "waits for evidence_maze's 10 runs (both mazes passed; the fixed-start one, the task the gate was set for, runs first)"
@@ -158,10 +163,10 @@ case "${1:-}" in
     launch online_fraction 5 "$(q python benchmarks/run.py "${online_fraction[@]}")"
     launch premise_random 15 "$(q python benchmarks/run.py "${premise_random[@]}")"
     launch maze_models 5 "$(q python benchmarks/run.py "${maze_models[@]}")"
-    if [[ -f $RANDOM_1 ]]; then
+    if random_model_made; then
       launch evidence_random 5 "$(q python benchmarks/run.py "${evidence_random[@]}")"
     else
-      echo "evidence_random: waits for premise_random's model ($RANDOM_1); run start again once it exists"
+      echo "evidence_random: waits for premise_random's model (its seed 1); run start again once it exists"
     fi
     seeds=$(maze10k_seeds)
     if [[ -n $seeds ]]; then

@@ -828,6 +828,30 @@ def test_the_10k_maze_trains_nothing_before_the_20k_gate_fails_then_seed_1_then_
     assert trained("Decision: fail (mean 86%)\n", None, fixed="Decision: pass (mean 78%)\n") == "[]"
 
 
+def test_the_random_datas_study_waits_for_its_shared_model_until_made_or_its_pretraining_finished(tmp_path):
+    """evidence_random shares premise_random's seed-1 model: it waits while that pretraining runs, and starts once the
+    model exists or, on a new machine without the model, once the pretraining's summary says it finished."""
+    check = shell_functions("random_model_made") + "\nrandom_model_made && echo made || echo waits"
+    env = "embedded-halfcheetah-random-1m"
+    run_dir = tmp_path / "results" / "premise" / "pretrain-runs" / "iql" / env / "seed1" / "run"
+
+    def reading() -> str:
+        result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.stderr == ""
+        return result.stdout.strip()
+
+    assert reading() == "waits"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"complete": False}, indent=2))
+    assert reading() == "waits"
+    (run_dir / "summary.json").write_text(json.dumps({"complete": True}, indent=2))
+    assert reading() == "made"
+    (run_dir / "summary.json").unlink()
+    (tmp_path / "results" / "premise" / "pretrained").mkdir()
+    (tmp_path / "results" / "premise" / "pretrained" / f"iql__{env}__seed1.pt").write_bytes(b"")
+    assert reading() == "made"
+
+
 def test_the_any_start_maze_waits_for_the_fixed_start_mazes_runs_when_both_pass(tmp_path):
     """Both mazes' gates passed: the fixed-start study (the task the gate was set for) runs first, the any-start one
     once its 10 fine-tunings are complete; alone, a passed any-start gate starts at once."""
