@@ -165,6 +165,20 @@ def model_path(args: Args, base: str, env_id: str, seed: int) -> str:
     return os.path.join(os.path.abspath(folder), f"{base}__{env_id}__seed{seed}.pt")
 
 
+def model_needed(args: Args, base: str, trained: str, seed: int) -> bool:
+    """Whether a run left to do needs this model: a fine-tuning not complete of a variant of `base` that loads it, or,
+    in a study that only pretrains, its pretraining not finished. A new machine lacks the models of finished studies
+    (they are not committed): none of those is made again."""
+    out = os.path.abspath(args.output_dir)
+    if args.pretrain_only:
+        return not complete(os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}"))
+    return any(
+        not complete(os.path.join(out, variant, env_id, f"seed{seed}"))
+        for variant, env_id in itertools.product(args.variants, args.env_ids)
+        if VARIANTS[variant][1] == base and (args.pretrained_on or env_id) == trained
+    )
+
+
 def plan(args: Args):
     """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done,
     and the names of the runs left to another process on this machine (one already working in their directory,
@@ -179,11 +193,8 @@ def plan(args: Args):
         run_dir = os.path.join(out, variant, env_id, f"seed{seed}")
         pretrain_dir = os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}")
         stopped = resumable(pretrain_dir)
-        # a missing model is made only for what is left: a fine-tuning run not complete, or a pretraining not finished
-        # (a new machine lacks the models of finished studies, which are not committed: nothing to redo for those)
-        needed = not complete(pretrain_dir) if args.pretrain_only else not complete(run_dir)
-        if not needed or model in pretrain or os.path.isfile(model):
-            pass  # nothing to make: nothing left needs it, it is planned already, or it exists
+        if model in pretrain or os.path.isfile(model) or not model_needed(args, base, trained, seed):
+            pass  # nothing to make: it is planned already, it exists, or nothing left to do needs it
         elif running(pretrain_dir):
             pretrain[model] = None  # made by another process: not planned here (dropped below)
             elsewhere.append(f"pretrain {base} {trained} seed {seed}")
@@ -335,7 +346,7 @@ def study_status(args: Args) -> tuple[list[dict], str]:
             seen.add((base, trained, seed))
             model = model_path(args, base, trained, seed)
             row = progress(os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}"))
-            if os.path.isfile(model):
+            if os.path.isfile(model) or not model_needed(args, base, trained, seed):
                 row |= {"state": "complete", "step": args.offline_steps}
             rows.append(
                 {

@@ -432,12 +432,13 @@ def test_a_new_machine_remakes_only_the_models_that_runs_left_to_do_need(tmp_pat
 
     def make_run(run_dir, complete, checkpoint):
         run_dir.mkdir(parents=True)
-        (run_dir / "summary.json").write_text(json.dumps({"complete": complete}))
+        summary = {"complete": complete, "args": {"offline_steps": 50, "online_steps": 50}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
         if checkpoint:
             (run_dir / "checkpoint.pt").write_bytes(b"")
 
-    for seed in (1, 2):  # both pretrainings finished (their checkpoints kept), no model file left
-        make_run(tmp_path / "pretrain-runs" / "iql" / env / f"seed{seed}" / "first", True, True)
+    # seed 2's pretraining finished (its checkpoint kept), seed 1's model came from elsewhere; no model file is left
+    make_run(tmp_path / "pretrain-runs" / "iql" / env / "seed2" / "first", True, True)
     for variant in ("o3f_iql", "iql_noise"):  # seed 1's fine-tunings are complete, seed 2's noise run is too
         make_run(tmp_path / variant / env / "seed1" / "run", True, False)
     make_run(tmp_path / "iql_noise" / env / "seed2" / "run", True, False)
@@ -445,12 +446,14 @@ def test_a_new_machine_remakes_only_the_models_that_runs_left_to_do_need(tmp_pat
     pretrain, finetune, _ = run.plan(args)
     assert [name for name, _ in pretrain.values()] == [f"pretrain iql {env} seed 2"]
     assert [name for name, _, _ in finetune] == [f"o3f_iql {env} seed 2"]
+    states = {row["run"]: row["state"] for row in run.study_status(args)[0]}
+    assert states[f"pretrain iql {env} seed 1"] == "complete" and states[f"o3f_iql {env} seed 2"] == "not started"
     retraining = tmp_path / "pretrain-runs" / "iql" / env / "seed2" / "second"
     make_run(retraining, False, True)  # the retraining was stopped part-way
     (command,) = [command for _, command in run.plan(args)[0].values()]
     assert command[2:4] == ["--resume", str(retraining / "checkpoint.pt")]
-    args.pretrain_only = True  # a study that only pretrains is done once its pretrainings finished
-    assert run.plan(args) == ({}, [], [])
+    args.pretrain_only = True  # a study that only pretrains redoes none that finished here, and runs the others
+    assert [name for name, _ in run.plan(args)[0].values()] == [f"pretrain iql {env} seed 1"]
 
 
 def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path, monkeypatch):
