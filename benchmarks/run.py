@@ -311,20 +311,24 @@ def running(run_dir: str) -> bool:
 
 
 def progress(run_dir: str) -> dict:
-    """Where the newest run under `run_dir` stands: its state (running, see `running`), step, wall-clock, seconds
-    per step and, unless complete, the age of its checkpoint."""
-    for path in glob.glob(os.path.join(run_dir, "*", "summary.json")):
-        summary = json.load(open(path))
-        if summary.get("complete"):
-            step = summary["args"]["offline_steps"] + summary["args"]["online_steps"]
-            return {"state": "complete", "step": step, **pace(summary, step)}
-    stopped = sorted(glob.glob(os.path.join(run_dir, "*", "checkpoint.pt")), key=os.path.getmtime)
-    if not stopped:  # no checkpoint yet: started and running, or not started
+    """Where the newest run under `run_dir` (the last written to: a model remade on a new machine is pretrained beside
+    the first run) stands: its state (running, see `running`), step, wall-clock, seconds per step and, unless
+    complete, the age of its checkpoint."""
+    runs = sorted(
+        glob.glob(os.path.join(run_dir, "*", "")),
+        key=lambda run: max(map(os.path.getmtime, [run, *glob.glob(os.path.join(run, "*"))])),
+    )
+    if runs and finished(runs[-1]):
+        summary = json.load(open(os.path.join(runs[-1], "summary.json")))
+        step = summary["args"]["offline_steps"] + summary["args"]["online_steps"]
+        return {"state": "complete", "step": step, **pace(summary, step)}
+    stopped = os.path.join(runs[-1], "checkpoint.pt") if runs else ""
+    if not os.path.isfile(stopped):  # no checkpoint yet: started and running, or not started
         return {"state": "running" if running(run_dir) else "not started", "step": 0}
     import torch  # only here: planning and launching runs needs no torch
 
-    checkpoint = torch.load(stopped[-1], map_location="cpu", weights_only=True)
-    age = time.time() - os.path.getmtime(stopped[-1])
+    checkpoint = torch.load(stopped, map_location="cpu", weights_only=True)
+    age = time.time() - os.path.getmtime(stopped)
     return {
         "state": "running" if running(run_dir) else "stopped",
         "step": checkpoint["step"],
@@ -348,6 +352,8 @@ def study_status(args: Args) -> tuple[list[dict], str]:
             row = progress(os.path.join(out, "pretrain-runs", base, trained, f"seed{seed}"))
             if os.path.isfile(model) or not model_needed(args, base, trained, seed):
                 row |= {"state": "complete", "step": args.offline_steps}
+            elif row["state"] == "complete":  # finished here once, its model since lost (a new machine): to remake
+                row |= {"state": "to remake (model missing)", "step": 0}
             rows.append(
                 {
                     "run": f"pretrain {base} {trained} seed {seed}",

@@ -425,6 +425,8 @@ def test_a_new_machine_remakes_only_the_models_that_runs_left_to_do_need(tmp_pat
     """Models are not committed: on a new machine a finished study's models are missing. Nothing is retrained for
     runs that are complete; a model that an unfinished run needs is, and a stopped retraining resumes beside the
     finished first pretraining rather than starting over."""
+    import torch
+
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
@@ -448,10 +450,14 @@ def test_a_new_machine_remakes_only_the_models_that_runs_left_to_do_need(tmp_pat
     assert [name for name, _, _ in finetune] == [f"o3f_iql {env} seed 2"]
     states = {row["run"]: row["state"] for row in run.study_status(args)[0]}
     assert states[f"pretrain iql {env} seed 1"] == "complete" and states[f"o3f_iql {env} seed 2"] == "not started"
+    assert states[f"pretrain iql {env} seed 2"] == "to remake (model missing)"
     retraining = tmp_path / "pretrain-runs" / "iql" / env / "seed2" / "second"
-    make_run(retraining, False, True)  # the retraining was stopped part-way
+    make_run(retraining, False, False)  # the retraining was stopped part-way
+    torch.save({"step": 20}, retraining / "checkpoint.pt")
     (command,) = [command for _, command in run.plan(args)[0].values()]
     assert command[2:4] == ["--resume", str(retraining / "checkpoint.pt")]
+    states = {row["run"]: (row["state"], row["step"]) for row in run.study_status(args)[0]}
+    assert states[f"pretrain iql {env} seed 2"] == ("stopped", 20)  # the retraining's, not the finished first run's
     args.pretrain_only = True  # a study that only pretrains redoes none that finished here, and runs the others
     assert [name for name, _ in run.plan(args)[0].values()] == [f"pretrain iql {env} seed 1"]
 
