@@ -38,7 +38,7 @@
 #    (their success from 100 random starts, the premise diagnostic with --env-id), passes in
 #    results/evidence_maze_any/gate.md ("Decision: pass"). If the fixed-start record passes too (read on all five
 #    models, the rule as first written), that study runs first and this one once its 10 runs are complete.
-# 11. maze10k_models (nice 5): if that gate fails ("Decision: fail") and the fixed start's has not passed, the maze's
+# 11. maze10k_models (nice 5, 2 workers once seed 1 is read): if that gate fails ("Decision: fail") and the fixed start's has not passed, the maze's
 #    last attempt written in its record:
 #    IQL on embedded-pointmaze-large-10k-any-start (the first 10k transitions, any start cell), seed 1 alone until
 #    results/evidence_maze_10k/gate.md says "Seed 1: continue" (its 300k model succeeds 80% or less), then seeds 1-5.
@@ -88,7 +88,7 @@ evidence_maze_any=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-lar
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000"
   --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 maze10k_models=(--variants o3f_iql --env-ids embedded-pointmaze-large-10k-any-start --offline-steps 300000
-  --pretrain-only --output-dir results/evidence_maze_10k --workers 1
+  --pretrain-only --output-dir results/evidence_maze_10k --workers 2
   --extra="--eval-episodes 10 --checkpoint-every 5000"
   --pretrain-extra="--eval-freq 10000 --snapshot-steps 10000 30000 100000")
 evidence_maze_10k=(--variants o3f_iql iql_noise --env-ids embedded-pointmaze-large-10k-any-start --seeds 1 2 3 4 5
