@@ -5,7 +5,8 @@
 
 Figure 5: O3F vs the noise baseline; Figure 6: omega 0 vs 1; Figure 2: CQL -> SAC across the switch
 (score, Q bias, critic loss); Figure 3: CQL's online objectives; an aggregate panel and performance profiles
-(several results directories pool their runs: the aggregates across tasks, IQM and mean). The statistics
+(several results directories pool their runs: the aggregates across tasks, IQM and mean), and the models'
+offline evaluations along their pretraining (one directory's, also where it holds no fine-tuning yet). The statistics
 are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"), through the
 `rliable` package: the interquartile mean (IQM) over seeds (and tasks), with 95% stratified-bootstrap
 confidence intervals, and the probability that a run of one variant beats a run of the other. Curves
@@ -100,12 +101,12 @@ def load(results_dir) -> dict:
     runs are pooled), each preceded by the offline evaluations of the pretraining run whose model it loaded (so
     curves show both sides of the switch)."""
     dirs = [results_dir] if isinstance(results_dir, str) else list(results_dir)
-    pretraining = {}
-    for d in dirs:
-        for path in glob.glob(os.path.join(d, "pretrain-runs", "*", "*", "seed*", "*", "summary.json")):
-            summary = json.load(open(path))
-            if summary.get("complete") and summary["args"].get("save_offline"):
-                pretraining[summary["args"]["save_offline"]] = summary["evaluations"]
+    pretraining = {
+        summary["args"]["save_offline"]: summary["evaluations"]
+        for summaries in load_pretraining(dirs).values()
+        for summary in summaries
+        if summary["args"].get("save_offline")
+    }
     runs = defaultdict(lambda: defaultdict(list))
     for path in sorted(p for d in dirs for p in glob.glob(os.path.join(d, "*", "*", "seed*", "*", "summary.json"))):
         summary = json.load(open(path))
@@ -118,6 +119,20 @@ def load(results_dir) -> dict:
             ]
             runs[variant][env_id].append({**summary, "evaluations": before + summary["evaluations"]})
     return runs
+
+
+def load_pretraining(results_dir) -> dict:
+    """{(algorithm, env_id): [summary, ...]} of the complete pretraining runs under `results_dir` (one directory or
+    several): the models benchmarks/run.py made in `pretrain-runs/`, seed by seed."""
+    dirs = [results_dir] if isinstance(results_dir, str) else list(results_dir)
+    pretraining = defaultdict(list)
+    for path in sorted(
+        p for d in dirs for p in glob.glob(os.path.join(d, "pretrain-runs", "*", "*", "seed*", "*", "summary.json"))
+    ):
+        summary = json.load(open(path))
+        if summary.get("complete"):
+            pretraining[(path.split(os.sep)[-5], path.split(os.sep)[-4])].append(summary)
+    return dict(pretraining)
 
 
 def curve(summary: dict, key: str = "normalized_score"):
@@ -310,6 +325,31 @@ def draw_switch(runs: dict, out_dir: str) -> list:
         plt.close(fig)
         written.append(filename)
     return written
+
+
+def draw_pretraining(pretraining: dict, out_dir: str) -> list:
+    """The models' offline evaluations along pretraining, one line per seed and one panel per task: how good the
+    policy each fine-tuning starts from is, and, on the mazes, whether it already succeeds too often to need exploring
+    (their gates: success in % is their normalised score)."""
+    if not pretraining:
+        return []
+    fig, axes = plt.subplots(1, len(pretraining), figsize=(5 * len(pretraining), 3.6), squeeze=False)
+    for ax, ((algorithm, env_id), summaries) in zip(axes[0], sorted(pretraining.items())):
+        for summary in sorted(summaries, key=lambda s: s["args"]["seed"]):
+            offline = [e for e in summary["evaluations"] if e.get("phase", "offline") == "offline"]
+            steps = [e["step"] for e in offline if e.get("normalized_score") is not None]
+            scores = [e["normalized_score"] for e in offline if e.get("normalized_score") is not None]
+            ax.plot(steps, scores, marker=".", label=f"seed {summary['args']['seed']}")
+        episodes = sorted({str(s["args"].get("eval_episodes")) for s in summaries})
+        ax.set_title(f"{algorithm.upper()} pretraining on {env_id}", fontsize=9)
+        ax.set_xlabel(f"offline updates ({'/'.join(episodes)} evaluation episodes a point)", fontsize=8)
+        ax.set_ylabel("D4RL-normalised score (mazes: success %)", fontsize=8)
+        ax.legend(fontsize=7, title="models pretrained in this study", title_fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "pretraining.png"), dpi=120)
+    plt.close(fig)
+    return ["pretraining.png"]
 
 
 def wall_clock(summaries: list) -> str:
@@ -598,15 +638,20 @@ if __name__ == "__main__":
         )
         raise SystemExit(2)
     runs = load(args.results_dir)
-    if not runs:
+    pretraining = load_pretraining(args.results_dir) if len(args.results_dir) == 1 else {}  # pooled: per study
+    if not runs and not pretraining:
         print(
             f"error: no complete runs under {' '.join(args.results_dir)} "
-            "(expected {variant}/{env_id}/seed{n}/*/summary.json)",
+            "(expected {variant}/{env_id}/seed{n}/*/summary.json, or pretrain-runs/ of benchmarks/run.py)",
             file=sys.stderr,
         )
         raise SystemExit(2)
     out_dir = args.out_dir or os.path.join(args.results_dir[0], "figures")
     os.makedirs(out_dir, exist_ok=True)
+    for filename in draw_pretraining(pretraining, out_dir):
+        print(os.path.join(out_dir, filename))
+    if not runs:  # a study that has only pretrained so far (a maze whose gate failed): its models' curves alone
+        raise SystemExit(0)
     drawn = draw_comparisons(runs, out_dir) + draw_switch(runs, out_dir) + draw_aggregate(runs, out_dir)
     for filename in drawn + draw_profiles(runs, out_dir):
         print(os.path.join(out_dir, filename))

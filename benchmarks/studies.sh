@@ -132,6 +132,10 @@ has_runs() {  # whether a study's directory holds a complete fine-tuning run (a 
   (( $(complete_runs "$1") > 0 ))
 }
 
+has_models() {  # whether a study's directory holds a finished pretraining run (plot.py draws the models' curves)
+  grep -rqs --include=summary.json '"complete": true' "$1/pretrain-runs"
+}
+
 gate_passed() {  # gate_passed STUDY: whether results/STUDY/gate.md says it passed (only then its runs start)
   grep -qs "^Decision: pass" "results/$1/gate.md"
 }
@@ -213,10 +217,13 @@ case "${1:-}" in
       pkill -TERM -f -- "--output-dir $PWD/$dir/" && echo "stopped the runs in $dir" || true
     done
     ;;
-  figures)  # each study's figures and tables, the premise's, and the evidence across tasks once a second task has runs
+  figures)  # each study's figures and tables (its models' pretraining curves, also before it has fine-tuned), the
+    # premise's, and the evidence across tasks once a second task has runs
     for dir in results results/decide results/lapo_utd20 results/online_fraction results/evidence_random \
       results/evidence_maze results/evidence_maze_any results/evidence_maze_10k; do
-      if has_runs "$dir"; then python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"; fi
+      if has_runs "$dir" || has_models "$dir"; then
+        python benchmarks/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"
+      fi
     done
     python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl >/dev/null && echo "results/premise"
     tasks=(results/decide)

@@ -373,6 +373,58 @@ def test_the_plotter_says_so_when_there_is_nothing_to_draw_or_too_few_resamples(
     ]
 
 
+def test_the_models_pretraining_curves_are_drawn_and_precede_the_fine_tunings_that_load_them(monkeypatch, tmp_path):
+    plot = plot_module()
+    results, env = tmp_path / "results", "embedded-pointmaze-large-10k"
+    for seed, scores in ((2, [0.0, 60.0, 90.0]), (1, [10.0, 50.0, 70.0]), (3, [0.0, 0.0, 100.0])):
+        evaluations = [{"step": 100 * (i + 1), "phase": "offline", "normalized_score": x} for i, x in enumerate(scores)]
+        args = {"seed": seed, "eval_episodes": 10, "save_offline": f"pretrained/seed{seed}.pt"}
+        write_fake(
+            results / "pretrain-runs", "iql", seed, {"args": args, "evaluations": evaluations, "complete": True}, env
+        )
+    unfinished = {"args": {"seed": 4, "eval_episodes": 10}, "evaluations": [], "complete": False}
+    write_fake(results / "pretrain-runs", "iql", 4, unfinished, env)  # still training: not drawn
+    # a study that has only pretrained (the mazes whose gates failed): the command draws the models' curves alone
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(results / "figures") == ["pretraining.png"]
+    assert result.stdout.split() == [str(results / "figures" / "pretraining.png")]
+    # one line per finished seed, in seed order: its offline evaluations against the updates
+    figures = {}
+    monkeypatch.setattr(
+        plot.plt.Figure, "savefig", lambda fig, path, **kw: figures.__setitem__(os.path.basename(path), fig)
+    )
+    monkeypatch.setattr(plot.plt, "close", lambda fig=None: None)
+    pretraining = plot.load_pretraining(str(results))
+    assert list(pretraining) == [("iql", env)]
+    assert plot.draw_pretraining(pretraining, "out") == ["pretraining.png"]
+    (ax,) = figures["pretraining.png"].axes
+    assert curves(ax) == {
+        "seed 1": ([100, 200, 300], [10.0, 50.0, 70.0]),
+        "seed 2": ([100, 200, 300], [0.0, 60.0, 90.0]),
+        "seed 3": ([100, 200, 300], [0.0, 0.0, 100.0]),
+    }
+    assert ax.get_title() == f"IQL pretraining on {env}" and "(10 evaluation episodes a point)" in ax.get_xlabel()
+    # a fine-tuning run from seed 2's model (its own evaluations from the switch at 300 on) is drawn after that
+    # model's evaluations before the switch
+    run = fake_summary("o3f_iql", 2, [90.0, 95.0], switch=300)
+    run["args"]["load_offline"] = "pretrained/seed2.pt"
+    run["evaluations"] = [{**e, "step": e["step"] + 50} for e in run["evaluations"]]  # at the switch, then online
+    write_fake(results, "o3f_iql", 2, run, env)
+    (loaded,) = plot.load(str(results))["o3f_iql"][env]
+    assert [(e["step"], e["normalized_score"]) for e in loaded["evaluations"]] == [
+        (100, 0.0),
+        (200, 60.0),
+        (300, 90.0),
+        (350, 95.0),
+    ]
+
+
 def test_the_plotter_draws_the_training_episodes_beside_the_evaluations():
     plot = plot_module()
     runs = [
@@ -892,16 +944,21 @@ def test_the_any_start_maze_waits_for_the_fixed_start_mazes_runs_when_both_pass(
     assert not waits()
 
 
-def test_the_figures_skip_a_study_that_only_pretrained(tmp_path):
-    """`studies.sh figures` plots a study's directory once it holds a complete fine-tuning run: a study with only its
-    models (the maze's, before its gate) or with runs still going has no figures yet, and does not stop the others."""
-    write_fake(tmp_path / "models", "pretrain-runs", 1, {**fake_summary("iql", 1, [10]), "complete": True})
+def test_the_figures_draw_a_study_once_a_run_or_a_model_is_finished(tmp_path):
+    """`studies.sh figures` plots a study's directory once it holds a complete fine-tuning run or a finished model (a
+    maze whose gate failed: its models' pretraining curves); one with only runs or models still going has none yet."""
+    write_fake(tmp_path / "models" / "pretrain-runs", "iql", 1, {**fake_summary("iql", 1, [10]), "complete": True})
+    write_fake(tmp_path / "training" / "pretrain-runs", "iql", 1, {**fake_summary("iql", 1, [10]), "complete": False})
     write_fake(tmp_path / "going", "o3f_iql", 1, {**fake_summary("o3f_iql", 1, [10, 20]), "complete": False})
     write_fake(tmp_path / "done", "o3f_iql", 1, {**fake_summary("o3f_iql", 1, [10, 20]), "complete": True})
-    loop = 'for d in models going done absent; do if has_runs "$d"; then echo "$d"; fi; done'
-    check = shell_functions("complete_runs", "has_runs") + "\n" + loop
+    studies = "models training going done absent"
+    loop = f'for d in {studies}; do if has_runs "$d" || has_models "$d"; then echo "$d"; fi; done'
+    check = shell_functions("complete_runs", "has_runs", "has_models") + "\n" + loop
     result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.split() == ["done"], result.stderr
+    assert result.returncode == 0 and result.stdout.split() == ["models", "done"], result.stderr
+    assert (
+        'if has_runs "$dir" || has_models "$dir"; then' in open(os.path.join(ROOT, "benchmarks", "studies.sh")).read()
+    )
 
 
 def test_several_results_directories_pool_their_tasks_into_aggregates_and_profiles(tmp_path):
