@@ -38,8 +38,8 @@
 #    (their success from 100 random starts, the premise diagnostic with --env-id), passes in
 #    results/evidence_maze_any/gate.md ("Decision: pass"). If the fixed-start record passes too (read on all five
 #    models, the rule as first written), that study runs first and this one once its 10 runs are complete.
-# 11. maze10k_models (nice 5, 2 workers once seed 1 is read): if that gate fails ("Decision: fail") and the fixed start's has not passed, the maze's
-#    last attempt written in its record:
+# 11. maze10k_models (nice 5, 2 workers once seed 1 is read): if that gate fails ("Decision: fail") and the fixed
+#    start's has not passed, the maze's last attempt written in its record:
 #    IQL on embedded-pointmaze-large-10k-any-start (the first 10k transitions, any start cell), seed 1 alone until
 #    results/evidence_maze_10k/gate.md says "Seed 1: continue" (its 300k model succeeds 80% or less), then seeds 1-5.
 # 12. evidence_maze_10k (nice 5, 2 workers): O3F vs noise from those five models, once that record says "Decision:
