@@ -4,7 +4,7 @@ AWAC (Nair et al., 2020, "Accelerating online reinforcement learning with offlin
 configured as d3rlpy's AWAC, which the O3F paper used (Figure 4's AWAC and Figure 3's AWAC panel): a Gaussian policy
 with a tanh-bounded mean and a state-independent log std -6 + 6 sigmoid(theta) (in [-6, 0], -3 at the start), twin
 critics, batch 1024, Adam at 3e-4 for both, lambda 1, one sampled action for the value estimate, and SAC's critic
-target with its temperature fixed at 1 (benchmarks/awac_vs_d3rlpy.py runs d3rlpy's own beside it).
+target with its temperature fixed at 1 (lab/peers/awac_vs_d3rlpy.py runs d3rlpy's own beside it).
 `--online-lambda` with `--schedule` moves lambda at the switch, abruptly or linearly (Figure 3: 1 -> 0.1).
 
 Where it differs from CORL's AWAC (algorithms/finetune/awac.py), on purpose, to be d3rlpy's:
@@ -955,7 +955,7 @@ def read_checkpoint(path: str, flag: str) -> dict:
 
 def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     """A saved model (`source`: its path, or a checkpoint read already) into `agent`; returns the step it was saved at.
-    A model-only file (results/MODELS.md) loads the networks, and the optimisers start afresh."""
+    A model-only file (lab/MODELS.md) loads the networks, and the optimisers start afresh."""
     state = read_checkpoint(source, flag) if isinstance(source, str) else source
     where, trained_on = f"{flag} {state['path']}", state["env_id"]
     if DATA_OF.get(trained_on, trained_on) != DATA_OF[args.env_id]:  # a model serves every task with its data

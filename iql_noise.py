@@ -995,7 +995,7 @@ def read_checkpoint(path: str, flag: str) -> dict:
 
 def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     """A saved model (`source`: its path, or a checkpoint read already) into `agent`; returns the step it was saved at.
-    A model-only file (results/MODELS.md) loads the networks, and the optimisers start afresh."""
+    A model-only file (lab/MODELS.md) loads the networks, and the optimisers start afresh."""
     state = read_checkpoint(source, flag) if isinstance(source, str) else source
     where, trained_on = f"{flag} {state['path']}", state["env_id"]
     if DATA_OF.get(trained_on, trained_on) != DATA_OF[args.env_id]:  # a model serves every task with its data

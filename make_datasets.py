@@ -66,7 +66,7 @@ EMBEDDED = {
     # fails and another's succeeds (docs/reproduction.md).
     "embedded-pointmaze-large-20k": ("PointMaze_Large-v3", "maze-waypoints", 20_000),
     # Its first 10k (12 episodes): the maze's last attempt here, from any start cell, written down before the 20k
-    # maze's any-start gate was decided (results/evidence_maze_any/gate.md): sparser data, for a policy that fails.
+    # maze's any-start gate was decided (lab/studies/evidence_maze_any/gate.md): sparser data, for a policy that fails.
     "embedded-pointmaze-large-10k": ("PointMaze_Large-v3", "maze-waypoints", 10_000),
 }
 # The paper's twelve tasks (section 6): the locomotion random and medium datasets, the three diverse

@@ -1,20 +1,22 @@
-"""Draw the paper's figures from the summary.json files that benchmarks/run.py leaves, and print a table.
+"""Draw the paper's figures from the summary.json files that lab/run.py leaves, and print a table.
 
-    python benchmarks/plot.py --results-dir results
-    python benchmarks/plot.py --results-dir results/decide results/evidence_random --out-dir results/across_tasks
+    python lab/plot.py --results-dir runs/grid
+    python lab/plot.py --results-dir lab/studies/decide lab/studies/evidence_random --out-dir lab/studies/across_tasks
 
 Figure 5: O3F vs the noise baseline; Figure 6: omega 0 vs 1; Figure 2: CQL -> SAC across the switch
-(score, Q bias, critic loss); Figure 3: CQL's online objectives; an aggregate panel and performance profiles
-(several results directories pool their runs: the aggregates across tasks, IQM and mean), and the models'
-offline evaluations along their pretraining (one directory's, also where it holds no fine-tuning yet). The statistics
-are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"), through the
-`rliable` package: the interquartile mean (IQM) over seeds (and tasks), with 95% stratified-bootstrap
-confidence intervals, and the probability that a run of one variant beats a run of the other. Curves
-show the IQM with its CI band against online environment steps (0 is the switch). A figure is drawn
-when its runs exist; the tables list every variant's score at the switch, at the end (the paper's measure)
-and its mean over fine-tuning, each comparison's probability of improvement and paired difference, and every
-run (its scores and the mean return of the data it collected); they are also written to
-tables.md and, machine-readable with every seed's scores, statistics.json, next to the figures.
+(score, Q bias, critic loss); Figure 3: CQL's online objectives; an aggregate panel and performance profiles, and
+the models' offline evaluations along their pretraining (one directory's, also where it holds no fine-tuning yet).
+The statistics are the field's (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"), through
+the `rliable` package: per task, the interquartile mean (IQM) over seeds with 95% stratified-bootstrap confidence
+intervals, and the probability that a run of one variant beats a run of the other. Runs fine-tuned from the same
+model are also compared paired by seed: the mean difference with its 95% Student-t interval and the exact sign-flip
+p-value beside the bootstrap's interval (with 5 seeds the bootstrap's is too narrow, and the smallest possible p is
+0.0625). Scores of different tasks have different scales and are never pooled: several results directories (one
+study per task) give per-task tables and, across tasks, the probability of improvement averaged over tasks. Two
+complete runs of one variant, task and seed stop the plotter (one would silently stand for the other), and runs
+that loaded the same model file are checked to agree at the switch (`--shared-models`: also against other studies).
+Curves show the IQM with its CI band against online environment steps (0 is the switch). The tables are also
+written to tables.md and, machine-readable with every seed's scores, statistics.json, next to the figures.
 """
 
 import glob
@@ -87,13 +89,20 @@ FIGURES = {  # file -> (title, groups of variants compared in one panel per task
 
 @dataclass
 class Args:
-    results_dir: tuple[str, ...] = ("results",)
-    """output directories of benchmarks/run.py; several pool their runs (one study per task: the aggregates across
+    results_dir: tuple[str, ...] = ("runs/grid",)
+    """output directories of lab/run.py; several pool their runs (one study per task: the aggregates across
     tasks), and then need --out-dir"""
     out_dir: str | None = None
     """where to write the PNGs (default, for one results directory: {results_dir}/figures)"""
     reps: int = REPS
     """bootstrap resamples of every confidence interval"""
+    shared_models: tuple[str, ...] = ()
+    """other studies' folders whose runs fine-tune the same model files: their switch scores are checked against these
+    runs' (the switch check table)"""
+
+
+class DuplicateRun(Exception):
+    """Two complete runs of the same variant, task and seed under the folders read."""
 
 
 def load(results_dir) -> dict:
@@ -107,11 +116,18 @@ def load(results_dir) -> dict:
         for summary in summaries
         if summary["args"].get("save_offline")
     }
-    runs = defaultdict(lambda: defaultdict(list))
+    runs, seen = defaultdict(lambda: defaultdict(list)), {}
     for path in sorted(p for d in dirs for p in glob.glob(os.path.join(d, "*", "*", "seed*", "*", "summary.json"))):
         summary = json.load(open(path))
         variant, env_id = path.split(os.sep)[-5], path.split(os.sep)[-4]
         if summary.get("complete") and variant != "pretrain-runs":
+            key = (variant, env_id, summary["args"]["seed"])
+            if key in seen:  # a second run of one rule, task and seed would silently stand for the first
+                raise DuplicateRun(
+                    f"two complete runs of {variant} on {env_id} with seed {key[2]}: {seen[key]} and "
+                    f"{os.path.dirname(path)}; keep one (move the other out of the study's folder)"
+                )
+            seen[key] = os.path.dirname(path)
             before = [
                 e
                 for e in pretraining.get(summary["args"].get("load_offline"), [])
@@ -123,7 +139,7 @@ def load(results_dir) -> dict:
 
 def load_pretraining(results_dir) -> dict:
     """{(algorithm, env_id): [summary, ...]} of the complete pretraining runs under `results_dir` (one directory or
-    several): the models benchmarks/run.py made in `pretrain-runs/`, seed by seed."""
+    several): the models lab/run.py made in `pretrain-runs/`, seed by seed."""
     dirs = [results_dir] if isinstance(results_dir, str) else list(results_dir)
     pretraining = defaultdict(list)
     for path in sorted(
@@ -192,6 +208,33 @@ def paired_difference_ci(d: np.ndarray, reps: int | None = None, seed: int = 0) 
     model) with its 95% stratified-bootstrap CI (seeds resampled within each task); d is a (seeds, tasks) matrix."""
     point, interval = interval_estimates({"d": d}, lambda x: np.array([x.mean()]), reps, seed)
     return float(point["d"][0]), float(interval["d"][0, 0]), float(interval["d"][1, 0])
+
+
+def t_interval(d: np.ndarray, level: float = 0.95) -> tuple:
+    """The mean of paired differences and its Student-t interval (n - 1 degrees of freedom): with few pairs it is
+    wider than the percentile bootstrap's, which underestimates the spread of the mean of 5 values."""
+    from scipy import stats
+
+    d = np.asarray(d, dtype=float).ravel()
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else float("nan"), float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+MAX_EXACT_PAIRS = 20  # 2^20 sign patterns; a study's pairs are its seeds
+
+
+def sign_flip_p(d: np.ndarray) -> float | None:
+    """The exact two-sided sign-flip (paired permutation) p-value of "the mean difference is 0": the share of the 2^n
+    ways to flip the pairs' signs whose mean is at least as far from 0 as the observed one. With 5 pairs the smallest
+    it can be is 2/32 = 0.0625. None above MAX_EXACT_PAIRS pairs."""
+    d = np.asarray(d, dtype=float).ravel()
+    if not 0 < len(d) <= MAX_EXACT_PAIRS:
+        return None
+    signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+    means = np.abs(signs @ d) / len(d)
+    return float(np.mean(means >= abs(d.mean()) * (1 - 1e-12) - 1e-12))
 
 
 def paired_matrix(runs: dict, first: str, second: str, tasks: list, at: str) -> np.ndarray:
@@ -401,12 +444,16 @@ def statistics(runs: dict) -> dict:
             p, low, high = improvement_ci(x, y)
             d = paired_matrix(runs, first, second, tasks, at)
             diff, d_low, d_high = paired_difference_ci(d) if d.size else (float("nan"),) * 3
+            _, t_low, t_high = t_interval(d)
             enough = len(d) >= MIN_SEEDS
             paired = {
                 "pairs": int(d.size),
                 "mean": diff,
                 "ci": [d_low, d_high] if enough else None,
+                "t_ci": [t_low, t_high] if len(d) >= 2 else None,
+                "sign_flip_p": sign_flip_p(d),
                 "first_higher": int((d > 0).sum()),
+                "per_seed": d[:, 0].tolist() if d.size else [],
             }
             p_ci = [low, high] if min(len(x), len(y)) >= MIN_SEEDS else None
             pair |= {
@@ -415,10 +462,13 @@ def statistics(runs: dict) -> dict:
             }
         pairs.append(pair)
     return {
-        "statistics": "IQM over seeds, 95% stratified-bootstrap CIs (rliable)",
+        "statistics": "per task: IQM over seeds, 95% stratified-bootstrap CIs (rliable); paired differences with the "
+        "95% Student-t interval and the exact sign-flip p-value beside the bootstrap's; across tasks: P(first > "
+        "second) averaged over tasks",
         "reps": REPS,
         "variants": variants,
         "comparisons": pairs,
+        "across_tasks": across_tasks(runs),
     }
 
 
@@ -448,7 +498,7 @@ def table(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def comparisons(runs: dict) -> list:
+def shared_tasks(runs: dict) -> list:
     """(first, second, tasks) of every pair a figure compares (a variant against its baseline), where both ran."""
     pairs = []
     for _, groups in FIGURES.values():
@@ -458,6 +508,34 @@ def comparisons(runs: dict) -> list:
                 if tasks:
                     pairs.append((group[0], other, tasks))
     return pairs
+
+
+def comparisons(runs: dict) -> list:
+    """(first, second, [task]) of every pair a figure compares, one task at a time: scores of different tasks have
+    different scales (a maze's success rate, HalfCheetah's return), so no IQM, mean or difference pools them."""
+    return [(first, second, [task]) for first, second, tasks in shared_tasks(runs) for task in tasks]
+
+
+def across_tasks(runs: dict) -> list:
+    """For each pair run on several tasks, the scale-free summary: P(first > second) on one task, averaged over the
+    tasks (rliable's probability of improvement), with its 95% stratified-bootstrap CI, at the end and over
+    fine-tuning, and how many tasks' paired mean favours the first."""
+    rows = []
+    for first, second, tasks in shared_tasks(runs):
+        if len(tasks) < 2:
+            continue
+        row = {"first": first, "second": second, "tasks": tasks}
+        for at in ("end", "mean"):
+            x, y = score_matrix(runs, first, tasks, at), score_matrix(runs, second, tasks, at)
+            p, low, high = improvement_ci(x, y)
+            d = paired_matrix(runs, first, second, tasks, at)
+            row[at] = {
+                "p": p,
+                "p_ci": [low, high] if min(len(x), len(y)) >= MIN_SEEDS else None,
+                "tasks_favouring_first": int((d.mean(0) > 0).sum()),
+            }
+        rows.append(row)
+    return rows
 
 
 def improvement_table(stats: dict) -> str:
@@ -485,34 +563,43 @@ def improvement_table(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def aggregate_table(stats: dict) -> str:
-    """Each comparison's aggregates over the tasks both ran (runs resampled within each task): the IQM and the mean
-    of the normalised scores [95% CI] of each variant, at the end of fine-tuning and of the mean over it."""
+def across_tasks_table(stats: dict) -> str:
+    """Each pair run on several tasks: P(first > second) averaged over the tasks [95% CI], at the end of fine-tuning
+    and over it, and on how many tasks the paired mean favours the first (scores of different tasks never pooled)."""
+    if not stats["across_tasks"]:
+        return ""
     lines = [
-        "| comparison, across tasks | tasks | end: IQM of each | end: mean of each "
-        "| over fine-tuning: IQM of each | over fine-tuning: mean of each |",
+        "| comparison, across tasks | tasks | end: P(first > second) averaged over tasks [95% CI] | tasks favouring "
+        "the first | over fine-tuning: P(first > second) [95% CI] | tasks favouring the first |",
         "|---|---|---|---|---|---|",
     ]
-    for c in stats["comparisons"]:
+    for c in stats["across_tasks"]:
         first, second = LABELS.get(c["first"], c["first"]), LABELS.get(c["second"], c["second"])
-        cells = []
-        for at in ("end", "mean"):
-            a, b = c[at]["first"], c[at]["second"]
-            cells.append(f"{ci(a)} vs {ci(b)}")
-            mean = lambda x: f"{x['mean']:.1f} {interval(x['mean_ci'], '.1f')}"  # noqa: E731
-            cells.append(f"{mean(a)} vs {mean(b)}")
-        lines.append(f"| {first} vs {second} | {len(c['tasks'])} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{c[at]['p']:.2f} {interval(c[at]['p_ci'], '.2f')} | {c[at]['tasks_favouring_first']} of {len(c['tasks'])}"
+            for at in ("end", "mean")
+        ]
+        lines.append(f"| {first} vs {second} | {', '.join(c['tasks'])} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
+def t_ci(paired: dict) -> str:
+    return f"[{paired['t_ci'][0]:+.2f}, {paired['t_ci'][1]:+.2f}]" if paired["t_ci"] else "[no interval: 1 pair]"
+
+
+def p_value(p: float | None) -> str:
+    return "-" if p is None else f"{p:.4f}"
+
+
 def paired_table(stats: dict) -> str:
-    """Each comparison paired by seed (both runs of a seed start from the same pretrained model): the mean of first
-    minus second [95% CI] at the end of fine-tuning and of the mean over fine-tuning, and in how many pairs the
-    first was higher."""
+    """Each comparison on one task, paired by seed (both runs of a seed start from the same pretrained model): the mean
+    of first minus second with its 95% t-interval and its stratified-bootstrap interval, the exact sign-flip p-value,
+    at the end of fine-tuning and of the mean over fine-tuning, and in how many pairs the first was higher."""
     lines = [
-        "| comparison, paired by seed | tasks | pairs | end of fine-tuning: first - second [95% CI] | first higher in "
-        "| mean over fine-tuning: first - second [95% CI] | first higher in |",
-        "|---|---|---|---|---|---|---|",
+        "| comparison, paired by seed | task | pairs | end of fine-tuning: first - second, t-interval; bootstrap "
+        "| sign-flip p | first higher in | mean over fine-tuning: first - second, t-interval; bootstrap | sign-flip p "
+        "| first higher in |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in stats["comparisons"]:
         end, mean = c["end"]["paired"], c["mean"]["paired"]
@@ -520,7 +607,9 @@ def paired_table(stats: dict) -> str:
             continue
         first, second = LABELS.get(c["first"], c["first"]), LABELS.get(c["second"], c["second"])
         cells = [
-            f"{x['mean']:+.2f} {interval(x['ci'], '+.2f')} | {x['first_higher']} of {x['pairs']}" for x in (end, mean)
+            f"{x['mean']:+.2f} {t_ci(x)}; {interval(x['ci'], '+.2f')} | {p_value(x['sign_flip_p'])} "
+            f"| {x['first_higher']} of {x['pairs']}"
+            for x in (end, mean)
         ]
         lines.append(f"| {first} vs {second} | {', '.join(c['tasks'])} | {end['pairs']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
@@ -567,6 +656,36 @@ def per_run_table(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def switch_table(runs: dict, shared: tuple = ()) -> str:
+    """The switch check: runs that loaded the same model file score the same at the switch when they ran on one machine
+    (evaluations are deterministic there; across machines float rounding can differ, and HalfCheetah amplifies it).
+    Checked over the runs read and those of the `shared` folders (other studies fine-tuning the same models); each
+    model file whose runs disagree is listed with every run's score and folder."""
+    by_model = defaultdict(list)
+    for group in (runs, *(load(folder) for folder in shared)):
+        for variant in group:
+            for summaries in group[variant].values():
+                for s in summaries:
+                    if s["args"].get("load_offline"):
+                        where = os.sep.join(s["args"]["output_dir"].split(os.sep)[-4:])
+                        by_model[s["args"]["load_offline"]].append((float(AT["switch"](*curve(s))), where))
+    differ = {model: rows for model, rows in by_model.items() if len({round(x, 6) for x, _ in rows}) > 1}
+    count = sum(map(len, by_model.values()))
+    if not differ:
+        return f"Switch check: the {count} runs of {len(by_model)} model files agree at the switch, model by model."
+    lines = [
+        f"Switch check: {len(differ)} of {len(by_model)} model files' runs disagree at the switch (another machine, or "
+        "another model under the same name):",
+        "",
+        "| model file | switch scores: run (folder) |",
+        "|---|---|",
+    ]
+    for model, rows in sorted(differ.items()):
+        cells = "; ".join(f"{x:.2f} ({where})" for x, where in sorted(rows, key=lambda r: r[1]))
+        lines.append(f"| {os.path.basename(model)} | {cells} |")
+    return "\n".join(lines)
+
+
 def draw_aggregate(runs: dict, out_dir: str) -> list:
     """One panel per comparison: each variant's IQM at the end of fine-tuning over seeds and tasks, with its 95% CI,
     and the probability of improvement."""
@@ -590,7 +709,7 @@ def draw_aggregate(runs: dict, out_dir: str) -> list:
         ax.set_ylim(-0.6, 1.6)
         ax.set_xlabel("IQM of the D4RL-normalised score at the end, 95% CI", fontsize=8)
         p_interval = interval(list(p[1:]) if enough else None, ".2f")
-        ax.set_title(f"{len(tasks)} task(s); P(first > second) = {p[0]:.2f} {p_interval}", fontsize=8)
+        ax.set_title(f"{tasks[0]}; P(first > second) = {p[0]:.2f} {p_interval}", fontsize=8)
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "aggregate.png"), dpi=120)
@@ -615,7 +734,7 @@ def draw_profiles(runs: dict, out_dir: str) -> list:
                 if len(x) >= MIN_SEEDS:
                     ax.fill_between(taus, low, high, color=f"C{colour}", alpha=0.2)
             what = "at the end of fine-tuning" if at == "end" else "mean over fine-tuning"
-            ax.set_title(f"{len(tasks)} task(s), {what}", fontsize=9)
+            ax.set_title(f"{tasks[0]}, {what}", fontsize=9)
             ax.set_xlabel("D4RL-normalised score tau", fontsize=8)
             ax.set_ylabel("fraction of runs > tau", fontsize=8)
             ax.legend(fontsize=7)
@@ -637,12 +756,18 @@ if __name__ == "__main__":
             "error: several --results-dir directories need --out-dir (where their pooled figures go)", file=sys.stderr
         )
         raise SystemExit(2)
-    runs = load(args.results_dir)
+    try:
+        runs = load(args.results_dir)
+        for folder in args.shared_models:  # their duplicates refused here too, before any figure
+            load(folder)
+    except DuplicateRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     pretraining = load_pretraining(args.results_dir) if len(args.results_dir) == 1 else {}  # pooled: per study
     if not runs and not pretraining:
         print(
             f"error: no complete runs under {' '.join(args.results_dir)} "
-            "(expected {variant}/{env_id}/seed{n}/*/summary.json, or pretrain-runs/ of benchmarks/run.py)",
+            "(expected {variant}/{env_id}/seed{n}/*/summary.json, or pretrain-runs/ of lab/run.py)",
             file=sys.stderr,
         )
         raise SystemExit(2)
@@ -656,8 +781,9 @@ if __name__ == "__main__":
     for filename in drawn + draw_profiles(runs, out_dir):
         print(os.path.join(out_dir, filename))
     stats = statistics(runs)
-    parts = [table(stats), improvement_table(stats), aggregate_table(stats), paired_table(stats), per_run_table(runs)]
-    tables = "\n\n".join(parts)
+    parts = [table(stats), improvement_table(stats), paired_table(stats), across_tasks_table(stats)]
+    parts += [per_run_table(runs), switch_table(runs, args.shared_models)]
+    tables = "\n\n".join(part for part in parts if part)
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
     with open(os.path.join(out_dir, "tables.md"), "w") as f:

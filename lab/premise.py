@@ -1,7 +1,7 @@
 """Does O3F's premise hold? The selection diagnostic: what each action-selection rule executes, on a frozen model.
 
-    python benchmarks/premise.py measure MODEL.pt [MODEL.pt ...] --out results/premise/diagnostic.jsonl
-    python benchmarks/premise.py plot --results results/premise/diagnostic.jsonl
+    python lab/premise.py measure MODEL.pt [MODEL.pt ...] --out lab/studies/premise/diagnostic.jsonl
+    python lab/premise.py plot --results lab/studies/premise/diagnostic.jsonl
 
 O3F (paper, section 5) rests on one premise: a critic trained offline ranks actions near the policy's
 well enough that executing the best of N candidates collects better data than adding noise. For a saved
@@ -85,7 +85,7 @@ class Measure:
 class Plot:
     """Draw the diagnostic against training budget from the JSON lines of `measure`."""
 
-    results: str = "results/premise/diagnostic.jsonl"
+    results: str = "lab/studies/premise/diagnostic.jsonl"
     """the JSON lines of `measure`"""
     out: str | None = None
     """the PNG to write (default: next to the results, premise.png)"""
@@ -239,7 +239,7 @@ class Agent:
             )
         self.observe = lambda obs, task=self.script.TASKS[self.env_id]: self.script.flatten_obs(task, obs)
         self.offline_steps, self.gamma, self.train_seed = args["offline_steps"], args["gamma"], args["seed"]
-        self.exp_name = args.get("exp_name")  # which run the model comes from (benchmarks/run.py: the variant)
+        self.exp_name = args.get("exp_name")  # which run the model comes from (lab/run.py: the variant)
         s, run_args = (
             self.script,
             self.script.Args(**{k: v for k, v in args.items() if k in self.script.Args.__dataclass_fields__}),

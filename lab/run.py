@@ -1,8 +1,8 @@
 """Run a grid of experiments: variants x tasks x seeds, each run its own process.
 
-    python benchmarks/run.py --variants o3f_iql iql_noise --env-ids embedded-halfcheetah-medium --seeds 1 2 3
-    python benchmarks/run.py ... --extra="--eval-freq 2000"   # flags for every run
-    python benchmarks/run.py ... --ray-address auto           # the same runs, on a Ray cluster
+    python lab/run.py --variants o3f_iql iql_noise --env-ids embedded-halfcheetah-medium --seeds 1 2 3
+    python lab/run.py ... --extra="--eval-freq 2000"   # flags for every run
+    python lab/run.py ... --ray-address auto           # the same runs, on a Ray cluster
 
 Every base algorithm is pretrained once per task and seed (`--save-offline`), and each of its variants
 fine-tunes that one model (`--load-offline`), as in the paper's Figures 5 and 6. Results go to
@@ -87,7 +87,7 @@ class Args:
     """pretraining updates (once per base algorithm, task and seed)"""
     online_steps: int = 10_000
     """fine-tuning env steps of every variant"""
-    output_dir: str = "results"
+    output_dir: str = "runs/grid"
     """where runs and pretrained models go"""
     pretrained_dir: str | None = None
     """where the pretrained models are (or go): default `{output_dir}/pretrained`; another study's folder to fine-tune

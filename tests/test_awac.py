@@ -171,14 +171,14 @@ def test_impossible_lambda_is_one_line(run_script, small_dataset):
 @pytest.fixture(scope="module")
 def d3rlpy_updates(tmp_path_factory):
     """tests/data/d3rlpy_awac_updates.pt: d3rlpy 2.8.1's AWAC (its defaults) over 300 updates on fixed batches of the
-    embedded data, from its initial networks (`benchmarks/awac_vs_d3rlpy.py --many-updates 300 --keep`, run in
+    embedded data, from its initial networks (`lab/peers/awac_vs_d3rlpy.py --many-updates 300 --keep`, run in
     d3rlpy's environment); and those data, made here."""
     import os
     import sys
 
     from conftest import ROOT
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "lab", "peers"))
     import awac_vs_d3rlpy
 
     record = torch.load(os.path.join(ROOT, "tests", "data", "d3rlpy_awac_updates.pt"), weights_only=True)

@@ -17,7 +17,7 @@ import o3f_iql
 import o3f_lapo
 from conftest import ROOT, random_batch
 
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(ROOT, "lab", "speed"))
 
 
 def regression(seed=0):

@@ -99,7 +99,7 @@ def test_the_noise_baseline_fine_tunes_the_same_pretrained_model(run_script, sma
 def test_a_model_without_optimiser_state_fine_tunes_from_the_same_networks(
     run_script, small_dataset, pretrained, tmp_path
 ):
-    """A model-only file (results/MODELS.md): its networks load, its optimisers start afresh, and the run says so."""
+    """A model-only file (lab/MODELS.md): its networks load, its optimisers start afresh, and the run says so."""
     run_dir, checkpoint = pretrained
     state = torch.load(checkpoint, weights_only=True)
     torch.save({k: v for k, v in state.items() if not k.endswith("_optimizer")}, tmp_path / "model.pt")
@@ -252,7 +252,7 @@ def test_the_quick_start_fine_tunes_the_shipped_model_with_each_rule_and_measure
     from conftest import ROOT
 
     commands = readme_commands("## Quick start")
-    assert [c[1] for c in commands] == ["o3f_iql.py", "iql_noise.py", "benchmarks/premise.py"]
+    assert [c[1] for c in commands] == ["o3f_iql.py", "iql_noise.py", "lab/premise.py"]
     tiny = ["--online-steps", 1000, "--eval-freq", 1000, "--eval-episodes", 1, "--batch-size", 32]
     for (_, script, *flags), out in zip(commands[:2], ("o3f", "noise")):
         result = run_script(script, *flags, "--dataset-path", small_dataset, "--output-dir", tmp_path / out, *tiny)

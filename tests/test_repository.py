@@ -30,9 +30,9 @@ def test_the_tracked_tree_is_light_and_holds_no_resumable_checkpoint():
 
 
 def listed_models() -> dict:
-    """results/MODELS.md's table: each listed file (a `{1,2}` pattern expanded) and its size in MB."""
+    """lab/MODELS.md's table: each listed file (a `{1,2}` pattern expanded) and its size in MB."""
     rows = {}
-    for line in open(os.path.join(ROOT, "results", "MODELS.md")):
+    for line in open(os.path.join(ROOT, "lab", "MODELS.md")):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0].startswith("`") and cells[0].endswith(".pt`"):
             name, size = cells[0].strip("`"), float(cells[3].split()[0])
@@ -70,7 +70,11 @@ def links(path: str) -> list:
     return re.findall(r"\]\(([^)\s]+)\)", text)
 
 
-DOCS = ["README.md", "results/MODELS.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/docs/*.md"))]
+DOCS = [
+    "README.md",
+    *sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/docs/*.md")),
+    *sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/lab/**/*.md", recursive=True)),
+]
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -90,4 +94,7 @@ def test_the_front_page_is_short_and_every_doc_is_reachable_from_it():
     readme = os.path.join(ROOT, "README.md")
     assert len(open(readme).read()) <= 15_000
     linked = {os.path.normpath(t.partition("#")[0]) for t in links(readme)}
-    assert {d for d in DOCS if d.startswith("docs/")} <= linked
+    assert {d for d in DOCS if d.startswith("docs/")} | {"lab/README.md"} <= linked
+    lab = os.path.join(ROOT, "lab", "README.md")  # the lab's page links every study's
+    studies = {os.path.normpath(os.path.join("lab", t.partition("#")[0])) for t in links(lab)}
+    assert {d for d in DOCS if re.fullmatch(r"lab/studies/\w+/README\.md", d)} <= studies

@@ -1,7 +1,7 @@
-"""GPU checks of --cudagraphs that a CPU cannot run (benchmarks/gpu_session.sh runs them on a lent GPU):
+"""GPU checks of --cudagraphs that a CPU cannot run (lab/gpu/gpu_session.sh runs them on a lent GPU):
 
-    python benchmarks/gpu_equality.py               # IQL: blocks replayed as CUDA graphs against eager steps
-    python benchmarks/gpu_equality.py --pace DIR    # the pace of the runs under DIR, from their TensorBoard logs
+    python lab/gpu/gpu_equality.py               # IQL: blocks replayed as CUDA graphs against eager steps
+    python lab/gpu/gpu_equality.py --pace DIR    # the pace of the runs under DIR, from their TensorBoard logs
 
 The first: the same IQL update (no random numbers in it) on the same fixed batches, 20 steps eager and 20 as
 blocks of 5 replayed as one CUDA graph each (the first block the warm-up, which records the graph), both with
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import o3f_iql  # noqa: E402
 
 
@@ -110,7 +110,7 @@ if __name__ == "__main__":
             print(json.dumps(row))
     elif len(sys.argv) == 1:
         if not torch.cuda.is_available():
-            fail("no CUDA device here: the CUDA-graph check runs on a GPU (benchmarks/gpu_session.sh)")
+            fail("no CUDA device here: the CUDA-graph check runs on a GPU (lab/gpu/gpu_session.sh)")
         print(json.dumps(equality()))
     else:
-        fail("usage: python benchmarks/gpu_equality.py [--pace DIR]")
+        fail("usage: python lab/gpu/gpu_equality.py [--pace DIR]")

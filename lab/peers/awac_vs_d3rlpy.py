@@ -1,9 +1,9 @@
 """d3rlpy's own AWAC beside awac.py, on the same data, budget and evaluation: does d3rlpy's AWAC collapse online too?
 
-    python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --seeds 1 2 3
-    python benchmarks/awac_vs_d3rlpy.py --report-only      # the table from what is under --output-dir
-    python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --same-update
-    python benchmarks/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --many-updates 300
+    python lab/peers/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --seeds 1 2 3
+    python lab/peers/awac_vs_d3rlpy.py --report-only      # the table from what is under --output-dir
+    python lab/peers/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --same-update
+    python lab/peers/awac_vs_d3rlpy.py --python /path/to/d3rlpy-env/bin/python --many-updates 300
 
 --same-update: d3rlpy's AWAC makes one update from its initial networks on a batch of the data; awac.py's
 `awac_update` makes one from the same networks, batch and random seed; the losses and the networks after it are
@@ -12,10 +12,10 @@ compared (OUTPUT_DIR/ENV/same_update.json; `--keep FILE` keeps what the comparis
 after torch.manual_seed(seed + i)); the losses of every update and the networks at several points are compared
 (OUTPUT_DIR/embedded-halfcheetah-medium/many_updates.json; `--keep FILE`: tests/data/d3rlpy_awac_updates.pt).
 
-Each seed runs benchmarks/d3rlpy_awac.py with that interpreter (d3rlpy 2.8.1, its defaults: batch 1024, lambda 1,
+Each seed runs lab/peers/d3rlpy_awac.py with that interpreter (d3rlpy 2.8.1, its defaults: batch 1024, lambda 1,
 SAC's critic target at temperature 1) for --offline-steps updates and --online-steps steps, and writes
 OUTPUT_DIR/ENV/seedK.json (skipped when it exists). The table sets each seed's evaluations beside those of awac.py's
-runs found under --awac-dir (benchmarks/run.py's layout: AWAC_DIR/VARIANT/ENV/seedK/*/summary.json).
+runs found under --awac-dir (lab/run.py's layout: AWAC_DIR/VARIANT/ENV/seedK/*/summary.json).
 """
 
 import glob
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tyro
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 import awac  # noqa: E402
 
@@ -44,8 +44,8 @@ class Args:
     online_steps: int = 10000
     eval_freq: int = 1000
     eval_episodes: int = 5
-    output_dir: str = "results/awac_d3rlpy"
-    awac_dir: str = "results"
+    output_dir: str = "lab/studies/reduced_scale/awac_d3rlpy"
+    awac_dir: str = "lab/studies/reduced_scale"
     """where awac.py's runs are (the variants awac and awac_temperature0 are read from it)"""
     report_only: bool = False
     same_update: bool = False
@@ -85,7 +85,7 @@ def run_d3rlpy(args: Args, seed: int, out: str):
         write_data(args.env_id, data)
         command = [
             args.python,
-            os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py"),
+            os.path.join(ROOT, "lab", "peers", "d3rlpy_awac.py"),
             data,
             task.env,
             str(task.ref_min),
@@ -227,7 +227,7 @@ def run_many_updates(args: Args) -> dict:
         raw = many_updates_data(tmp)
         data, out = os.path.join(tmp, "data.npz"), os.path.join(tmp, "updates.pt")
         write_npz(raw, data)
-        command = [args.python, os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py"), "--many-updates", data, out]
+        command = [args.python, os.path.join(ROOT, "lab", "peers", "d3rlpy_awac.py"), "--many-updates", data, out]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
             child = subprocess.run([*command, str(seed), str(args.many_updates)], env=env)
@@ -259,7 +259,7 @@ def run_same_update(args: Args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data, out = os.path.join(tmp, "data.npz"), os.path.join(tmp, "update.pt")
         write_data(args.env_id, data)
-        script = os.path.join(ROOT, "benchmarks", "d3rlpy_awac.py")
+        script = os.path.join(ROOT, "lab", "peers", "d3rlpy_awac.py")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
             child = subprocess.run([args.python, script, "--one-update", data, out, str(seed)], env=env)

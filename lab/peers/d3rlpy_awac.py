@@ -1,13 +1,13 @@
 """d3rlpy's own AWAC, offline then online, on this project's data: the reference that `awac.py` is configured after.
 
-    PYTHON benchmarks/d3rlpy_awac.py DATA.npz ENV REF_MIN REF_MAX OFFLINE ONLINE EVAL_FREQ EPISODES SEED
+    PYTHON lab/peers/d3rlpy_awac.py DATA.npz ENV REF_MIN REF_MAX OFFLINE ONLINE EVAL_FREQ EPISODES SEED
     # progress on stderr, one JSON line on stdout: the evaluations, as awac.py's summary.json has them
-    PYTHON benchmarks/d3rlpy_awac.py --one-update DATA.npz OUT.pt SEED
+    PYTHON lab/peers/d3rlpy_awac.py --one-update DATA.npz OUT.pt SEED
     # d3rlpy's AWAC networks before and after one update of a batch of DATA, the batch and the losses, to OUT.pt
-    PYTHON benchmarks/d3rlpy_awac.py --many-updates DATA.npz OUT.pt SEED N
+    PYTHON lab/peers/d3rlpy_awac.py --many-updates DATA.npz OUT.pt SEED N
     # d3rlpy's AWAC networks before N updates on fixed batches of DATA, the losses of each, the networks after some
 
-Run by `benchmarks/awac_vs_d3rlpy.py`, with the interpreter of d3rlpy's environment. Imports only numpy, torch,
+Run by `lab/peers/awac_vs_d3rlpy.py`, with the interpreter of d3rlpy's environment. Imports only numpy, torch,
 gymnasium and d3rlpy. d3rlpy's defaults throughout (AWACConfig(): batch 1024, lambda 1, twin critics, SAC's target at
 temperature 1); online, d3rlpy's `fit_online` (one update per step, actions from `sample_action`) on a buffer that
 holds the offline data, as awac.py's does. Evaluation as awac.py's: the deterministic policy (`predict`), the same

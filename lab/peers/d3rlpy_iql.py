@@ -1,6 +1,6 @@
-"""d3rlpy's IQL update time, for `benchmarks/speed.py --vs-d3rlpy PYTHON`, which runs this file with that interpreter.
+"""d3rlpy's IQL update time, for `lab/speed/speed.py --vs-d3rlpy PYTHON`, which runs this file with that interpreter.
 
-    PYTHON benchmarks/d3rlpy_iql.py DATA.npz THREADS CRITICS REPEATS DEVICE    # prints one JSON line
+    PYTHON lab/peers/d3rlpy_iql.py DATA.npz THREADS CRITICS REPEATS DEVICE    # prints one JSON line
 
 Imports only numpy, torch and d3rlpy: it runs in d3rlpy's own environment, never this project's.
 """

@@ -1,6 +1,6 @@
 """Memory of the replay buffer at the largest D4RL scale: a 2M-transition dataset plus 1M online transitions.
 
-    python benchmarks/memory.py            # prints a table, then one JSON line
+    python lab/speed/memory.py            # prints a table, then one JSON line
 
 Writes a D4RL-format HDF5 file of random transitions (HalfCheetah/Walker2d sizes: 17-d observations,
 6-d actions; the size of the medium-expert datasets) to a temporary folder, then, in a fresh process
@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import tyro
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Time the scripts' hot paths in one process: updates, O3F selection, and whole online env steps.
 
-    python benchmarks/speed.py                      # this machine's CPU: a table, then one JSON line
-    python benchmarks/speed.py --compile            # also torch.compile'd updates, and their speed-up over eager
-    python benchmarks/speed.py --device cuda --compile --cudagraphs
-    python benchmarks/speed.py --vs-d3rlpy /path/to/d3rlpy-env/bin/python
+    python lab/speed/speed.py                      # this machine's CPU: a table, then one JSON line
+    python lab/speed/speed.py --compile            # also torch.compile'd updates, and their speed-up over eager
+    python lab/speed/speed.py --device cuda --compile --cudagraphs
+    python lab/speed/speed.py --vs-d3rlpy /path/to/d3rlpy-env/bin/python
 
 Uses the scripts' own functions on the embedded HalfCheetah medium dataset (made if missing), the
 paper's batch sizes and critic counts. Medians over repeated calls, after a warm-up. Each update is
@@ -32,7 +32,7 @@ import tyro
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import awac  # noqa: E402
 import cql_to_sac  # noqa: E402
 import iql_noise  # noqa: E402
@@ -354,16 +354,17 @@ def projected_hours(
 
 
 def bench_d3rlpy(bench: Bench, python: str, threads: int, repeats: int) -> dict:
-    """d3rlpy's IQL update on the same transitions, in its own environment (benchmarks/d3rlpy_iql.py, run by it)."""
+    """d3rlpy's IQL update on the same transitions, in its own environment (lab/peers/d3rlpy_iql.py, run by it)."""
     raw = o3f_iql.read_hdf5(
         bench.args.dataset_path or o3f_iql.dataset_file(ENV_ID)
     )  # D4RL's format: d3rlpy splits episodes at terminals and timeouts
-    from awac_vs_d3rlpy import write_npz  # benchmarks/, beside this file
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers"))
+    from awac_vs_d3rlpy import write_npz  # lab/peers/
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "data.npz")
         write_npz(raw, path)
-        program = os.path.join(os.path.dirname(os.path.abspath(__file__)), "d3rlpy_iql.py")
+        program = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "peers", "d3rlpy_iql.py")
         command = [
             python,
             program,

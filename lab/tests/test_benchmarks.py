@@ -1,4 +1,4 @@
-"""benchmarks/run.py (the experiment grid) and benchmarks/plot.py (the paper's figures)."""
+"""lab/run.py (the experiment grid) and lab/plot.py (the paper's figures)."""
 
 import contextlib
 import glob
@@ -20,7 +20,7 @@ TINY = "--eval-freq 25 --eval-episodes 1 --batch-size 32 --log-freq 25"
 def grid(out, data_dir, small_dataset, *flags):
     command = [
         sys.executable,
-        os.path.join(ROOT, "benchmarks", "run.py"),
+        os.path.join(ROOT, "lab", "run.py"),
         "--variants",
         "o3f_iql",
         "iql_noise",
@@ -139,7 +139,7 @@ def test_the_plotter_draws_the_paper_figures_and_a_table(tmp_path):
         write_fake(results, "lapo_noise", seed, fake_summary("lapo_noise", seed, [5, 5, 5, 5]))
     write_fake(results, "cql_to_sac", 1, fake_summary("cql_to_sac", 1, [30, 40, 20, 35], q_bias=[1, 2, 40, 5]))
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results), "--reps", "200"],
+        [sys.executable, os.path.join(ROOT, "lab", "plot.py"), "--results-dir", str(results), "--reps", "200"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -236,7 +236,6 @@ def test_figure_5_draws_each_algorithms_iqm_curves_and_the_collected_episodes(mo
 
 
 def plot_module():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import plot
 
     return plot
@@ -356,14 +355,14 @@ def test_the_tables_give_no_interval_below_three_seeds():
 
 def test_the_plotter_says_so_when_there_is_nothing_to_draw_or_too_few_resamples(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path)],
+        [sys.executable, os.path.join(ROOT, "lab", "plot.py"), "--results-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2 and "no complete runs" in result.stderr
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(tmp_path), "--reps", "10"],
+        [sys.executable, os.path.join(ROOT, "lab", "plot.py"), "--results-dir", str(tmp_path), "--reps", "10"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -386,7 +385,7 @@ def test_the_models_pretraining_curves_are_drawn_and_precede_the_fine_tunings_th
     write_fake(results / "pretrain-runs", "iql", 4, unfinished, env)  # still training: not drawn
     # a study that has only pretrained (the mazes whose gates failed): the command draws the models' curves alone
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results)],
+        [sys.executable, os.path.join(ROOT, "lab", "plot.py"), "--results-dir", str(results)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -444,7 +443,6 @@ def test_the_plotter_draws_the_training_episodes_beside_the_evaluations():
 
 
 def test_the_runner_resumes_a_stopped_pretraining_and_keeps_phase_flags_apart(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     stopped = tmp_path / "pretrain-runs" / "iql" / "embedded-halfcheetah-medium" / "seed1" / "run"
@@ -480,7 +478,6 @@ def test_a_new_machine_remakes_only_the_models_that_runs_left_to_do_need(tmp_pat
     finished first pretraining rather than starting over."""
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     env = "embedded-halfcheetah-medium"
@@ -527,7 +524,7 @@ def test_figure_3_has_a_panel_for_each_of_cql_iql_and_awac(tmp_path, monkeypatch
     ):
         write_fake(results, variant, 1, fake_summary(variant, 1, scores))
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", str(results), "--reps", "200"],
+        [sys.executable, os.path.join(ROOT, "lab", "plot.py"), "--results-dir", str(results), "--reps", "200"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -557,7 +554,7 @@ def test_the_awac_comparison_sets_d3rlpys_evaluations_beside_awac_pys(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "benchmarks", "awac_vs_d3rlpy.py"),
+            os.path.join(ROOT, "lab", "peers", "awac_vs_d3rlpy.py"),
             "--report-only",
             "--output-dir",
             str(tmp_path / "d3"),
@@ -576,7 +573,6 @@ def test_the_awac_comparison_sets_d3rlpys_evaluations_beside_awac_pys(tmp_path):
 
 
 def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exists(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     (tmp_path / "pretrained").mkdir()
@@ -602,7 +598,6 @@ def test_the_runner_goes_seed_by_seed_and_starts_with_the_runs_whose_model_exist
 
 def test_the_runner_fine_tunes_one_tasks_models_on_another_with_its_data(tmp_path):
     """--pretrained-on: the any-start maze's runs load (and, where missing, pretrain) the 20k maze's models."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     fixed, anywhere = "embedded-pointmaze-large-20k", "embedded-pointmaze-large-20k-any-start"
@@ -633,7 +628,6 @@ def test_the_runner_fine_tunes_one_tasks_models_on_another_with_its_data(tmp_pat
 
 
 def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_seeds_pretraining(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     args = run.Args(variants=["o3f_iql"], seeds=[1, 2, 3], output_dir=str(tmp_path), workers=1)
@@ -661,7 +655,6 @@ def test_each_seeds_fine_tuning_starts_once_its_model_exists_before_the_next_see
 
 
 def test_the_runner_leaves_runs_that_another_process_works_on_alone(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     env = "embedded-halfcheetah-medium"
@@ -692,7 +685,6 @@ def test_the_runner_leaves_runs_that_another_process_works_on_alone(tmp_path, mo
 def test_a_job_is_looked_at_again_when_its_turn_comes(tmp_path, monkeypatch):
     """The plan may be hours old when a job starts: a run another process took up meanwhile is left to it (two
     processes in one run directory would overwrite each other), one that ended is done, one stopped is resumed."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     env = "embedded-halfcheetah-medium"
@@ -722,7 +714,6 @@ def test_a_job_is_looked_at_again_when_its_turn_comes(tmp_path, monkeypatch):
 def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_path, capsys, monkeypatch):
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run
 
     env = "embedded-halfcheetah-medium"
@@ -789,28 +780,30 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
     import shutil
 
     tree, other = tmp_path / "checkout", tmp_path / "other"
-    (tree / "benchmarks").mkdir(parents=True)
-    shutil.copy(os.path.join(ROOT, "benchmarks", "studies.sh"), tree / "benchmarks")
+    (tree / "lab").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "lab", "studies.sh"), tree / "lab")
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     procs = {  # what stop must end: a runner in this checkout, a run (orphaned or not: found by its directory)
         "runner": subprocess.Popen(
-            [*sleep, "benchmarks/run.py", "--output-dir", "results/premise", "--workers", "1"], cwd=tree
+            [*sleep, "lab/run.py", "--output-dir", "lab/studies/premise", "--workers", "1"], cwd=tree
         ),
-        "run": subprocess.Popen([*sleep, "--output-dir", f"{tree}/results/premise/pretrain-runs/lapo/x/seed1"]),
+        "run": subprocess.Popen([*sleep, "--output-dir", f"{tree}/lab/studies/premise/pretrain-runs/lapo/x/seed1"]),
         # and what it must leave: another checkout's runner and run
         "other runner": subprocess.Popen(
-            [*sleep, "benchmarks/run.py", "--output-dir", "results/premise", "--workers", "1"],
+            [*sleep, "lab/run.py", "--output-dir", "lab/studies/premise", "--workers", "1"],
             cwd=other.mkdir() or other,
         ),
-        "other run": subprocess.Popen([*sleep, "--output-dir", f"{other}/results/premise/pretrain-runs/lapo/x/seed1"]),
+        "other run": subprocess.Popen(
+            [*sleep, "--output-dir", f"{other}/lab/studies/premise/pretrain-runs/lapo/x/seed1"]
+        ),
     }
     try:
         time.sleep(0.5)  # their command lines visible
         stop = subprocess.run(
-            ["bash", str(tree / "benchmarks" / "studies.sh"), "stop"], capture_output=True, text=True, timeout=60
+            ["bash", str(tree / "lab" / "studies.sh"), "stop"], capture_output=True, text=True, timeout=60
         )
         assert stop.returncode == 0, stop.stderr
-        assert stop.stdout.strip() == "stopped the runs in results/premise"
+        assert stop.stdout.strip() == "stopped the runs in lab/studies/premise"
         assert procs["runner"].wait(timeout=10) == -15 and procs["run"].wait(timeout=10) == -15  # SIGTERM
         time.sleep(0.5)
         assert procs["other runner"].poll() is None and procs["other run"].poll() is None
@@ -820,45 +813,39 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
             proc.wait()
 
 
-def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command():
-    script = os.path.join(ROOT, "benchmarks", "studies.sh")
+def studies_named() -> list:
+    """The STUDIES list of lab/studies.sh, in its order."""
+    text = open(os.path.join(ROOT, "lab", "studies.sh")).read()
+    return re.search(r"^STUDIES=\(([^)]*)\)", text, re.M)[1].split()
+
+
+def test_the_studies_script_reports_every_study_and_refuses_an_unknown_command_or_study():
+    script = os.path.join(ROOT, "lab", "studies.sh")
     wrong = subprocess.run(["bash", script, "begin"], capture_output=True, text=True, timeout=60)
-    assert (
-        wrong.returncode == 2 and wrong.stderr.strip() == "usage: bash benchmarks/studies.sh start|status|stop|figures"
-    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip() == "usage: bash lab/studies.sh start|status [STUDY ...] | stop | figures"
+    unknown = subprocess.run(["bash", script, "status", "decide", "nosuch"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert unknown.stderr.startswith("error: unknown study nosuch; known: premise_iql_100k ")
     status = subprocess.run(["bash", script, "status"], capture_output=True, text=True, timeout=300)
     assert status.returncode == 0, status.stderr[-2000:]
-    studies = [line for line in status.stdout.splitlines() if line.startswith("## ")]
-    assert studies == [
-        "## decide",
-        "## lapo_utd20",
-        "## premise_iql_100k",
-        "## premise_lapo",
-        "## premise_iql_1m",
-        "## online_fraction",
-        "## premise_random",
-        "## maze_models",
-        "## evidence_random",
-        "## evidence_maze",
-        "## evidence_maze_any",
-        "## maze10k_models",
-        "## evidence_maze_10k",
-    ]
-    # each study: benchmarks/run.py --status's table and closing line, or one line saying why it has not started (which
-    # studies have started follows the campaign's records, so this reads them rather than assume a stage)
+    studies = [line[3:] for line in status.stdout.splitlines() if line.startswith("## ")]
+    assert studies == studies_named() and "lapo_figure5" in studies
+    # each study: lab/run.py --status's table and closing line, or one line saying why it has not started
     sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", status.stdout, re.M | re.S))
     for study, text in sections.items():
         assert ("runs to finish" in text) != bool(re.fullmatch(r"not started: [^\n]+\n", text)), study
-    for study in ("evidence_maze", "evidence_maze_any", "evidence_maze_10k"):  # a maze's fine-tunings wait for its gate
-        gate = os.path.join(ROOT, "results", study, "gate.md")
-        if not (os.path.isfile(gate) and re.search("^Decision: pass", open(gate).read(), re.M)):
-            assert sections[study] == f"not started: its gate (results/{study}/gate.md) has not passed\n"
-    assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in status.stdout  # the deciding study's seeds 1-5
+    assert "| pretrain iql embedded-halfcheetah-medium-1m seed 5 |" in sections["decide"]  # seeds 1-5
+    assert "| pretrain lapo embedded-halfcheetah-medium-1m seed 5 |" in sections["lapo_figure5"]
+    one = subprocess.run(["bash", script, "status", "lapo_utd20"], capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0 and [line for line in one.stdout.splitlines() if line.startswith("## ")] == [
+        "## lapo_utd20"
+    ]
 
 
 def shell_functions(*names: str) -> str:
-    """The named functions of benchmarks/studies.sh, as text to run in a shell of a test's own."""
-    script = os.path.join(ROOT, "benchmarks", "studies.sh")
+    """The named functions of lab/studies.sh, as text to run in a shell of a test's own."""
+    script = os.path.join(ROOT, "lab", "studies.sh")
     found = [
         subprocess.run(["sed", "-n", f"/^{name}()/,/^}}/p", script], capture_output=True, text=True).stdout
         for name in names
@@ -867,81 +854,47 @@ def shell_functions(*names: str) -> str:
     return "set -euo pipefail\n" + "\n".join(found)
 
 
-def test_the_10k_maze_trains_nothing_before_the_20k_gate_fails_then_seed_1_then_five(tmp_path):
-    """The maze's last attempt follows its record: no model while the 20k any-start gate is pending or passed, seed
-    1's alone once it failed, all five once the 10k record lets seed 1's reading continue; none once the fixed-start
-    maze passed its own gate (it has its study then)."""
-    check = shell_functions("gate_passed", "maze10k_seeds") + '\necho "[$(maze10k_seeds)]"'
+def test_a_study_with_a_gate_starts_only_once_its_record_says_pass(tmp_path):
+    """A gate is read and written down before any of a study's runs: no gate.md, the study may start; a gate.md
+    starts it only with the line "Decision: pass" (pending or failed gates keep it from starting)."""
+    check = shell_functions("gate_passed") + "\ngate_passed study && echo starts || echo waits"
 
-    def trained(any_start: str | None, record: str | None, fixed: str | None = None) -> str:
-        for study, text in (("evidence_maze_any", any_start), ("evidence_maze_10k", record), ("evidence_maze", fixed)):
-            if text is not None:
-                (tmp_path / "results" / study).mkdir(parents=True, exist_ok=True)
-                (tmp_path / "results" / study / "gate.md").write_text(text)
-        result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
-
-    assert trained(None, None) == "[]"
-    assert trained("# Gate\n\nDecision: pending (2 of 5 models read)\n", None) == "[]"
-    assert trained("Decision: pass (mean 70%)\n", None) == "[]"
-    assert trained("Decision: fail (mean 86%)\n", None) == "[1]"
-    assert trained("Decision: fail (mean 86%)\n", "| seed 1 | 95 |\n\nSeed 1: stop (95%)\n") == "[1]"
-    assert trained("Decision: fail (mean 86%)\n", "| seed 1 | 60 |\n\nSeed 1: continue (60%)\n") == "[1 2 3 4 5]"
-    assert trained("Decision: fail (mean 86%)\n", None, fixed="Decision: pass (mean 78%)\n") == "[]"
-
-
-def test_the_random_datas_study_waits_for_its_shared_model_until_made_or_its_pretraining_finished(tmp_path):
-    """evidence_random shares premise_random's seed-1 model: it waits while that pretraining runs, and starts once the
-    model exists or, on a new machine without the model, once the pretraining's summary says it finished."""
-    check = shell_functions("random_model_made") + "\nrandom_model_made && echo made || echo waits"
-    env = "embedded-halfcheetah-random-1m"
-    run_dir = tmp_path / "results" / "premise" / "pretrain-runs" / "iql" / env / "seed1" / "run"
-
-    def reading() -> str:
+    def reading(record: str | None) -> str:
+        (tmp_path / "study").mkdir(exist_ok=True)
+        gate = tmp_path / "study" / "gate.md"
+        if record is None:
+            gate.unlink(missing_ok=True)
+        else:
+            gate.write_text(record)
         result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert result.stderr == ""
         return result.stdout.strip()
 
-    assert reading() == "waits"
-    run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({"complete": False}, indent=2))
-    assert reading() == "waits"
-    (run_dir / "summary.json").write_text(json.dumps({"complete": True}, indent=2))
-    assert reading() == "made"
-    (run_dir / "summary.json").unlink()
-    (tmp_path / "results" / "premise" / "pretrained").mkdir()
-    (tmp_path / "results" / "premise" / "pretrained" / f"iql__{env}__seed1.pt").write_bytes(b"")
-    assert reading() == "made"
+    assert reading(None) == "starts"
+    assert reading("# Gate\n\nDecision: pending (2 of 5 models read)\n") == "waits"
+    assert reading("Decision: fail (mean 86%)\n") == "waits"
+    assert reading("# Gate\n\n| seed 1 | 61 |\n\nDecision: pass (mean 72.4%)\n") == "starts"
 
 
-def test_the_any_start_maze_waits_for_the_fixed_start_mazes_runs_when_both_pass(tmp_path):
-    """Both mazes' gates passed: the fixed-start study (the task the gate was set for) runs first, the any-start one
-    once its 10 fine-tunings are complete; alone, a passed any-start gate starts at once."""
-    check = shell_functions("gate_passed", "complete_runs", "maze_waits") + '\necho "[$(maze_waits evidence_maze_any)]"'
-
-    def waits() -> bool:
-        result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip() != "[]"
-
-    for study in ("evidence_maze", "evidence_maze_any"):
-        (tmp_path / "results" / study).mkdir(parents=True)
-    (tmp_path / "results" / "evidence_maze_any" / "gate.md").write_text("Decision: pass (mean 78%)\n")
-    (tmp_path / "results" / "evidence_maze" / "gate.md").write_text("Decision: fail\n")
-    assert not waits()
-    (tmp_path / "results" / "evidence_maze" / "gate.md").write_text("Decision: pass (mean 79%)\n")
-    assert waits()
-    for seed in range(1, 6):  # its models' pretraining runs do not count, nor a run still going
-        write_fake(tmp_path / "results" / "evidence_maze" / "pretrain-runs", "iql", seed, {"complete": True})
-    for variant in ("o3f_iql", "iql_noise"):
-        for seed in range(1, 6):
-            complete = not (variant == "iql_noise" and seed == 5)
-            write_fake(tmp_path / "results" / "evidence_maze", variant, seed, {"complete": complete})
-    assert waits()
-    last = tmp_path / "results" / "evidence_maze" / "iql_noise" / "embedded-halfcheetah-medium" / "seed5" / "run"
-    (last / "summary.json").write_text(json.dumps({"complete": True}))  # the last run finishes
-    assert not waits()
+def test_every_study_entry_is_in_its_own_folder_of_the_lab(tmp_path):
+    """Each entry of STUDIES is an array of lab/run.py flags whose --output-dir is a folder of lab/studies/ that holds
+    the study's README; the variants it names are lab/run.py's."""
+    check = (
+        shell_functions("folder")
+        + "\n"
+        + open(os.path.join(ROOT, "lab", "studies.sh"))
+        .read()
+        .split("STUDIES=(")[0]
+        .split("export OMP_NUM_THREADS=1")[1]
+    )
+    check += "\nfor s in " + " ".join(studies_named()) + '; do echo "$s $(folder $s)"; done'
+    result = subprocess.run(["bash", "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    folders = dict(line.split() for line in result.stdout.splitlines())
+    assert sorted(folders) == sorted(studies_named())
+    for study, folder in folders.items():
+        assert folder.startswith("lab/studies/"), study
+        assert os.path.isfile(os.path.join(ROOT, folder, "README.md")), study
 
 
 def test_the_figures_draw_a_study_once_a_run_or_a_model_is_finished(tmp_path):
@@ -956,20 +909,19 @@ def test_the_figures_draw_a_study_once_a_run_or_a_model_is_finished(tmp_path):
     check = shell_functions("complete_runs", "has_runs", "has_models") + "\n" + loop
     result = subprocess.run(["bash", "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.split() == ["models", "done"], result.stderr
-    assert (
-        'if has_runs "$dir" || has_models "$dir"; then' in open(os.path.join(ROOT, "benchmarks", "studies.sh")).read()
-    )
+    assert 'if has_runs "$dir" || has_models "$dir"; then' in open(os.path.join(ROOT, "lab", "studies.sh")).read()
 
 
-def test_several_results_directories_pool_their_tasks_into_aggregates_and_profiles(tmp_path):
-    """One study per task (as the evidence campaign runs them): the comparison spans both tasks, with the IQM and the
-    mean over runs and tasks, and performance profiles."""
+def test_several_results_directories_compare_task_by_task_and_never_pool_scales(tmp_path):
+    """One study per task (as the evidence campaign runs them): each task compared on its own (its IQM, paired
+    differences), and across tasks only the scale-free probability of improvement averaged over the tasks."""
     for study, env_id, base in (("decide", "task-a", 0.0), ("random", "task-b", 100.0)):
         for seed in (1, 2, 3):
             o3f = fake_summary("o3f_iql", seed, [10, 20, 30, base + seed])
             write_fake(tmp_path / study, "o3f_iql", seed, o3f, env_id)
-            write_fake(tmp_path / study, "iql_noise", seed, fake_summary("iql_noise", seed, [10, 20, 30, base]), env_id)
-    plot = [sys.executable, os.path.join(ROOT, "benchmarks", "plot.py"), "--results-dir", tmp_path / "decide"]
+            noise = fake_summary("iql_noise", seed, [10, 20, 30, base + (4 if env_id == "task-b" and seed == 3 else 0)])
+            write_fake(tmp_path / study, "iql_noise", seed, noise, env_id)
+    plot = [sys.executable, os.path.join(ROOT, "lab", "plot.py"), "--results-dir", tmp_path / "decide"]
     plot = list(map(str, plot + [tmp_path / "random", "--reps", "200"]))
     refused = subprocess.run(plot, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
@@ -979,12 +931,17 @@ def test_several_results_directories_pool_their_tasks_into_aggregates_and_profil
     assert result.returncode == 0, result.stderr
     assert "profiles.png" in os.listdir(tmp_path / "across")
     stats = json.loads((tmp_path / "across" / "statistics.json").read_text())
-    (pair,) = [c for c in stats["comparisons"] if (c["first"], c["second"]) == ("o3f_iql", "iql_noise")]
-    assert pair["tasks"] == ["task-a", "task-b"] and pair["seeds"] == [3, 3]
-    # the end scores: O3F 1, 2, 3 on task a and 101, 102, 103 on b (mean 52); noise 0 and 100 (mean 50)
-    assert pair["end"]["first"]["mean"] == pytest.approx(52.0) and pair["end"]["second"]["mean"] == pytest.approx(50.0)
-    assert pair["end"]["p"] == pytest.approx(1.0)  # on each task every O3F run beats every noise run
-    assert "| IQL + O3F vs IQL + noise | 2 |" in result.stdout  # the aggregate table's row
+    pairs = {c["tasks"][0]: c for c in stats["comparisons"] if (c["first"], c["second"]) == ("o3f_iql", "iql_noise")}
+    assert sorted(pairs) == ["task-a", "task-b"]  # one comparison per task, nothing pooled across them
+    assert pairs["task-a"]["end"]["first"]["mean"] == pytest.approx(2.0)  # O3F 1, 2, 3 against noise 0
+    assert pairs["task-b"]["end"]["second"]["mean"] == pytest.approx(100 + 4 / 3)  # noise 100, 100, 104
+    assert pairs["task-b"]["end"]["paired"]["per_seed"] == pytest.approx([1.0, 2.0, -1.0])
+    (across,) = stats["across_tasks"]
+    assert across["tasks"] == ["task-a", "task-b"]
+    # task a: every O3F run beats every noise run (1.0); task b: 101, 102, 103 against 100, 100, 104: 6 of 9 (2/3)
+    assert across["end"]["p"] == pytest.approx((1.0 + 6 / 9) / 2)
+    assert across["end"]["tasks_favouring_first"] == 2
+    assert "| IQL + O3F vs IQL + noise | task-a, task-b | 0.83 [" in result.stdout  # the across-tasks table's row
 
 
 def test_a_performance_profile_is_the_fraction_of_runs_above_each_threshold():
@@ -999,9 +956,9 @@ def test_a_performance_profile_is_the_fraction_of_runs_above_each_threshold():
 def test_the_gpu_checks_compare_blocks_with_eager_steps_and_read_a_runs_pace(
     run_script, small_dataset, tmp_path, monkeypatch
 ):
-    """benchmarks/gpu_equality.py, as far as a CPU runs it: the harness finds eager blocks equal to eager steps, and
+    """lab/gpu/gpu_equality.py, as far as a CPU runs it: the harness finds eager blocks equal to eager steps, and
     the pace of a run comes from its TensorBoard log, per phase, from the second log point of each."""
-    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "lab"))
     import gpu_equality
 
     result = gpu_equality.equality("cpu")

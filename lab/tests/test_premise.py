@@ -1,4 +1,4 @@
-"""The selection diagnostic (benchmarks/premise.py) and the model snapshots it reads."""
+"""The selection diagnostic (lab/premise.py) and the model snapshots it reads."""
 
 import glob
 import importlib.metadata
@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import premise  # noqa: E402
+from conftest import ROOT
 
 
 class Line:
@@ -368,7 +366,7 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
     ]
     command = [
         sys.executable,
-        os.path.join(ROOT, "benchmarks", "premise.py"),
+        os.path.join(ROOT, "lab", "premise.py"),
         "measure",
         *snapshots["o3f_lapo.py"],
         "--out",
@@ -385,7 +383,7 @@ def test_measure_writes_one_json_line_per_model_and_skips_what_is_done(snapshots
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped") == 2 and len(out.read_text().splitlines()) == 2
     plotted = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "plot", "--results", str(out)],
+        [sys.executable, os.path.join(ROOT, "lab", "premise.py"), "plot", "--results", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -401,7 +399,7 @@ def test_a_model_of_another_algorithm_is_one_line(tmp_path):
     path = tmp_path / "cql.pt"
     torch.save({"algorithm": "cql"}, path)
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", str(path)],
+        [sys.executable, os.path.join(ROOT, "lab", "premise.py"), "measure", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -414,7 +412,7 @@ def test_a_model_without_its_task_or_arguments_is_one_line(tmp_path, extra):
     path = tmp_path / "partial.pt"
     torch.save({"algorithm": "iql", "step": 3}, path)  # no env_id, no args: not a file the scripts write
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "premise.py"), "measure", str(path), *extra],
+        [sys.executable, os.path.join(ROOT, "lab", "premise.py"), "measure", str(path), *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -491,7 +489,7 @@ def test_online_training_episodes_are_in_the_summary(run_script, small_dataset, 
     assert snapshots == ["step0000500.pt", "step0001000.pt"]  # --snapshot-every, online too
 
     # The diagnostic along fine-tuning: each online snapshot is one line, with the run it comes from, and a figure.
-    premise_py = os.path.join(ROOT, "benchmarks", "premise.py")
+    premise_py = os.path.join(ROOT, "lab", "premise.py")
     out = tmp_path / "d.jsonl"
     flags = ["--sigmas", "0.2", "--n-candidates", "100", "--episodes", "1", "--states", "2", "--horizon", "2"]
     paths = sorted(glob.glob(str(tmp_path / "*" / "snapshots" / "*.pt")))

@@ -1,4 +1,4 @@
-"""benchmarks/speed.py and benchmarks/memory.py: what they measure is what they say."""
+"""lab/speed/speed.py and lab/speed/memory.py: what they measure is what they say."""
 
 import json
 import os
@@ -12,8 +12,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
 def matmul_flops(func, args):
@@ -91,7 +89,7 @@ def test_speed_benchmark_reports_every_measurement_and_the_projection(small_data
     result = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "benchmarks", "speed.py"),
+            os.path.join(ROOT, "lab", "speed", "speed.py"),
             "--repeats",
             "3",
             "--dataset-path",
@@ -151,7 +149,7 @@ def test_speed_benchmark_reports_every_measurement_and_the_projection(small_data
 
 def test_the_buffer_stays_within_one_and_a_half_times_the_raw_bytes():
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "memory.py"), "--offline", "400000", "--online", "200000"],
+        [sys.executable, os.path.join(ROOT, "lab", "speed", "memory.py"), "--offline", "400000", "--online", "200000"],
         capture_output=True,
         text=True,
         timeout=600,
