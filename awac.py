@@ -24,11 +24,13 @@ import contextlib
 import copy
 import difflib
 import http.client
+import importlib.metadata
 import importlib.util
 import io
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import signal
@@ -36,7 +38,6 @@ import socket
 import sys
 import time
 import urllib.parse
-import urllib.request
 import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Literal
@@ -460,7 +461,7 @@ def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval
 
 
 def dataset_file(env_id: str) -> str:
-    """The task's HDF5 file, made (embedded) or downloaded (D4RL, through a temporary name) on first use."""
+    """The task's HDF5 file, made (embedded) or downloaded (D4RL) on first use."""
     task = TASKS[env_id]
     path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
     if not os.path.isfile(path) and task.source == "embedded":
@@ -472,21 +473,16 @@ def dataset_file(env_id: str) -> str:
         make_datasets.generate(task.dataset, path)
     if os.path.isfile(path) or task.source != "d4rl":
         return path
-    url, tmp = f"{D4RL_URL}/{task.dataset}.hdf5", f"{path}.part{os.getpid()}"
+    url = f"{D4RL_URL}/{task.dataset}.hdf5"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            size = int(response.headers.get("Content-Length") or 0)
-            with tqdm.wrapattr(f, "write", size or None, desc=f"downloading {task.dataset}", file=sys.stderr) as out:
-                shutil.copyfileobj(response, out, 1 << 20)
-        h5py.File(tmp, "r").close()  # a cut file (HDF5 checks its length) or an error page is not cached either
-        os.replace(tmp, path)
+    try:  # through a temporary file, renamed once whole; then read: a cut file or an error page is not cached either
+        torch.hub.download_url_to_file(url, path)
+        h5py.File(path, "r").close()
     except (OSError, http.client.HTTPException) as e:
+        with contextlib.suppress(OSError):
+            os.remove(path)
         offline = f"with no network, put D4RL's file at {path} or pass --dataset-path FILE"
         fail(f"could not download {env_id} from {url} ({getattr(e, 'reason', e)}); {offline}")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -494,12 +490,11 @@ def read_hdf5(path: str) -> dict:
     keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in keys[:4] if k not in f]
-            if missing:
+            if missing := [k for k in keys[:4] if k not in f]:
                 fail(f"{path}: not a D4RL dataset, it has no {', '.join(missing)}")
             return {k: f[k][:] for k in keys if k in f}
     except OSError as e:
-        fail(f"{path}: cannot be read as HDF5 ({e})")
+        fail(f"{path}: cannot be read as HDF5 ({e}); if it is a cut download or dataset, delete it and run again")
 
 
 def read_minari(env_id: str) -> dict:
@@ -541,18 +536,25 @@ def read_minari(env_id: str) -> dict:
 
 def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
     """The task's dataset (or `dataset_path`, a D4RL-format HDF5 file) as float32 (s, a, r, s', terminal) and episode
-    returns. Time-limit ends are not terminal (s' is bootstrapped there); files without `next_observations` take the
-    next row, as d4rl.qlearning_dataset does, dropping the rows that end an episode by time limit."""
+    returns. Time-limit ends are not terminal; without `next_observations` s' is the next row (as in d4rl's loader)."""
     if dataset_path is not None and not os.path.isfile(dataset_path):
         fail(f"--dataset-path {dataset_path}: no such file")
     minari_data = dataset_path is None and TASKS[env_id].source == "minari"
     name = TASKS[env_id].dataset if minari_data else dataset_path or dataset_file(env_id)
     data = read_minari(env_id) if minari_data else read_hdf5(name)
-    # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
-    obs, actions = data["observations"].astype(np.float32, copy=False), data["actions"].astype(np.float32, copy=False)
-    rewards = data["rewards"].astype(np.float32, copy=False).reshape(-1)
-    terminals = data["terminals"].astype(bool).reshape(-1)
-    timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    try:  # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
+        obs, actions = (data[key].astype(np.float32, copy=False) for key in ("observations", "actions"))
+        rewards, next_obs = (
+            data.get(key, obs).astype(np.float32, copy=False) for key in ("rewards", "next_observations")
+        )
+        terminals = data["terminals"].astype(bool).reshape(-1)
+        timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
+    except (TypeError, ValueError) as e:
+        fail(f"{name}: its arrays are not all numbers ({e})")
+    for key, value in dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs).items():
+        if not np.isfinite(value).all():  # every row, those dropped below too: the reward scale sums them all
+            fail(f"{name}: {key} holds NaN or inf values")
+    rewards = rewards.reshape(-1)
     lengths = {len(obs), len(actions), len(rewards), len(terminals), len(timeouts)}
     if len(lengths) > 1 or obs.ndim != 2 or actions.ndim != 2:
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
@@ -560,16 +562,11 @@ def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
     ends = np.flatnonzero(terminals | timeouts)
     ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
     episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
-    if "next_observations" in data:
-        next_obs = data["next_observations"].astype(np.float32, copy=False)
-    else:
+    if "next_observations" not in data:
         keep = ~timeouts[:-1]
         obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
-        next_obs = data["observations"][1:][keep].astype(np.float32)
+        next_obs = next_obs[1:][keep]
     arrays = dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs)
-    for key, value in arrays.items():
-        if not np.isfinite(value).all():
-            fail(f"{name}: {key} holds NaN or inf values")
     return dict(**arrays, terminals=terminals.astype(np.float32), episode_returns=episode_returns)
 
 
@@ -609,8 +606,7 @@ class ReplayBuffer:
         self.count += n
 
     def sample(self, batch_size: int, online_fraction: float | None = None):
-        """Uniform over the buffer; with `online_fraction` F, round(F * batch) online rows (RLPD's symmetric: 0.5), once
-        there are any. Drawn on the device from `count`: no host sync, and a CUDA graph of updates replays it as is."""
+        """Uniform, or round(F * batch) online rows with `online_fraction` F (RLPD: 0.5), on the device: no sync."""
         bits = torch.randint(0, 2**62, (batch_size,), device=self.obs.device)  # modulo a size: bias < size / 2^62
         if online_fraction is None:
             idx = bits % self.count
@@ -622,13 +618,16 @@ class ReplayBuffer:
 
 
 def read_flags(args):
-    """The run's flags (with --resume, the stopped run's own) and the checkpoint it resumes, if any."""
+    """The run's flags (with --resume, the stopped run's own) and the checkpoint it resumes; Ctrl-C: one line."""
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(print("interrupted before training", file=sys.stderr) or 130))
     resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
     if resumed:  # a resumed run is the same run: its own flags, its own directory
         try:
             args = type(args)(**{**resumed["args"], "resume": resumed["path"]})
         except TypeError:
-            fail(f"--resume {resumed['path']}: written by another version of this script")
+            fail(
+                f"--resume {resumed['path']}: a run of another script ({resumed['args']['exp_name']}); resume it there"
+            )
     if args.env_id not in TASKS:
         close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"
@@ -638,13 +637,23 @@ def read_flags(args):
 
 def setup(args, method_checks: dict) -> tuple:
     """The flags checked (shared, then `method_checks`), the dataset, seeding, the device and the environment."""
+    flag, floats = lambda name: "--" + name.replace("_", "-"), {k: v for k, v in vars(args).items() if type(v) is float}
+    checks = {f"{flag(k)} must be a finite number": bool(np.isfinite(v)) for k, v in floats.items()}
+    checks.update({f"{flag(k)} must be > 0": v > 0 for k, v in floats.items() if k.endswith(("lr", "rate", "tau"))})
     minima = dict(offline_steps=0, online_steps=0, eval_freq=1, eval_episodes=1, log_freq=1, checkpoint_every=0)
-    minima.update(snapshot_every=0, batch_size=1, block=1)
-    checks = {f"--{k.replace('_', '-')} must be >= {v}": getattr(args, k) >= v for k, v in minima.items()}
+    minima.update(snapshot_every=0, batch_size=1, block=1, seed=0, gamma=0)
+    checks.update({f"{flag(k)} must be >= {v}": getattr(args, k) >= v for k, v in minima.items()})
+    maxima = dict(gamma=1, tau=1, seed=2**32 - 1)
+    checks.update({f"{flag(k)} must be <= {v}": getattr(args, k) <= v for k, v in maxima.items()})
+    checks["--save-offline must name a file, not a folder"] = not os.path.isdir(args.save_offline or "")
     cuda = torch.cuda.is_available() and args.cuda
     checks.update(method_checks, **{"--cudagraphs needs a CUDA device (and --cuda)": cuda or not args.cudagraphs})
     for message in (message for message, ok in checks.items() if not ok):
         fail(message)
+    try:  # --save-offline's folder made now, not after the pretraining it is to keep
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_offline or ".")), exist_ok=True)
+    except OSError as e:
+        fail(f"--save-offline {args.save_offline}: its folder cannot be made ({e.strerror})")
     data = load_dataset(args.env_id, args.dataset_path)  # first: making a dataset draws random numbers of its own
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -664,8 +673,7 @@ def setup(args, method_checks: dict) -> tuple:
 
 def compiled(fn, args):
     """`fn` as the loop calls it: eager by default (the reference); with --compile or --cudagraphs, traced whole
-    (forward, backward and the optimiser's step: see `adam`) into one graph returning detached outputs, where a break is
-    an error, not a silent slowdown (the CUDA graphs are `blocks`': whole training steps, their sampling included)."""
+    (forward, backward, the optimiser's step) into one graph returning detached outputs, where a break is an error."""
     if not (args.compile or args.cudagraphs):
         return fn
     detached = lambda *x: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*x))  # noqa: E731
@@ -676,9 +684,8 @@ def compiled(fn, args):
 
 def blocks(step, args):
     """`step` (a training step's updates on batches it draws from the buffer) as `updates(n, *inputs)`: n steps in one
-    call, returning the last one's outputs. Eager and --compile: a loop, the same calls as n single steps. --cudagraphs:
-    one CUDA graph of the n steps per (n, bool and int inputs), recorded after a warm-up on a side stream that does the
-    call's steps (PyTorch's whole-network capture), then replayed; float inputs are read from device tensors."""
+    call, returning the last one's outputs: a loop, or with --cudagraphs one CUDA graph per (n, bool and int inputs),
+    recorded after a warm-up on a side stream (PyTorch's whole-network capture); floats are read from the device."""
     loop = lambda n, *inputs: [step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop
@@ -710,8 +717,7 @@ def adam(params, lr: float, args) -> torch.optim.Optimizer:
 
 
 class GraphAdam(torch.optim.Adam):
-    """torch.optim.Adam in tensor operations that torch.compile traces (torch.optim's step and zero_grad end a graph),
-    bias corrections in float64 as its; its state, made up front on the parameters' device, is torch.optim.Adam's."""
+    """torch.optim.Adam in operations torch.compile traces (its step and zero_grad end a graph); the same state."""
 
     def __init__(self, params, lr: float):
         super().__init__(params, lr, capturable=True)  # capturable: load_state_dict keeps `step` on the device
@@ -740,18 +746,18 @@ class GraphAdam(torch.optim.Adam):
 
 
 class Run:
-    """A run's bookkeeping: directory, TensorBoard (and wandb), summary.json, evaluations (`evaluate`), checkpoints,
-    the divergence guard, progress, and Ctrl-C or SIGTERM (finish the step, save, exit). Starting, it loads the
-    stopped run of --resume (model, online data, random streams) and resets the environment (`obs`)."""
+    """A run's bookkeeping: directory, TensorBoard (and wandb), summary.json, evaluations, checkpoints, the divergence
+    guard, progress, Ctrl-C or SIGTERM (finish the step, save, exit); --resume's stopped run, loaded whole."""
 
     def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
         self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
-        self.name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}__{os.getpid()}"  # unique here
         self.name = resumed["summary"]["run_name"] if resumed else self.name
         self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
         self.checkpoint_path, self.summary_path = (os.path.join(self.dir, f) for f in ("checkpoint.pt", "summary.json"))
-        try:
-            os.makedirs(self.dir, exist_ok=True)
+        try:  # purge_step: a resumed run drops the events logged after its checkpoint
+            os.makedirs(self.dir, exist_ok=bool(resumed))
+            self.writer = SummaryWriter(self.dir, purge_step=resumed["step"] + 1 if resumed else None)
         except OSError as e:
             fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
         for flag, package in {"--track": "wandb", "--capture-video": "moviepy"}.items():  # moviepy: for RecordVideo
@@ -760,8 +766,6 @@ class Run:
         if args.track:
             project = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
             importlib.import_module("wandb").init(name=self.name, sync_tensorboard=True, **project)
-        # purge_step: a resumed run drops the events logged after its checkpoint
-        self.writer = SummaryWriter(self.dir, purge_step=resumed["step"] + 1 if resumed else None)
         table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
@@ -824,21 +828,11 @@ class Run:
         and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
         args = self.args
         self.progress.update(step - self.progress.n)
-        self.healthy &= all_finite(losses)
+        self.healthy &= torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
         self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
         due = step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
         if due and not self.healthy:  # stop: the last checkpoint, if any, is the last good one
-            bad = ", ".join(name for name, value in losses.items() if not torch.isfinite(value).all())
-            kept = os.path.isfile(self.checkpoint_path)
-            kept = (
-                f"the last good checkpoint is {self.checkpoint_path}" if kept else "no checkpoint was written before it"
-            )
-            advice = f"{kept} (lower the learning rate or check the dataset)"
-            print(
-                f"error: training diverged: non-finite {bad or 'an earlier loss'} by step {step}; {advice}",
-                file=sys.stderr,
-            )
-            sys.exit(3)
+            diverged(", ".join(name for name, value in losses.items() if not value.isfinite().all()), step, self.dir)
         if step % args.log_freq == 0 or now:
             for name, value in {**(scalars or {}), **losses}.items():
                 self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
@@ -855,9 +849,8 @@ class Run:
         self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
         self.summary["final_normalized_score"] = self.score = result["normalized_score"]
         self.write_summary()
-        for name, value in result.items():
-            if value is not None:
-                self.writer.add_scalar(f"eval/{name}", value, step)
+        for name, value in ((name, value) for name, value in result.items() if value is not None):
+            self.writer.add_scalar(f"eval/{name}", value, step)
         self.progress.set_postfix(score=f"{self.score:.1f}")
 
     def save(self, step: int, between_episodes: bool):
@@ -902,9 +895,9 @@ class Run:
 
     def write_summary(self):
         self.summary["wall_s"] = self.wall_s()
-        with open(f"{self.summary_path}.tmp", "w") as f:  # then renamed: a reader never sees half a summary
+        with open(f"{self.summary_path}.tmp{os.getpid()}", "w") as f:  # then renamed: never half a summary
             json.dump(self.summary, f, indent=2)
-        os.replace(f"{self.summary_path}.tmp", self.summary_path)
+        os.replace(f"{self.summary_path}.tmp{os.getpid()}", self.summary_path)
 
     def wall_s(self) -> float:
         """Wall-clock seconds of the run, over all its resumptions, from step `wall_s_since_step` of summary.json."""
@@ -929,11 +922,28 @@ def agent_state(agent) -> dict:
 
 def save_checkpoint(path: str, step: int, args, agent, run: dict | None = None):
     """Write the agent (and, for a resumable run, `run`) to a temporary name, then rename: never half a checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {"algorithm": ALGORITHM, "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
+    if not all(p.isfinite().all() for part in agent_state(agent).values() for p in getattr(part, "parameters", list)()):
+        diverged("network weights", step, os.path.dirname(os.path.abspath(path)))  # never saved, nor marked complete
     state.update({name: part.state_dict() for name, part in agent_state(agent).items()})
-    torch.save(state, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        torch.save(state, f"{path}.tmp{os.getpid()}")
+        os.replace(f"{path}.tmp{os.getpid()}", path)
+    except (OSError, RuntimeError) as e:  # a full disk, a folder that cannot be written: torch raises either
+        with contextlib.suppress(OSError):
+            os.remove(f"{path}.tmp{os.getpid()}")
+        kept = f"the last good one is still {path}" if os.path.isfile(path) else "nothing was written there"
+        fail(f"could not write {path} ({str(e).splitlines()[0][:120]}); {kept}")
+
+
+def diverged(what: str, step: int, run_dir: str):
+    """The divergence guard's stop (exit 3): a non-finite loss or network is never saved, nor a run marked complete."""
+    kept = os.path.join(run_dir, "checkpoint.pt")
+    kept = f"the last good checkpoint is {kept}" if os.path.isfile(kept) else "no checkpoint was written before it"
+    advice = f"{kept} (lower the learning rate or check the dataset)"
+    print(f"\nerror: training diverged: non-finite {what or 'values'} by step {step}; {advice}", file=sys.stderr)
+    sys.exit(3)
 
 
 def read_checkpoint(path: str, flag: str) -> dict:
@@ -944,7 +954,7 @@ def read_checkpoint(path: str, flag: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        fail(f"{flag} {path}: not a checkpoint of this project ({type(e).__name__})")
+        fail(f"{flag} {path}: cannot be read, truncated or not a checkpoint ({type(e).__name__}); use an earlier one")
     if not isinstance(state, dict) or state.get("algorithm") != ALGORITHM:
         fail(f"{flag} {path}: written by another script (needs {' or '.join(SCRIPTS)})")
     if flag == "--resume" and "rng" not in state:
@@ -954,8 +964,7 @@ def read_checkpoint(path: str, flag: str) -> dict:
 
 
 def load_model(source, args, agent, flag: str = "--load-offline") -> int:
-    """A saved model (`source`: its path, or a checkpoint read already) into `agent`; returns the step it was saved at.
-    A model-only file (lab/MODELS.md) loads the networks, and the optimisers start afresh."""
+    """A saved model (a path, or a checkpoint read) into `agent`; its step. A model-only file: fresh optimisers."""
     state = read_checkpoint(source, flag) if isinstance(source, str) else source
     where, trained_on = f"{flag} {state['path']}", state["env_id"]
     if DATA_OF.get(trained_on, trained_on) != DATA_OF[args.env_id]:  # a model serves every task with its data
@@ -973,16 +982,8 @@ def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     return state["step"]
 
 
-def all_finite(losses: dict) -> torch.Tensor:
-    """A flag on the device (no host sync): every loss of this update is finite."""
-    return torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
-
-
 def platform_info(device: torch.device) -> dict:
     """What a run's numbers depend on beyond flags and seed (rounding differs between CPUs and library builds)."""
-    import importlib.metadata
-    import platform
-
     names = open("/proc/cpuinfo").read().split("model name")[1:] if os.path.isfile("/proc/cpuinfo") else []
     cpu = names[0].split(":", 1)[1].splitlines()[0].strip() if names else platform.processor() or platform.machine()
     versions = {package: importlib.metadata.version(package) for package in ("torch", "numpy", "gymnasium", "mujoco")}

@@ -18,6 +18,7 @@ Names start with `embedded-` so they cannot be mistaken for D4RL's own datasets.
 
 import contextlib
 import difflib
+import glob
 import io
 import os
 import sys
@@ -323,13 +324,31 @@ def generate(name: str, path: str, seed: int = 0, transitions: int | None = None
     data["timeouts"][-1] |= not data["terminals"][-1]  # the last episode is cut by the dataset's end
     # Write to a temporary name and rename, so an interrupted run never leaves a file that loads.
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for stale in glob.glob(f"{glob.escape(path)}.tmp*"):  # left by a make that was killed: its process is gone
+        if not process_alive(stale.rsplit(".tmp", 1)[1]):
+            os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
-        for key, value in data.items():
-            f.create_dataset(key, data=value, compression="gzip")
-        f.attrs["env_id"], f.attrs["behaviour_policy"], f.attrs["seed"] = env_id, os.path.basename(policy), seed
-    os.replace(tmp, path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in data.items():
+                f.create_dataset(key, data=value, compression="gzip")
+            f.attrs["env_id"], f.attrs["behaviour_policy"], f.attrs["seed"] = env_id, os.path.basename(policy), seed
+        os.replace(tmp, path)
+    finally:  # interrupted or failed: no temporary file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def process_alive(pid: str) -> bool:
+    """Whether a process with this id runs on this machine (a temporary file's owner)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 @dataclass
@@ -445,7 +464,7 @@ class TrainBehaviour:
     """seed of SAC and the environment"""
 
 
-if __name__ == "__main__":
+def main():
     command = tyro.extras.subcommand_cli_from_dict({"make": Make, "fetch": Fetch, "train-behaviour": TrainBehaviour})
     if isinstance(command, Fetch):
         if not command.tasks and not command.paper:
@@ -461,3 +480,11 @@ if __name__ == "__main__":
     else:
         torch.set_num_threads(1)  # one thread: the run that made the shipped weights, reproducibly
         print(train_behaviour(command.env_id, command.out, command.target_return, command.seed))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line; a dataset half made was never renamed into place, nor kept
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -166,9 +166,11 @@ case "${1:-}" in
     ;;
   figures)  # each study's figures and tables (its models' pretraining curves, also before it has fine-tuned), the
     # premise's, and the three tasks side by side
+    declare -A shares=([lab/studies/decide]=lab/studies/online_fraction [lab/studies/online_fraction]=lab/studies/decide)
     for dir in lab/studies/reduced_scale $(for study in "${STUDIES[@]}"; do folder "$study"; done | sort -u); do
-      if has_runs "$dir" || has_models "$dir"; then
-        python lab/plot.py --results-dir "$dir" >/dev/null && echo "$dir/figures"
+      if has_runs "$dir" || has_models "$dir"; then  # the switch checked against the studies sharing its models
+        python lab/plot.py --results-dir "$dir" ${shares[$dir]:+--shared-models ${shares[$dir]}} >/dev/null &&
+          echo "$dir/figures"
       fi
     done
     python lab/premise.py plot --results lab/studies/premise/diagnostic.jsonl >/dev/null && echo "lab/studies/premise"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -144,11 +145,20 @@ def test_a_diverging_run_stops_and_writes_no_bad_checkpoint(run_script, tmp_path
     assert not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))  # nothing non-finite is ever saved
 
 
-def test_the_guard_flags_a_nan_batch():
+def test_a_non_finite_network_is_never_saved(tmp_path, capsys):
+    """Whatever writes a model (the switch's, a snapshot, a checkpoint, the final one) goes through save_checkpoint,
+    which stops the run (exit 3, one line) rather than write a network with a NaN in it."""
     import o3f_lapo
 
-    losses = {"qf_loss": torch.tensor(1.0), "vf_loss": torch.tensor(float("nan"))}
-    assert not o3f_lapo.all_finite(losses) and o3f_lapo.all_finite({"qf_loss": torch.tensor(1.0)})
+    agent, args = SimpleNamespace(qf=torch.nn.Linear(2, 2)), o3f_lapo.Args(env_id="embedded-halfcheetah-medium")
+    o3f_lapo.save_checkpoint(str(tmp_path / "good.pt"), 1, args, agent)
+    with torch.no_grad():
+        agent.qf.weight[0, 0] = float("nan")
+    with pytest.raises(SystemExit) as stop:
+        o3f_lapo.save_checkpoint(str(tmp_path / "bad.pt"), 2, args, agent)
+    assert stop.value.code == 3 and os.listdir(tmp_path) == ["good.pt"]
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("error: training diverged: non-finite network weights by step 2")
 
 
 @pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "cql_to_sac.py"])

@@ -349,7 +349,7 @@ def test_the_tables_give_no_interval_below_three_seeds():
     assert lapo["end"]["p"] == 1.0 and lapo["end"]["p_ci"] is None and lapo["end"]["paired"]["ci"] is None
     tables = plot.table(stats) + plot.improvement_table(stats) + plot.paired_table(stats)
     assert "| LAPO + O3F | a | 1 | 5 | 20.0 [no CI: < 3 seeds] | 31.0 [no CI: < 3 seeds] |" in tables
-    assert "| +1.00 [no CI: < 3 seeds] | 1 of 1 |" in tables
+    assert "| +1.00 [no interval: 1 pair]; [no CI: < 3 seeds] | 1.0000 | 1 of 1 |" in tables
     assert "| IQL + O3F | a | 3 | 5 | 20.0 [20.0, 20.0] | 32.0 [31.0, 33.0] |" in tables
 
 
