@@ -671,11 +671,15 @@ def read_flags(args):
     signal.signal(signal.SIGINT, lambda *_: sys.exit(print("interrupted before training", file=sys.stderr) or 130))
     resumed = read_checkpoint(args.resume, "--resume") if args.resume else None
     if resumed:  # a resumed run is the same run: its own flags, its own directory
+        given, default = vars(args), vars(type(args)())
         try:
             args = type(args)(**{**resumed["args"], "resume": resumed["path"]})
         except TypeError:
-            fail(
-                f"--resume {resumed['path']}: a run of another script ({resumed['args']['exp_name']}); resume it there"
+            fail(f"--resume {resumed['path']}: another script's run ({resumed['args']['exp_name']}); resume it there")
+        if ignored := [k for k, v in given.items() if k != "resume" and v not in (default[k], getattr(args, k))]:
+            print(
+                f"--resume keeps the run's own flags; ignored: --{' --'.join(ignored)}".replace("_", "-"),
+                file=sys.stderr,
             )
     if args.env_id not in TASKS:
         close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
@@ -912,7 +916,7 @@ class Run:
         if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for premise.py
             save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
-            self.summary["wall_s"] = self.wall_s()
+            self.write_summary()  # its wall-clock, into the checkpoint too
             run = {"summary": self.summary, "rng": self.rng_state(), "episode_over": step > args.offline_steps}
             run["online_buffer"] = self.rb.online_part(self.n_offline)
             save_checkpoint(self.checkpoint_path, step, args, self.agent, run)
@@ -943,14 +947,10 @@ class Run:
         self.env.unwrapped.np_random.bit_generator.state = state["env"]
 
     def write_summary(self):
-        self.summary["wall_s"] = self.wall_s()
+        self.summary["wall_s"] = self.wall_before + time.time() - self.start_time  # over all its resumptions
         with open(f"{self.summary_path}.tmp{os.getpid()}", "w") as f:  # then renamed: never half a summary
             json.dump(self.summary, f, indent=2)
         os.replace(f"{self.summary_path}.tmp{os.getpid()}", self.summary_path)
-
-    def wall_s(self) -> float:
-        """Wall-clock seconds of the run, over all its resumptions, from step `wall_s_since_step` of summary.json."""
-        return self.wall_before + time.time() - self.start_time
 
     def finish(self):
         self.progress.close()

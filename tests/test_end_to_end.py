@@ -229,7 +229,7 @@ def readme_commands(heading, doc="README.md"):
 @pytest.mark.parametrize("which", range(2))
 def test_the_readme_commands_for_figure_3_panels_run(run_script, small_dataset, tmp_path, which):
     """The README's IQL and AWAC commands of Figure 3, at a tiny budget (later flags override the README's)."""
-    commands = readme_commands("## The paper's other baselines", "docs/reproduction.md")
+    commands = readme_commands("## The paper's other baselines", "lab/studies/reduced_scale/README.md")
     assert len(commands) == 2
     _, script, *flags = commands[which]
     tiny = ["--offline-steps", 20, "--online-steps", 10, "--eval-freq", 10, "--eval-episodes", 1, "--batch-size", 32]

@@ -129,7 +129,11 @@ def test_checkpoint_messages_name_the_cause(run_script, small_dataset, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     (checkpoint,) = glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))
     other = run_script("iql_noise.py", "--resume", checkpoint)
-    one_line(other, 2, "a run of another script (o3f_iql)")
+    one_line(other, 2, "another script's run (o3f_iql)")
+    again = run_script("o3f_iql.py", "--resume", checkpoint, "--online-steps", 5000, "--output-dir", tmp_path / "x")
+    assert again.returncode == 0, again.stderr[-2000:]  # the run resumed as it was, and said what it left aside
+    assert "--resume keeps the run's own flags; ignored: --online-steps --output-dir" in again.stderr
+    assert not (tmp_path / "x").exists()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(open(checkpoint, "rb").read()[:1000])
     one_line(run_script("o3f_iql.py", "--resume", cut), 2, "cannot be read, truncated or not a checkpoint")
