@@ -388,9 +388,11 @@ def study_status(args: Args) -> tuple[list[dict], str]:
         row["left_s"] = (row["target"] - max(row["step"], start)) * s_per_step
         left += row["left_s"]
     to_do = sum(row["state"] != "complete" for row in rows)
+    hours = left / 3600 / max(args.workers, 1)
+    end = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + hours * 3600))
     closing = (
         f"{to_do} of {len(rows)} runs to finish: {left / 3600:.1f} run-hours left at the pace kept so far, about "
-        f"{left / 3600 / max(args.workers, 1):.1f} hours with --workers {args.workers}"
+        f"{hours:.1f} hours with --workers {args.workers} (ending about {end} if it runs without a pause)"
         + (f"; {unknown} of them with no pace measured yet, not counted" if unknown else "")
     )
     return rows, closing

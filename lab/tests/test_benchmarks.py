@@ -750,6 +750,9 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     assert by_run[f"iql_noise {env} seed 2"]["left_s"] == pytest.approx(100 * 18.0)
     assert "left_s" not in by_run[f"pretrain iql {env} seed 2"]  # no pretraining pace measured
     assert closing.startswith("4 of 6 runs to finish: 1.8 run-hours left") and "1 of them with no pace" in closing
+    hours = float(re.search(r"about ([\d.]+) hours with --workers", closing)[1])  # and the clock time it ends at
+    end = time.mktime(time.strptime(re.search(r"\(ending about ([\d: -]+) if it runs", closing)[1], "%Y-%m-%d %H:%M"))
+    assert abs(end - (time.time() + hours * 3600)) < 0.05 * 3600 + 60  # the hours are printed to a tenth
     run.print_status(status)
     printed = capsys.readouterr().out
     assert f"| iql_noise {env} seed 1 | stopped (checkpoint 0 min old) | 350 | 400 | 0.25 | 0.25 |" in printed
