@@ -628,10 +628,7 @@ def read_flags(args):
         except TypeError:
             fail(f"--resume {resumed['path']}: another script's run ({resumed['args']['exp_name']}); resume it there")
         if ignored := [k for k, v in given.items() if k != "resume" and v not in (default[k], getattr(args, k))]:
-            print(
-                f"--resume keeps the run's own flags; ignored: --{' --'.join(ignored)}".replace("_", "-"),
-                file=sys.stderr,
-            )
+            print(f"--resume keeps its flags; ignored: --{' --'.join(ignored)}".replace("_", "-"), file=sys.stderr)
     if args.env_id not in TASKS:
         close = difflib.get_close_matches(args.env_id, list(TASKS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see --help for the known tasks"
@@ -761,6 +758,8 @@ class Run:
         self.checkpoint_path, self.summary_path = (os.path.join(self.dir, f) for f in ("checkpoint.pt", "summary.json"))
         try:  # purge_step: a resumed run drops the events logged after its checkpoint
             os.makedirs(self.dir, exist_ok=bool(resumed))
+            open(f"{self.summary_path}.tmp{os.getpid()}", "w").close()  # writable? (TensorBoard's writer thread
+            os.remove(f"{self.summary_path}.tmp{os.getpid()}")  # would fail with a traceback of its own)
             self.writer = SummaryWriter(self.dir, purge_step=resumed["step"] + 1 if resumed else None)
         except OSError as e:
             fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")

@@ -132,7 +132,7 @@ def test_checkpoint_messages_name_the_cause(run_script, small_dataset, tmp_path)
     one_line(other, 2, "another script's run (o3f_iql)")
     again = run_script("o3f_iql.py", "--resume", checkpoint, "--online-steps", 5000, "--output-dir", tmp_path / "x")
     assert again.returncode == 0, again.stderr[-2000:]  # the run resumed as it was, and said what it left aside
-    assert "--resume keeps the run's own flags; ignored: --online-steps --output-dir" in again.stderr
+    assert "--resume keeps its flags; ignored: --online-steps --output-dir" in again.stderr
     assert not (tmp_path / "x").exists()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(open(checkpoint, "rb").read()[:1000])
@@ -155,3 +155,18 @@ def test_ctrl_c_while_the_dataset_is_made_ends_in_one_line_and_leaves_no_tempora
     assert proc.wait(timeout=60) == 130 and "Traceback" not in err, err[-2000:]
     assert [line for line in err.splitlines() if line.strip()][-1] == "interrupted before training"
     assert glob.glob(str(tmp_path / "embedded" / "*")) == []  # no half-made file, no temporary one
+
+
+def test_resuming_into_a_folder_that_cannot_be_written_ends_in_one_line(run_script, small_dataset, tmp_path):
+    """The run's folder made immutable (chattr +i: even root cannot write there): one line and exit 2, no traceback."""
+    flags = ["--dataset-path", small_dataset, "--offline-steps", 20, "--online-steps", 0, "--eval-freq", 1000]
+    flags += ["--eval-episodes", 1, "--batch-size", 32, "--checkpoint-every", 10, "--output-dir", tmp_path]
+    assert run_script("o3f_iql.py", *flags).returncode == 0
+    (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
+    folder = os.path.dirname(checkpoint)
+    if subprocess.run(["chattr", "+i", folder], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        one_line(run_script("o3f_iql.py", "--resume", checkpoint), 2, "cannot write the run to", folder)
+    finally:
+        subprocess.run(["chattr", "-i", folder], check=True)
