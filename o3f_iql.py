@@ -482,8 +482,7 @@ DATA_OF = {env_id: replace(task, env_kwargs={}) for env_id, task in TASKS.items(
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
-    task = TASKS[env_id]
-    return 100.0 * (episode_return - task.ref_min) / (task.ref_max - task.ref_min)
+    return 100.0 * (episode_return - TASKS[env_id].ref_min) / (TASKS[env_id].ref_max - TASKS[env_id].ref_min)
 
 
 def flatten_obs(task: Task, obs):
@@ -522,8 +521,11 @@ def dataset_file(env_id: str) -> str:
         make_datasets.generate(task.dataset, path)
     if os.path.isfile(path) or task.source != "d4rl":
         return path
-    url = f"{D4RL_URL}/{task.dataset}.hdf5"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    url, folder = f"{D4RL_URL}/{task.dataset}.hdf5", os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    for stale in [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".partial")]:  # killed downloads'
+        with contextlib.suppress(OSError):  # (torch.hub's temporary files); a live download writes every second
+            os.remove(stale) if time.time() - os.path.getmtime(stale) > 600 else None
     try:  # through a temporary file, renamed once whole; then read: a cut file or an error page is not cached either
         torch.hub.download_url_to_file(url, path)
         h5py.File(path, "r").close()
@@ -709,8 +711,7 @@ def setup(args, method_checks: dict) -> tuple:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if cuda else "cpu")
-    env = make_env(args.env_id)
+    device, env = torch.device("cuda" if cuda else "cpu"), make_env(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if data["observations"].shape[1] != obs_dim or data["actions"].shape[1] != act_dim:
         sizes = f"{data['observations'].shape[1]}-d observations and {data['actions'].shape[1]}-d actions"
@@ -910,21 +911,20 @@ class Run:
         the end of the episode then, so that a resumed run replays exactly); after Ctrl-C or SIGTERM, save and exit."""
         args = self.args
         if step == args.offline_steps:
-            save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, args, self.agent)
+            save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, self)
             self.progress.set_description("online")
         if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for premise.py
-            save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, args, self.agent)
+            save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, self)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
             self.write_summary()  # its wall-clock, into the checkpoint too
             run = {"summary": self.summary, "rng": self.rng_state(), "episode_over": step > args.offline_steps}
             run["online_buffer"] = self.rb.online_part(self.n_offline)
-            save_checkpoint(self.checkpoint_path, step, args, self.agent, run)
+            save_checkpoint(self.checkpoint_path, step, self, run)
             self.checkpoint_due = False
         if self.interrupted:
             self.progress.close()
             resume = f"python {sys.argv[0]} --resume {self.checkpoint_path}"
-            print(f"interrupted at step {step}; continue with: {resume}", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(print(f"interrupted at step {step}; continue with: {resume}", file=sys.stderr) or 130)
 
     def rng_state(self) -> dict:
         """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
@@ -953,7 +953,7 @@ class Run:
 
     def finish(self):
         self.progress.close()
-        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self.args, self.agent)
+        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self)
         self.summary["complete"] = True
         self.write_summary()
         scores = [episode["normalized_score"] for episode in self.summary["train_episodes"]]
@@ -968,11 +968,12 @@ def agent_state(agent) -> dict:
     return {name: part for name, part in vars(agent).items() if isinstance(part, (nn.Module, torch.optim.Optimizer))}
 
 
-def save_checkpoint(path: str, step: int, args, agent, run: dict | None = None):
-    """Write the agent (and, for a resumable run, `run`) to a temporary name, then rename: never half a checkpoint."""
-    state = {"algorithm": ALGORITHM, "env_id": args.env_id, "step": step, "args": asdict(args), **(run or {})}
+def save_checkpoint(path: str, step: int, run, resumable: dict | None = None):
+    """`run`'s agent (and `resumable`'s state) to a temporary name, then renamed: never half, never a non-finite one."""
+    args, agent = run.args, run.agent
+    state = {"algorithm": ALGORITHM, "env_id": args.env_id, "step": step, "args": asdict(args), **(resumable or {})}
     if not all(p.isfinite().all() for part in agent_state(agent).values() for p in getattr(part, "parameters", list)()):
-        diverged("network weights", step, os.path.dirname(os.path.abspath(path)))  # never saved, nor marked complete
+        diverged("network weights", step, run.dir)  # never saved, nor the run marked complete
     state.update({name: part.state_dict() for name, part in agent_state(agent).items()})
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

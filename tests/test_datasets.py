@@ -3,6 +3,7 @@
 import http.server
 import os
 import threading
+import time
 from dataclasses import replace
 
 import gymnasium as gym
@@ -196,6 +197,20 @@ def test_a_cut_off_or_corrupt_download_leaves_nothing_cached(d4rl_server, tmp_pa
     assert stop.value.code == 2
     assert os.listdir(tmp_path / "cache" / "d4rl") == []  # no file, no partial file
     assert "could not download hopper-random-v2" in capsys.readouterr().err
+
+
+def test_a_killed_downloads_temporary_file_is_removed_by_the_next_download(d4rl_server, tmp_path):
+    """torch.hub downloads to NAME.<hex>.partial; kill -9 leaves it. One untouched for 10 minutes is a dead
+    download's and goes; a fresh one may be another process's live download and stays."""
+    folder = tmp_path / "cache" / "d4rl"
+    folder.mkdir(parents=True)
+    stale, live = folder / "hopper_medium-v2.hdf5.0a1b.partial", folder / "walker2d_medium-v2.hdf5.2c3d.partial"
+    stale.write_bytes(b"x" * 100)
+    live.write_bytes(b"y" * 100)
+    os.utime(stale, (time.time() - 601, time.time() - 601))
+    d4rl_server["hopper_medium-v2.hdf5"] = (hdf5_bytes(tmp_path), False)
+    o3f_iql.dataset_file("hopper-medium-v2")
+    assert sorted(os.listdir(folder)) == ["hopper_medium-v2.hdf5", live.name]
 
 
 def test_no_network_says_what_was_tried_and_how_to_get_the_data(run_script, tmp_path):

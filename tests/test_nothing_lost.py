@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -69,6 +70,24 @@ def test_a_diverging_pretraining_saves_no_model_and_is_never_complete(run_script
     assert json.load(open(summary))["complete"] is False
 
 
+def test_a_model_diverging_at_the_switch_names_the_runs_checkpoint_not_the_save_offline_folder(tmp_path, capsys):
+    """--save-offline writes elsewhere; the line names the run's own checkpoint.pt, the last good one."""
+    import o3f_iql
+
+    agent = SimpleNamespace(qf=torch.nn.Linear(2, 2))
+    args = o3f_iql.Args(env_id="embedded-halfcheetah-medium", save_offline=str(tmp_path / "models" / "m.pt"))
+    run = SimpleNamespace(args=args, agent=agent, dir=str(tmp_path / "run"))
+    os.makedirs(run.dir)
+    o3f_iql.save_checkpoint(os.path.join(run.dir, "checkpoint.pt"), 5, run)
+    with torch.no_grad():
+        agent.qf.bias[0] = float("inf")
+    with pytest.raises(SystemExit) as stop:
+        o3f_iql.save_checkpoint(args.save_offline, 10, run)
+    assert stop.value.code == 3 and not os.path.exists(args.save_offline)
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert f"by step 10; the last good checkpoint is {os.path.join(run.dir, 'checkpoint.pt')}" in line
+
+
 def test_two_runs_started_in_the_same_second_get_folders_of_their_own(small_dataset, data_dir, tmp_path):
     """A clock fixed to one second for both processes: their folders differ all the same, and both runs finish."""
     clock = "import itertools, time; ticks = itertools.count(); time.time = lambda: 1.8e9 + next(ticks) * 1e-9"
@@ -88,10 +107,9 @@ def test_two_runs_started_in_the_same_second_get_folders_of_their_own(small_data
 def test_a_failed_write_keeps_the_last_good_checkpoint_and_no_temporary_file(tmp_path, monkeypatch, capsys):
     import o3f_iql
 
-    agent, args = type("Agent", (), {})(), o3f_iql.Args(env_id="embedded-halfcheetah-medium")
-    agent.qf = torch.nn.Linear(2, 2)
-    path = str(tmp_path / "checkpoint.pt")
-    o3f_iql.save_checkpoint(path, 1, args, agent)
+    agent, args = SimpleNamespace(qf=torch.nn.Linear(2, 2)), o3f_iql.Args(env_id="embedded-halfcheetah-medium")
+    run, path = SimpleNamespace(args=args, agent=agent, dir=str(tmp_path)), str(tmp_path / "checkpoint.pt")
+    o3f_iql.save_checkpoint(path, 1, run)
     good = open(path, "rb").read()
 
     def full_disk(obj, f, *rest, **kw):
@@ -100,7 +118,7 @@ def test_a_failed_write_keeps_the_last_good_checkpoint_and_no_temporary_file(tmp
 
     monkeypatch.setattr(o3f_iql.torch, "save", full_disk)
     with pytest.raises(SystemExit) as stop:
-        o3f_iql.save_checkpoint(path, 2, args, agent)
+        o3f_iql.save_checkpoint(path, 2, run)
     assert stop.value.code == 2 and os.listdir(tmp_path) == ["checkpoint.pt"] and open(path, "rb").read() == good
     (line,) = capsys.readouterr().err.splitlines()
     assert "No space left on device" in line and f"the last good one is still {path}" in line

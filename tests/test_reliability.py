@@ -151,11 +151,12 @@ def test_a_non_finite_network_is_never_saved(tmp_path, capsys):
     import o3f_lapo
 
     agent, args = SimpleNamespace(qf=torch.nn.Linear(2, 2)), o3f_lapo.Args(env_id="embedded-halfcheetah-medium")
-    o3f_lapo.save_checkpoint(str(tmp_path / "good.pt"), 1, args, agent)
+    run = SimpleNamespace(args=args, agent=agent, dir=str(tmp_path))
+    o3f_lapo.save_checkpoint(str(tmp_path / "good.pt"), 1, run)
     with torch.no_grad():
         agent.qf.weight[0, 0] = float("nan")
     with pytest.raises(SystemExit) as stop:
-        o3f_lapo.save_checkpoint(str(tmp_path / "bad.pt"), 2, args, agent)
+        o3f_lapo.save_checkpoint(str(tmp_path / "bad.pt"), 2, run)
     assert stop.value.code == 3 and os.listdir(tmp_path) == ["good.pt"]
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert line.startswith("error: training diverged: non-finite network weights by step 2")
