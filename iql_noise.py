@@ -351,12 +351,12 @@ def train(args: Args):
     if args.load_offline and not resumed:  # fine-tune a saved model: pretraining ends at the model's own step
         args.offline_steps = load_model(args.load_offline, args, agent)
     run = Run(args, resumed, agent, env, rb, evaluate)  # directory, logs, checkpoints; --resume: the stopped run
-    update, act = compiled(iql_update, args), compiled(select_action, args)
+    update, act = maybe_compile(iql_update, args), maybe_compile(select_action, args)
 
     def one_step(expectile):  # Algorithm 1, line 7: the IQL update, on a batch drawn from D
         return update(agent, rb.sample(args.batch_size, args.online_fraction), expectile, args)
 
-    updates = blocks(one_step, args)  # updates(n, expectile): n steps in one call
+    updates = block_runner(one_step, args)  # updates(n, expectile): n steps in one call
 
     obs = run.obs
     for global_step in range(run.start_step, run.total_steps):
@@ -376,12 +376,12 @@ def train(args: Args):
         # ALGO LOGIC: Algorithm 1, line 7: the same IQL update offline and online (the expectile moves only if asked);
         # offline, --block steps' updates run as one call (the same updates: only the calls are fewer)
         expectile = expectile_at(step - args.offline_steps, args)
-        if n := run.updates_due(step, now=online):
+        if n := run.steps_to_update(step, now=online):
             losses = updates(n, expectile)
             # Bookkeeping, one call each (the plumbing block below): divergence guard and logs, evaluation, checkpoints
             run.log(step, losses, scalars={"expectile": expectile})
-            run.evaluate(step)
-            run.save(step, between_episodes=not online or obs is None)
+            run.evaluate_if_due(step)
+            run.save_if_due(step, between_episodes=not online or obs is None)
     run.finish()
 
 
@@ -466,7 +466,7 @@ def task_table() -> dict:
 
 
 TASKS = task_table()
-DATA_OF = {env_id: replace(task, env_kwargs={}) for env_id, task in TASKS.items()}  # each task less its env's settings
+DATASET_OF = {env_id: replace(task, env_kwargs={}) for env_id, task in TASKS.items()}  # a task less its env's settings
 
 
 def normalized_score(env_id: str, episode_return: float) -> float:
@@ -710,7 +710,7 @@ def setup(args, method_checks: dict) -> tuple:
     return device, data, env
 
 
-def compiled(fn, args):
+def maybe_compile(fn, args):
     """`fn` as the loop calls it: eager by default (the reference); with --compile or --cudagraphs, traced whole
     (forward, backward, the optimiser's step) into one graph returning detached outputs, where a break is an error."""
     if not (args.compile or args.cudagraphs):
@@ -721,11 +721,11 @@ def compiled(fn, args):
     return torch._dynamo.config.patch(trace_autograd_ops=True)(graph)  # backward() traced into the graph, not a break
 
 
-def blocks(step, args):
-    """`step` (a training step's updates on batches it draws from the buffer) as `updates(n, *inputs)`: n steps in one
-    call, returning the last one's outputs: a loop, or with --cudagraphs one CUDA graph per (n, bool and int inputs),
-    recorded after a warm-up on a side stream (PyTorch's whole-network capture); floats are read from the device."""
-    loop = lambda n, *inputs: [step(*inputs) for _ in range(n)][-1]  # noqa: E731
+def block_runner(train_step, args):
+    """`train_step` (one step's updates, on batches it draws) as `updates(n, *inputs)`: n steps in one call, returning
+    the last one's outputs: a loop, or with --cudagraphs one CUDA graph per (n, bool and int inputs), recorded after
+    a warm-up on a side stream (PyTorch's whole-network capture); floats are read from the device."""
+    loop = lambda n, *inputs: [train_step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop
     graphs, floats = {}, {}
@@ -833,7 +833,7 @@ class Run:
             self.set_rng_state(resumed["rng"])
             self.obs = None if resumed["episode_over"] else self.obs
         self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
-        self.pending = 0  # steps whose updates wait (updates_due)
+        self.pending = 0  # steps whose updates wait (steps_to_update)
         for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
             signal.signal(sig, lambda *_: self.interrupted.append(True))
         self.start_time, self.score = time.time(), float("nan")
@@ -841,7 +841,7 @@ class Run:
         self.progress = tqdm(total=self.total_steps, initial=self.start_step, desc=phase, unit="step", file=sys.stderr)
         self.progress.mininterval = 1 if sys.stderr.isatty() else 30  # seconds between refreshes (in a log: rarely)
         if self.start_step == args.offline_steps and args.load_offline and not resumed:  # the loaded model, scored once
-            self.evaluate(self.start_step)
+            self.evaluate_if_due(self.start_step)
 
     def record_episode(self, step: int, info: dict):
         """A training episode that ended with the env step of `step`: its return, the behaviour's quality, logged."""
@@ -853,8 +853,8 @@ class Run:
             episode = {"step": step, "return": episode_return, "length": length, "normalized_score": score}
             self.summary["train_episodes"].append(episode)
 
-    def updates_due(self, step: int, now: bool) -> int:
-        """How many steps' updates the loop runs at `step`: offline they wait to run as one call (see `blocks`) every
+    def steps_to_update(self, step: int, now: bool) -> int:
+        """How many steps' updates to run at `step`: offline they wait to run as one call (see `block_runner`) every
         --block steps, or sooner where the bookkeeping of `step` needs them; online, or `now`, at each step (1)."""
         args, self.pending = self.args, self.pending + 1
         every = (args.log_freq, args.eval_freq, args.checkpoint_every, args.snapshot_every)
@@ -879,7 +879,7 @@ class Run:
                 self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
             self.writer.add_scalar("charts/SPS", int((step - self.start_step) / (time.time() - self.start_time)), step)
 
-    def evaluate(self, step: int, **extra):
+    def evaluate_if_due(self, step: int, **extra):
         """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
         args = self.args
         if step % args.eval_freq != 0 and step not in (args.offline_steps, self.total_steps):
@@ -894,7 +894,7 @@ class Run:
             self.writer.add_scalar(f"eval/{name}", value, step)
         self.progress.set_postfix(score=f"{self.score:.1f}")
 
-    def save(self, step: int, between_episodes: bool):
+    def save_if_due(self, step: int, between_episodes: bool):
         """The pretrained model at the switch, snapshots, and every --checkpoint-every steps the whole run (online at
         the end of the episode then, so that a resumed run replays exactly); after Ctrl-C or SIGTERM, save and exit."""
         args = self.args
@@ -1004,7 +1004,7 @@ def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     """A saved model (a path, or a checkpoint read) into `agent`; its step. A model-only file: fresh optimisers."""
     state = read_checkpoint(source, flag) if isinstance(source, str) else source
     where, trained_on = f"{flag} {state['path']}", state["env_id"]
-    if DATA_OF.get(trained_on, trained_on) != DATA_OF[args.env_id]:  # a model serves every task with its data
+    if DATASET_OF.get(trained_on, trained_on) != DATASET_OF[args.env_id]:  # a model serves every task with its data
         fail(f"{where}: trained on {trained_on}, not {args.env_id}; pass --env-id {trained_on}")
     parts = agent_state(agent)
     fresh = [name for name, part in parts.items() if isinstance(part, torch.optim.Optimizer) and name not in state]

@@ -230,7 +230,7 @@ class Agent:
         self.path, self.env_id, self.step, args = path, env_id or state["env_id"], state["step"], state["args"]
         if self.env_id not in self.script.TASKS:
             fail(f"{path}: {self.env_id} is not a task of {self.script.__name__}.py; --env-id names one it serves")
-        alike = self.script.DATA_OF  # each task less its env's settings: a model serves every task with its data
+        alike = self.script.DATASET_OF  # each task less its env's settings: a model serves every task with its data
         if alike.get(self.env_id, self.env_id) != alike.get(state["env_id"], state["env_id"]):
             fail(f"{path}: trained on {state['env_id']}; {self.env_id} is not a task with its data and conventions")
         if self.script.TASKS[self.env_id].domain == "kitchen":
@@ -251,7 +251,9 @@ class Agent:
             self.scale_reward = s.reward_transform(self.env_id, data["episode_returns"])
             self.model = s.Agent(env, run_args, torch.device(device))
         else:
-            self.scale_reward, v_min, v_max = s.reward_transform(self.env_id, data["rewards"], self.gamma)
+            self.scale_reward, v_min, v_max = s.reward_transform_and_value_range(
+                self.env_id, data["rewards"], self.gamma
+            )
             self.model = s.Agent(
                 env, data, v_min, v_max, run_args, torch.device(device)
             )  # the checkpoint holds the normaliser

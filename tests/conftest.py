@@ -38,7 +38,7 @@ def smooth_graph_adam(script):
     return make
 
 
-COMPILE = SimpleNamespace(compile=True, cudagraphs=False)  # the flags under which a script's compiled() compiles
+COMPILE = SimpleNamespace(compile=True, cudagraphs=False)  # the flags under which a script's maybe_compile() compiles
 
 
 def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more):

@@ -123,5 +123,9 @@ def test_the_training_loop_records_each_evaluation_in_one_place(script):
     loop = lines[next(k for k, line in enumerate(lines) if line.startswith("def train(")) :]
     loop = loop[: next(k for k, line in enumerate(loop) if line.startswith(PLUMBING)) - 1]
     text = "\n".join(loop)
-    assert text.count("run.evaluate(step") == 1 and text.count("run.log(step") == 1 and text.count("run.save(step") == 1
+    assert (
+        text.count("run.evaluate_if_due(step") == 1
+        and text.count("run.log(step") == 1
+        and text.count("run.save_if_due(step") == 1
+    )
     assert 'summary["evaluations"]' not in text and 'writer.add_scalar("eval/' not in text

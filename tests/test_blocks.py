@@ -53,7 +53,7 @@ def schedule(**flags):
     run = SimpleNamespace(args=args, pending=0, interrupted=[], total_steps=args.offline_steps + args.online_steps)
     calls = []
     for step in range(1, run.total_steps + 1):
-        if n := o3f_iql.Run.updates_due(run, step, now=step > args.offline_steps):
+        if n := o3f_iql.Run.steps_to_update(run, step, now=step > args.offline_steps):
             calls.append((step, n))
     return calls
 
@@ -70,6 +70,6 @@ def test_a_signal_ends_the_wait_so_that_the_checkpoint_holds_every_step_before_i
     args = SimpleNamespace(offline_steps=100, block=50, log_freq=1000, eval_freq=1000, checkpoint_every=0)
     args.snapshot_every, args.snapshot_steps = 0, ()
     run = SimpleNamespace(args=args, pending=0, interrupted=[], total_steps=100)
-    assert [o3f_iql.Run.updates_due(run, step, now=False) for step in (1, 2, 3)] == [0, 0, 0]
-    run.interrupted.append(True)  # Ctrl-C or SIGTERM: Run.save writes the checkpoint after these updates
-    assert o3f_iql.Run.updates_due(run, 4, now=False) == 4
+    assert [o3f_iql.Run.steps_to_update(run, step, now=False) for step in (1, 2, 3)] == [0, 0, 0]
+    run.interrupted.append(True)  # Ctrl-C or SIGTERM: Run.save_if_due writes the checkpoint after these updates
+    assert o3f_iql.Run.steps_to_update(run, 4, now=False) == 4

@@ -145,13 +145,13 @@ print(torch._dynamo.explain(o3f_iql.iql_update)(agent, batch, 0.7, args).graph_b
 
 
 def test_each_compiled_function_keeps_a_graph_cache_of_its_own():
-    """dynamo caches graphs per code object, at most 8, and under fullgraph=True a 9th is a hard error: compiled()
+    """dynamo caches graphs per code object, at most 8, and under fullgraph=True a 9th is a hard error: maybe_compile()
     gives each function's wrapper a code object of its own, so a process that compiles many functions (speed.py, this
     test suite) compiles each of them."""
     from torch._dynamo.utils import counters
 
     functions = [eval(f"lambda x: x * {k} + 1") for k in range(12)]  # 12 functions, 12 code objects
-    wrapped = [o3f_iql.compiled(fn, SimpleNamespace(compile=True, cudagraphs=False)) for fn in functions]
+    wrapped = [o3f_iql.maybe_compile(fn, SimpleNamespace(compile=True, cudagraphs=False)) for fn in functions]
     before = counters["stats"]["unique_graphs"]
     assert [fn(torch.ones(3))[0].item() for fn in wrapped] == [float(k + 1) for k in range(12)]
     assert counters["stats"]["unique_graphs"] - before == 12

@@ -138,7 +138,7 @@ def test_compiled_update_equals_the_eager_update(compiled_draws_eagers_random_nu
     """--compile's one graph, CQL's and SAC's (fullgraph: a graph break fails the test), computes what eager does."""
     eager, _ = make_learner(optimizer=smooth_graph_adam(cql_to_sac))
     compiled = copy.deepcopy(eager)
-    update = cql_to_sac.compiled(cql_to_sac.cql_update, COMPILE)
+    update = cql_to_sac.maybe_compile(cql_to_sac.cql_update, COMPILE)
     for i, conservative in enumerate((True, True, False)):  # both phases, as at the switch
         _, batch = make_learner(seed=10 + i)
         torch.manual_seed(i)

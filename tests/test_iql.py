@@ -164,7 +164,7 @@ def test_compiled_update_equals_the_eager_update():
     """--compile's one graph (fullgraph: a graph break fails the test) computes what eager code computes."""
     eager, args = iql_agent(optimizer=smooth_graph_adam(o3f_iql))
     compiled = copy.deepcopy(eager)
-    update = o3f_iql.compiled(o3f_iql.iql_update, COMPILE)
+    update = o3f_iql.maybe_compile(o3f_iql.iql_update, COMPILE)
     for _ in range(3):
         batch = random_batch(4)
         expected = o3f_iql.iql_update(eager, batch, 0.7, args)
@@ -289,7 +289,7 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
         FakeGraph.capturing.recorded.append(run) if FakeGraph.capturing else run()
         return {"loss": out}
 
-    updates = o3f_iql.blocks(step, SimpleNamespace(cudagraphs=True))
+    updates = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=True))
     first = updates(3, 0.5, True)
     assert ran == [1.0] * 3 and first["loss"].item() == 1.0  # the warm-up's 3 steps; the 3 recorded did not run
     second = updates(3, 0.25, True)
@@ -301,5 +301,5 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
     assert ran[9:] == [0.25] * 3 + [0.25] and third["loss"].item() == 1.5
     updates(3, 0.25, False)
     assert ran[13:] == [0.25] * 3  # the bool's graph, replayed
-    eager = o3f_iql.blocks(step, SimpleNamespace(cudagraphs=False))(2, 0.5, False)
+    eager = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=False))(2, 0.5, False)
     assert ran[16:] == [0.5, 0.5] and eager["loss"].item() == 0.5  # eager and --compile: a loop

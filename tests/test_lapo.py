@@ -231,7 +231,7 @@ def test_compiled_updates_equal_the_eager_updates(compiled_draws_eagers_random_n
     """--compile's one graph per update (fullgraph: a graph break fails the test) computes what eager code computes."""
     eager, args = full_agent(optimizer=smooth_graph_adam(o3f_lapo))
     compiled = copy.deepcopy(eager)
-    critic, actor = (o3f_lapo.compiled(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))
+    critic, actor = (o3f_lapo.maybe_compile(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))
     for i in range(3):
         batch = random_batch(3)
         torch.manual_seed(i)
@@ -265,8 +265,8 @@ def test_a_compiled_block_of_steps_equals_the_eager_steps_one_by_one(compiled_dr
     step = training_step(eager, o3f_lapo.critic_update, o3f_lapo.actor_update)
     expected = [step(2) for _ in range(3)][-1]
     torch.manual_seed(0)
-    graphs = (o3f_lapo.compiled(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))
-    got = o3f_lapo.blocks(training_step(compiled, *graphs), COMPILE)(3, 2)
+    graphs = (o3f_lapo.maybe_compile(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))
+    got = o3f_lapo.block_runner(training_step(compiled, *graphs), COMPILE)(3, 2)
     for name in expected:
         assert got[name].item() == pytest.approx(expected[name].item(), rel=1e-4, abs=1e-6), name
     for name in ("qf", "vf", "cvae", "latent_policy", "qf_target"):

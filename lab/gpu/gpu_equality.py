@@ -44,8 +44,8 @@ def equality(device: str = "cuda") -> dict:
         for _ in range(4)
     ]  # fmt: skip
     static = [t.clone() for t in batches[0]]  # the graph reads its batch here, refilled before each replay
-    update = o3f_iql.compiled(o3f_iql.iql_update, args)
-    updates = o3f_iql.blocks(lambda expectile: update(graphed, static, expectile, args), args)
+    update = o3f_iql.maybe_compile(o3f_iql.iql_update, args)
+    updates = o3f_iql.block_runner(lambda expectile: update(graphed, static, expectile, args), args)
     worst = {}
     for batch in batches:
         for dst, src in zip(static, batch):

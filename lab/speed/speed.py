@@ -148,7 +148,7 @@ def online_step(select, update, env, rb, scale_reward, state):
 
 
 def block_ms(bench: Bench, steps) -> float:
-    """Milliseconds per update when `steps` (a script's `blocks`) runs --block of them in one call."""
+    """Milliseconds per update when `steps` (a script's `block_runner`) runs --block of them in one call."""
     n = bench.args.block
     return bench.median_ms(lambda: steps(n), max(bench.args.repeats // n, 5), warmup=2) / n
 
@@ -160,7 +160,7 @@ def seconds(fn) -> float:
 
 
 def graph_breaks(fn, *args) -> int:
-    """Graph breaks torch.compile meets in one call of `fn(*args)`, traced as the scripts' `compiled()` traces it
+    """Graph breaks torch.compile meets in one call of `fn(*args)`, traced as the scripts' `maybe_compile()` traces it
     (backward() traced, the outputs detached): each break ends a graph, so with --cudagraphs one update would replay
     that many more CUDA graphs, with Python between them; the scripts' fullgraph=True refuses any. Runs `fn` once."""
     detached = lambda *a: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*a))  # noqa: E731
@@ -181,11 +181,11 @@ def bench_iql(bench: Bench, data, env, repeats):
     for suffix in bench.suffixes():
         args = script_args(o3f_iql, suffix, num_critics=bench.args.num_critics, expectile=0.7, beta=3.0, sigma=0.2)
         iql_update, select_action = (
-            o3f_iql.compiled(o3f_iql.iql_update, args),
-            o3f_iql.compiled(o3f_iql.select_action, args),
+            o3f_iql.maybe_compile(o3f_iql.iql_update, args),
+            o3f_iql.maybe_compile(o3f_iql.select_action, args),
         )
         agent = o3f_iql.Agent(env, args, bench.device)
-        steps = o3f_iql.blocks(lambda: iql_update(agent, rb.sample(args.batch_size), args.expectile, args), args)
+        steps = o3f_iql.block_runner(lambda: iql_update(agent, rb.sample(args.batch_size), args.expectile, args), args)
         update = lambda: steps(1)  # noqa: E731
         select = lambda obs: select_action(agent, obs, args)  # noqa: E731
         ms = bench.median_ms(update, repeats, warmup=10 if not suffix else 30)
@@ -213,7 +213,7 @@ def bench_iql(bench: Bench, data, env, repeats):
 
 
 def bench_lapo(bench: Bench, data, env, repeats):
-    scale_reward, v_min, v_max = o3f_lapo.reward_transform(ENV_ID, data["rewards"], 0.99)
+    scale_reward, v_min, v_max = o3f_lapo.reward_transform_and_value_range(ENV_ID, data["rewards"], 0.99)
     data = {**data, "rewards": scale_reward(data["rewards"])}
     stats = {
         "observations": data["observations"],
@@ -224,12 +224,12 @@ def bench_lapo(bench: Bench, data, env, repeats):
     for suffix in bench.suffixes():
         args = script_args(o3f_lapo, suffix, doubleq_min=1.0, sigma=0.2)
         critic_update, actor_update = (
-            o3f_lapo.compiled(fn, args) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update)
+            o3f_lapo.maybe_compile(fn, args) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update)
         )
-        select_action = o3f_lapo.compiled(o3f_lapo.select_action, args)
+        select_action = o3f_lapo.maybe_compile(o3f_lapo.select_action, args)
         agent = o3f_lapo.Agent(env, stats, v_min, v_max, args, bench.device)
-        critics = o3f_lapo.blocks(lambda: critic_update(agent, rb.sample(args.batch_size), args), args)
-        actors = o3f_lapo.blocks(lambda: actor_update(agent, rb.sample(args.batch_size), args), args)
+        critics = o3f_lapo.block_runner(lambda: critic_update(agent, rb.sample(args.batch_size), args), args)
+        actors = o3f_lapo.block_runner(lambda: actor_update(agent, rb.sample(args.batch_size), args), args)
         critic, actor = (lambda: critics(1)), (lambda: actors(1))
         select = lambda obs: select_action(agent, obs, args)  # noqa: E731
 
@@ -238,7 +238,7 @@ def bench_lapo(bench: Bench, data, env, repeats):
                 losses = critic_update(agent, rb.sample(args.batch_size), args)
             return losses | actor_update(agent, rb.sample(args.batch_size), args)
 
-        online_steps = o3f_lapo.blocks(one_step, args)
+        online_steps = o3f_lapo.block_runner(one_step, args)
         utd20 = lambda: online_steps(1, 20)  # noqa: E731
 
         warmup = 10 if not suffix else 30
@@ -274,9 +274,9 @@ def bench_cql(bench: Bench, data, env, repeats):
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
         args = script_args(cql_to_sac, suffix)
-        cql_update = cql_to_sac.compiled(cql_to_sac.cql_update, args)
+        cql_update = cql_to_sac.maybe_compile(cql_to_sac.cql_update, args)
         agent = cql_to_sac.Agent(env, args, bench.device)
-        steps = cql_to_sac.blocks(
+        steps = cql_to_sac.block_runner(
             lambda conservative: cql_update(agent, rb.sample(args.batch_size), conservative, args.cql_target_gap, args),
             args,
         )
@@ -321,8 +321,8 @@ def bench_awac(bench: Bench, data, env, repeats):
     results = {}
     for suffix in bench.suffixes():
         args = script_args(awac, suffix)
-        awac_update, agent = awac.compiled(awac.awac_update, args), awac.Agent(env, args, bench.device)
-        steps = awac.blocks(lambda: awac_update(agent, rb.sample(args.batch_size), args.lam, args), args)
+        awac_update, agent = awac.maybe_compile(awac.awac_update, args), awac.Agent(env, args, bench.device)
+        steps = awac.block_runner(lambda: awac_update(agent, rb.sample(args.batch_size), args.lam, args), args)
         update = lambda: steps(1)  # noqa: E731
         ms = bench.median_ms(update, repeats, warmup=10 if not suffix else 30)
         results |= {f"awac_update{suffix}_ms": ms, **(floor(bench, "awac_update", update, ms) if not suffix else {})}
