@@ -113,7 +113,7 @@ class Args:
     resume: str | None = None
     """continue the run that saved this checkpoint (its `checkpoint.pt` or its run directory), with that run's flags"""
     compile: bool = False
-    """if toggled, each update is one torch.compile graph (2-core CPU: CQL 1.1-1.25x eager's speed)"""
+    """if toggled, each update (forward, backward, the optimiser's step) is one torch.compile graph (docs/speed.md)"""
     cudagraphs: bool = False
     """if toggled, as --compile, and each call of the updates (a step, or --block steps) replays one CUDA graph"""
     exp_name: str = "cql_to_sac"
@@ -948,10 +948,9 @@ class Run:
         args, self.pending = self.args, self.pending + 1
         every = (args.log_freq, args.eval_freq, args.checkpoint_every, args.snapshot_every)
         due = now or self.pending >= args.block or self.interrupted or any(f and step % f == 0 for f in every)
-        if due or step in (args.offline_steps, self.total_steps, *args.snapshot_steps):
-            n, self.pending = self.pending, 0
-            return n
-        return 0
+        due = due or step in (args.offline_steps, self.total_steps, *args.snapshot_steps)
+        n, self.pending = (self.pending, 0) if due else (0, self.pending)
+        return n
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the updates up to `step`: the divergence guard, every --log-freq steps (or `now`) the losses, `scalars`
@@ -1018,8 +1017,7 @@ class Run:
         random.setstate(state["python"])
         np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
         torch.set_rng_state(state["torch"])
-        if state["cuda"]:
-            torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(state["cuda"])  # [] where the run had no CUDA device: nothing to set
         self.env.unwrapped.np_random.bit_generator.state = state["env"]
 
     def write_summary(self):
@@ -1033,9 +1031,12 @@ class Run:
         save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self)
         self.summary["complete"] = True
         self.write_summary()
+        at = {e["step"]: e["normalized_score"] for e in self.summary["evaluations"]}  # the switch's, if it has one
+        switch = f"{at[self.args.offline_steps]:.1f} at the switch, " if self.args.offline_steps in at else ""
         scores = [episode["normalized_score"] for episode in self.summary["train_episodes"]]
         collected = f"; its {len(scores)} training episodes scored {np.mean(scores):.1f} on average" if scores else ""
-        print(f"{self.name}: final normalized score {self.score:.1f}{collected}; logs in {self.dir}")
+        logs = f"logs in {self.dir} (tensorboard --logdir {os.path.dirname(self.dir) or '.'})"
+        print(f"{self.name}: normalized score {switch}{self.score:.1f} at the end{collected}\n{logs}")
         for resource in (self.env, self.eval_env, self.writer):
             resource.close()
 
@@ -1085,8 +1086,7 @@ def read_checkpoint(path: str, flag: str) -> dict:
         fail(f"{flag} {path}: written by another script (needs {' or '.join(SCRIPTS)})")
     if flag == "--resume" and "rng" not in state:
         fail(f"--resume {path}: a model-only checkpoint; pass it to --load-offline instead")
-    state["path"] = path
-    return state
+    return {**state, "path": path}
 
 
 def load_model(source, args, agent, flag: str = "--load-offline") -> int:
@@ -1118,4 +1118,4 @@ def platform_info(device: torch.device) -> dict:
 
 
 if __name__ == "__main__":
-    train(tyro.cli(Args))
+    train(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
