@@ -111,7 +111,7 @@ class Args:
     compile: bool = False
     """if toggled, each update (forward, backward, the optimiser's step) is one torch.compile graph (docs/speed.md)"""
     cudagraphs: bool = False
-    """if toggled, as --compile, and each call of the updates (a step, or --block steps) replays one CUDA graph"""
+    """if toggled, each call of the updates (a step or --block steps) replays one CUDA graph (compiled: --compile)"""
     exp_name: str = "o3f_iql"
     """the name of this experiment"""
     seed: int = 1
@@ -402,15 +402,13 @@ def train(args: Args):
 # The same in every script of this project, line for line (tests/test_alignment.py); skip it on a first read.
 # =============================================================================================
 class BadInput(SystemExit):
-    """Bad input: uncaught, it ends the program with exit code 2 and no traceback; `message` is its one line."""
+    """Bad input: uncaught, it ends the program with exit code 2 and no traceback (`fail` printed its one line)."""
 
 
 def fail(message: str):
     """Bad input ends the run with one line and exit code 2, never a traceback (a caller may catch BadInput)."""
     print(f"error: {message}", file=sys.stderr)
-    error = BadInput(2)
-    error.message = message
-    raise error
+    raise BadInput(2)
 
 
 DATA_DIR = os.environ.get("O3F_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "o3f"))
@@ -723,9 +721,10 @@ def setup(args, method_checks: dict) -> tuple:
 
 
 def maybe_compile(fn, args):
-    """`fn` as the loop calls it: eager by default (the reference); with --compile or --cudagraphs, traced whole
-    (forward, backward, the optimiser's step) into one graph returning detached outputs, where a break is an error."""
-    if not (args.compile or args.cudagraphs):
+    """`fn` as the loop calls it: eager by default (the reference, and what --cudagraphs alone records); with
+    --compile, traced whole (forward, backward, the optimiser's step) into one graph returning detached outputs, where
+    a break is an error."""
+    if not args.compile:
         return fn
     detached = lambda *x: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*x))  # noqa: E731
     detached.__code__ = detached.__code__.replace(co_name=fn.__name__)  # its own code: dynamo caches per code object
@@ -740,24 +739,26 @@ def block_runner(train_step, args):
     loop = lambda n, *inputs: [train_step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop
-    graphs, floats = {}, {}
+    graphs, floats, calls = {}, {}, {}
 
     def updates(n, *inputs):
         key = (n, *(type(x) if isinstance(x, float) else x for x in inputs if isinstance(x, (bool, int, float))))
-        inputs = [floats.setdefault(i, torch.zeros((), device="cuda")).fill_(x) if isinstance(x, float) else x
-                  for i, x in enumerate(inputs)]  # fmt: skip
-        if key not in graphs:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                outputs = loop(n, *inputs)  # compiles and allocates; these are the call's n steps
-            torch.cuda.current_stream().wait_stream(side)
+        inputs = [(floats[i] if i in floats else floats.setdefault(i, torch.zeros((), device="cuda"))).fill_(x)
+                  if isinstance(x, float) else x for i, x in enumerate(inputs)]  # fmt: skip
+        if key in graphs:
+            graphs[key].replay()
+            return torch.utils._pytree.tree_map_only(torch.Tensor, lambda x: x.detach().clone(), graphs[key].outputs)
+        calls[key] = calls.get(key, 0) + 1
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            outputs = loop(n, *inputs)  # the call's n steps (a compiled update's first call compiles it)
+        torch.cuda.current_stream().wait_stream(side)
+        if calls[key] == 3:  # recorded at its third call, warmed up; a one-off n (a remainder) is never recorded
             graphs[key] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graphs[key]):  # records n more steps without running them
                 graphs[key].outputs = loop(n, *inputs)
-            return outputs
-        graphs[key].replay()
-        return torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.clone, graphs[key].outputs)
+        return outputs
 
     return updates
 
@@ -822,14 +823,13 @@ class Run:
         table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
+        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         if resumed:
             load_model(resumed, args, agent, "--resume")
+            rb.restore_online_part(resumed["online_buffer"])
         self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
-        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         new = dict(args=vars(args), run_name=self.name, evaluations=[], train_episodes=[], final_normalized_score=None)
         self.summary = {**new, "complete": False, **(resumed["summary"] if resumed else {})}
-        if resumed:
-            rb.restore_online_part(resumed["online_buffer"])
         self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
         self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
         here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])

@@ -113,7 +113,10 @@ def test_the_method_comes_first_and_the_plumbing_last(script):
     train = next(k for k, line in enumerate(lines) if line.startswith("def train("))
     assert first_network < 150
     assert first_network < train < start
-    assert lines[-2:] == ['if __name__ == "__main__":', '    train(tyro.cli(Args, description=__doc__.split("\\n\\n")[0]))']
+    assert lines[-2:] == [
+        'if __name__ == "__main__":',
+        '    train(tyro.cli(Args, description=__doc__.split("\\n\\n")[0]))',
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

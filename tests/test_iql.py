@@ -266,18 +266,20 @@ def fake_capture(graph):
 
 
 def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch):
-    """--cudagraphs: a block's first call does its n steps (the warm-up) and records n more without running them; each
-    later call with the same n and bool/int inputs replays them, reading float inputs from device tensors written before
-    the replay, and hands back copies of the graph's outputs (the next replay overwrites the graph's own)."""
-    zeros = torch.zeros
-    monkeypatch.setattr(torch, "zeros", lambda *size, device=None, **kw: zeros(*size, **kw))  # "cuda" on this CPU
+    """--cudagraphs: the first two calls of a block with the same n and bool/int inputs run their n steps as they are
+    (the warm-up: a compiled update compiles at its first call); the third runs its n steps and records n more without
+    running them; each later call replays them, reading float inputs from device tensors allocated once and written
+    before the replay, and hands back copies of the graph's outputs (the next replay overwrites the graph's own). An n
+    called fewer than three times (a remainder at a boundary) is never recorded."""
+    zeros, allocated = torch.zeros, []
+    monkeypatch.setattr(torch, "zeros", lambda *size, device=None, **kw: allocated.append(device) or zeros(*size, **kw))
     stream = SimpleNamespace(wait_stream=lambda other: None)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", fake_capture)
-    ran = []
+    ran, recorded = [], []
 
     def step(scale, double):  # a training step whose effect is to note scale (x2 if double) and return it
         out = zeros(())
@@ -287,19 +289,24 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
             out.fill_(ran[-1])
 
         FakeGraph.capturing.recorded.append(run) if FakeGraph.capturing else run()
+        recorded.append(FakeGraph.capturing is not None)
         return {"loss": out}
 
     updates = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=True))
     first = updates(3, 0.5, True)
-    assert ran == [1.0] * 3 and first["loss"].item() == 1.0  # the warm-up's 3 steps; the 3 recorded did not run
-    second = updates(3, 0.25, True)
-    assert ran[3:] == [0.5] * 3 and second["loss"].item() == 0.5  # a replay, with the new float
+    assert ran == [1.0] * 3 and first["loss"].item() == 1.0 and not any(recorded)  # warm-up: the call's own 3 steps
+    updates(3, 0.25, True)
+    assert ran[3:] == [0.5] * 3 and not any(recorded)  # still warming up, with the new float
     third = updates(3, 0.75, True)
-    assert ran[6:] == [1.5] * 3 and second["loss"].item() == 0.5  # the earlier result is a copy the replay left alone
-    updates(3, 0.25, False)  # another bool: warm-up and a recording of its own
-    updates(1, 0.25, False)  # another n: too
-    assert ran[9:] == [0.25] * 3 + [0.25] and third["loss"].item() == 1.5
-    updates(3, 0.25, False)
-    assert ran[13:] == [0.25] * 3  # the bool's graph, replayed
+    assert ran[6:] == [1.5] * 3 and third["loss"].item() == 1.5 and recorded[-3:] == [True] * 3  # ran, then recorded
+    assert len(ran) == 9  # the 3 recorded steps did not run
+    fourth = updates(3, 0.25, True)
+    assert ran[9:] == [0.5] * 3 and fourth["loss"].item() == 0.5  # a replay, with the new float
+    updates(3, 1.0, True)
+    assert ran[12:] == [2.0] * 3 and fourth["loss"].item() == 0.5  # the earlier result is a copy the replay left alone
+    assert allocated == ["cuda"]  # the float input's device tensor, allocated once (the step's own zeros aside)
+    updates(1, 0.25, False)  # another n and bool: its own warm-up, and never recorded if it is not called again
+    updates(1, 0.25, False)
+    assert ran[15:] == [0.25, 0.25] and len(recorded) == 3 * 3 + 3 + 2
     eager = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=False))(2, 0.5, False)
-    assert ran[16:] == [0.5, 0.5] and eager["loss"].item() == 0.5  # eager and --compile: a loop
+    assert ran[17:] == [0.5, 0.5] and eager["loss"].item() == 0.5  # eager and --compile: a loop

@@ -11,7 +11,7 @@
 #   bash lab/gpu/gpu_session.sh back      # the models back in place
 # What comes back in $OUT: JSON lines and the logs; commit them under lab/studies/speed/.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 GPU=.gpu
 PY=${PYTHON:-python3}
 export O3F_DATA_DIR=$PWD/$GPU/data PYTHONUNBUFFERED=1 MUJOCO_GL=egl

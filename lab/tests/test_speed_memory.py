@@ -38,9 +38,10 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     assert sum(matmul_flops(func, a) for func, a, _ in recorder.calls) == counter.get_total_flops()
 
 
-def test_maybe_compile_is_the_function_itself_when_eager_and_one_whole_graph_under_either_flag(monkeypatch):
-    """The scripts' maybe_compile() (which speed.py times too): eager code as written; --compile and --cudagraphs
-    trace one graph with fullgraph (a break is an error), the CUDA graphs being the blocks' (tests/test_iql.py)."""
+def test_maybe_compile_traces_one_whole_graph_under_compile_and_is_the_function_itself_otherwise(monkeypatch):
+    """The scripts' maybe_compile() (which speed.py times too): eager code as written, also under --cudagraphs alone
+    (PyTorch's whole-network capture records the eager update; tests/test_iql.py); --compile, with or without
+    --cudagraphs, traces one graph with fullgraph (a break is an error) returning detached outputs."""
     import o3f_iql
 
     traced = []
@@ -50,9 +51,10 @@ def test_maybe_compile_is_the_function_itself_when_eager_and_one_whole_graph_und
         return {"loss": x + 1}
 
     flags = lambda compile, cudagraphs: SimpleNamespace(compile=compile, cudagraphs=cudagraphs)  # noqa: E731
-    assert o3f_iql.maybe_compile(update, flags(False, False)) is update and traced == []
-    for compile, cudagraphs in ((True, False), (False, True)):
-        got = o3f_iql.maybe_compile(update, flags(compile, cudagraphs))(torch.tensor(1.0, requires_grad=True))
+    for cudagraphs in (False, True):
+        assert o3f_iql.maybe_compile(update, flags(False, cudagraphs)) is update and traced == []
+    for cudagraphs in (False, True):
+        got = o3f_iql.maybe_compile(update, flags(True, cudagraphs))(torch.tensor(1.0, requires_grad=True))
         assert got["loss"].item() == 2.0 and not got["loss"].requires_grad  # outputs detached
     assert traced == [{"fullgraph": True}] * 2
 
