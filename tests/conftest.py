@@ -41,6 +41,18 @@ def smooth_graph_adam(script):
 COMPILE = SimpleNamespace(compile=True, cudagraphs=False)  # the flags under which a script's maybe_compile() compiles
 
 
+def assert_one_line(result, code: int, *words):
+    """A run that ended with exit `code`, no traceback and one line on stderr (progress bars aside) holding `words`;
+    for bad input (exit 2), an "error: " line."""
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1, result.stderr
+    assert code != 2 or lines[0].startswith("error: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
 def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more):
     """A small dataset in D4RL's HDF5 layout: the arrays given; zero rewards and no terminals unless given."""
     n = len(observations)

@@ -15,16 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, write_d4rl
-
-
-def one_line(result, code: int, *words):
-    assert result.returncode == code, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
-    assert len(lines) == 1, result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+from conftest import ROOT, assert_one_line, write_d4rl
 
 
 @pytest.mark.parametrize(
@@ -46,15 +37,15 @@ def one_line(result, code: int, *words):
     ],
 )
 def test_float_flags_and_seeds_are_checked_before_any_work(run_script, small_dataset, script, flags, words):
-    one_line(run_script(script, "--dataset-path", small_dataset, *flags), 2, *words)
+    assert_one_line(run_script(script, "--dataset-path", small_dataset, *flags), 2, *words)
 
 
 def test_save_offline_is_checked_before_the_pretraining_it_would_keep(run_script, small_dataset, tmp_path):
     folder = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--save-offline", tmp_path)
-    one_line(folder, 2, "--save-offline must name a file, not a folder")
+    assert_one_line(folder, 2, "--save-offline must name a file, not a folder")
     (tmp_path / "a-file").write_text("")
     under_a_file = run_script("o3f_iql.py", "--dataset-path", small_dataset, "--save-offline", tmp_path / "a-file/m.pt")
-    one_line(under_a_file, 2, "--save-offline", "its folder cannot be made")
+    assert_one_line(under_a_file, 2, "--save-offline", "its folder cannot be made")
     assert not glob.glob(str(tmp_path / "**" / "summary.json"), recursive=True)  # refused before any run began
 
 
@@ -130,14 +121,14 @@ def test_a_dataset_of_strings_or_with_nan_in_a_dropped_row_is_refused(run_script
     with h5py.File(path, "a") as f:
         del f["rewards"]
         f["rewards"] = np.array([b"x"] * n)
-    one_line(run_script("o3f_iql.py", "--dataset-path", path), 2, "not all numbers")
+    assert_one_line(run_script("o3f_iql.py", "--dataset-path", path), 2, "not all numbers")
     # no next_observations: the row before a time limit is dropped, yet its reward counts in the episode returns
     timeouts = np.zeros(n, bool)
     timeouts[99] = True
     rewards = np.ones(n, np.float32)
     rewards[99] = np.nan
     path = write_d4rl(tmp_path / "nan.hdf5", np.zeros((n, 17)), np.zeros((n, 6)), rewards, timeouts=timeouts)
-    one_line(run_script("o3f_iql.py", "--dataset-path", path), 2, "rewards holds NaN")
+    assert_one_line(run_script("o3f_iql.py", "--dataset-path", path), 2, "rewards holds NaN")
 
 
 def test_checkpoint_messages_name_the_cause(run_script, small_dataset, tmp_path):
@@ -147,17 +138,17 @@ def test_checkpoint_messages_name_the_cause(run_script, small_dataset, tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     (checkpoint,) = glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))
     other = run_script("iql_noise.py", "--resume", checkpoint)
-    one_line(other, 2, "another script's run (o3f_iql)")
+    assert_one_line(other, 2, "another script's run (o3f_iql)")
     again = run_script("o3f_iql.py", "--resume", checkpoint, "--online-steps", 5000, "--output-dir", tmp_path / "x")
     assert again.returncode == 0, again.stderr[-2000:]  # the run resumed as it was, and said what it left aside
     assert "--resume keeps its flags; ignored: --online-steps --output-dir" in again.stderr
     assert not (tmp_path / "x").exists()
     cut = tmp_path / "cut.pt"
     cut.write_bytes(open(checkpoint, "rb").read()[:1000])
-    one_line(run_script("o3f_iql.py", "--resume", cut), 2, "cannot be read, truncated or not a checkpoint")
+    assert_one_line(run_script("o3f_iql.py", "--resume", cut), 2, "cannot be read, truncated or not a checkpoint")
     junk = tmp_path / "junk.hdf5"
     junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    one_line(run_script("o3f_iql.py", "--dataset-path", junk), 2, "delete it and run again")
+    assert_one_line(run_script("o3f_iql.py", "--dataset-path", junk), 2, "delete it and run again")
 
 
 def test_ctrl_c_while_the_dataset_is_made_ends_in_one_line_and_leaves_no_temporary_file(tmp_path):
@@ -185,6 +176,6 @@ def test_resuming_into_a_folder_that_cannot_be_written_ends_in_one_line(run_scri
     if subprocess.run(["chattr", "+i", folder], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here")
     try:
-        one_line(run_script("o3f_iql.py", "--resume", checkpoint), 2, "cannot write the run to", folder)
+        assert_one_line(run_script("o3f_iql.py", "--resume", checkpoint), 2, "cannot write the run to", folder)
     finally:
         subprocess.run(["chattr", "-i", folder], check=True)

@@ -1,75 +1,70 @@
-"""GPU checks of --cudagraphs that a CPU cannot run (lab/gpu/gpu_session.sh runs them on a lent GPU):
+"""The GPU checks of --cudagraphs, read from runs of the scripts themselves (lab/gpu/gpu_session.sh makes them on a
+lent GPU: the same script, seed and flags eager, with --cudagraphs, and with --compile --cudagraphs):
 
-    python lab/gpu/gpu_equality.py               # IQL: blocks replayed as CUDA graphs against eager steps
-    python lab/gpu/gpu_equality.py --pace DIR    # the pace of the runs under DIR, from their TensorBoard logs
+    python lab/gpu/gpu_equality.py --compare EAGER_DIR OTHER_DIR ...   # each run against the eager one
+    python lab/gpu/gpu_equality.py --pace DIR                          # the pace of every run under DIR
 
-The first: the same IQL update (no random numbers in it) on the same fixed batches, 20 steps eager and 20 as
-blocks of 5 replayed as one CUDA graph each (the first block the warm-up, which records the graph), both with
-GraphAdam at eps 1 (smooth in the gradient, as the CPU tests compare); then a block of 100 updates timed as one
-replay. One JSON line each.
+--compare: the final networks' largest difference from the eager run's (absolute, and relative to the eager
+weights' largest magnitude), and the losses logged at the same steps (the largest relative difference, and the first
+step where it passes 1e-3). The batches are drawn inside each recorded graph, so a graph that froze its random draws
+(the same batch at every replay) trains on one batch and its losses part from the eager run's at the first replay;
+a faithful graph differs only by the GPU's rounding, which grows slowly. One JSON line per run compared.
 """
 
-import copy
 import glob
 import json
 import os
 import sys
-import time
-from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import o3f_iql  # noqa: E402
+
+def run_dir(root: str) -> str:
+    """The one run directory under `root` (a run's --output-dir), or `root` itself if it is one."""
+    found = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(root, "**", "summary.json"), recursive=True))
+    if len(found) != 1:
+        fail(f"{root}: {len(found)} runs there, not one")
+    return found[0]
 
 
-def equality(device: str = "cuda") -> dict:
-    """On "cpu" (the tests), the same harness with eager blocks and torch.optim's Adam: no CUDA graph, equal."""
-    import gymnasium as gym
+def scalars(directory: str) -> dict:
+    """Every `losses/*` scalar of a run's TensorBoard log: {tag: {step: value}}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    device = torch.device(device)
-    env = SimpleNamespace(observation_space=gym.spaces.Box(-1, 1, (17,)), action_space=gym.spaces.Box(-1, 1, (6,)))
-    graphs = device.type == "cuda"
-    args = o3f_iql.Args(cudagraphs=graphs, expectile=0.7, beta=3.0)  # GraphAdam in both on a GPU
-    torch.manual_seed(0)
-    eager = o3f_iql.Agent(env, args, device)
-    for optimizer in (eager.q_optimizer, eager.v_optimizer, eager.actor_optimizer):
-        for group in optimizer.param_groups:
-            group["eps"] = 1.0
-    graphed = copy.deepcopy(eager)
-    n = args.batch_size
-    batches = [
-        tuple(t.to(device) for t in (torch.randn(n, 17), torch.rand(n, 6) * 2 - 1, torch.randn(n),
-                                     torch.randn(n, 17), (torch.rand(n) < 0.1).float()))
-        for _ in range(4)
-    ]  # fmt: skip
-    static = [t.clone() for t in batches[0]]  # the graph reads its batch here, refilled before each replay
-    update = o3f_iql.maybe_compile(o3f_iql.iql_update, args)
-    updates = o3f_iql.block_runner(lambda expectile: update(graphed, static, expectile, args), args)
-    worst = {}
-    for batch in batches:
-        for dst, src in zip(static, batch):
-            dst.copy_(src)
-        got = updates(5, 0.7)
-        for _ in range(5):
-            expected = o3f_iql.iql_update(eager, batch, 0.7, args)
-        for name in expected:
-            rel = abs(got[name].item() - expected[name].item()) / max(abs(expected[name].item()), 1e-6)
-            worst[f"{name}_rel"] = max(worst.get(f"{name}_rel", 0.0), rel)
-    for name in ("actor", "qf", "qf_target", "vf"):
-        diffs = [(p - q).abs().max().item() for p, q in zip(getattr(eager, name).parameters(),
-                                                            getattr(graphed, name).parameters())]  # fmt: skip
-        worst[f"{name}_max_abs_diff"] = max(diffs)
-    if graphs:
-        updates(100, 0.7)  # warm-up and recording of a block of 100
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(5):
-            updates(100, 0.7)
-        torch.cuda.synchronize()
-        worst["iql_block100_cudagraph_updates_per_s"] = 500 / (time.perf_counter() - start)
-        worst["gpu"] = torch.cuda.get_device_name()
-    return {**worst, "torch": torch.__version__}
+    events = EventAccumulator(directory, size_guidance={"scalars": 0})
+    events.Reload()
+    tags = [tag for tag in events.Tags()["scalars"] if tag.startswith("losses/")]
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags}
+
+
+def compare(eager_root: str, other_root: str) -> dict:
+    """How far the run under `other_root` is from the eager run under `eager_root` (same script, seed and flags)."""
+    eager, other = run_dir(eager_root), run_dir(other_root)
+    row = {"run": os.path.basename(other), "against": os.path.basename(eager)}
+    with open(os.path.join(other, "summary.json")) as f:
+        summary = json.load(f)
+    flags = {flag: summary["args"].get(flag) for flag in ("cudagraphs", "compile")}
+    row.update(complete=summary["complete"], device=summary.get("device"), **flags)
+    models = [os.path.join(d, "final.pt") for d in (eager, other)]
+    if all(os.path.isfile(m) for m in models):
+        a, b = (torch.load(m, map_location="cpu", weights_only=True) for m in models)
+        worst_abs, scale = 0.0, 0.0
+        for name in (k for k, v in a.items() if isinstance(v, dict) and not k.endswith("_optimizer")):
+            for key, value in a[name].items():
+                if torch.is_tensor(value) and value.is_floating_point():
+                    worst_abs = max(worst_abs, (value - b[name][key]).abs().max().item())
+                    scale = max(scale, value.abs().max().item())
+        row.update(weights_max_abs_diff=worst_abs, weights_max_rel_diff=worst_abs / max(scale, 1e-12))
+    losses_a, losses_b = scalars(eager), scalars(other)
+    worst, first = 0.0, None
+    for tag in sorted(set(losses_a) & set(losses_b)):
+        for step in sorted(set(losses_a[tag]) & set(losses_b[tag])):
+            rel = abs(losses_a[tag][step] - losses_b[tag][step]) / max(abs(losses_a[tag][step]), 1e-6)
+            worst = max(worst, rel)
+            if rel > 1e-3 and (first is None or step < first):
+                first = step
+    row.update(losses_max_rel_diff=worst, losses_first_step_past_1e3=first)
+    return row
 
 
 def pace(root: str) -> list:
@@ -78,7 +73,7 @@ def pace(root: str) -> list:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     rows = []
-    for summary_path in sorted(glob.glob(os.path.join(root, "*", "summary.json"))):
+    for summary_path in sorted(glob.glob(os.path.join(root, "**", "summary.json"), recursive=True)):
         with open(summary_path) as f:
             summary = json.load(f)
         events = EventAccumulator(os.path.dirname(summary_path), size_guidance={"scalars": 0})
@@ -108,9 +103,8 @@ if __name__ == "__main__":
             fail(f"--pace {sys.argv[2]}: no run directory with a summary.json there")
         for row in rows:
             print(json.dumps(row))
-    elif len(sys.argv) == 1:
-        if not torch.cuda.is_available():
-            fail("no CUDA device here: the CUDA-graph check runs on a GPU (lab/gpu/gpu_session.sh)")
-        print(json.dumps(equality()))
+    elif len(sys.argv) >= 4 and sys.argv[1] == "--compare":
+        for other in sys.argv[3:]:
+            print(json.dumps(compare(sys.argv[2], other)))
     else:
-        fail("usage: python lab/gpu/gpu_equality.py [--pace DIR]")
+        fail("usage: python lab/gpu/gpu_equality.py --compare EAGER_DIR OTHER_DIR ... | --pace DIR")

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The GPU measurements of docs/speed.md, prepared here and run on a lent GPU machine in as few calls as fit its
-# 15 minutes (its image has PyTorch, h5py, tensorboard and tqdm, but no network and no gymnasium, MuJoCo or tyro):
+# The GPU checks of docs/speed.md, prepared here and run on a lent GPU machine in one call that fits its 15 minutes
+# with room for a second try (its image has PyTorch, h5py, tensorboard and tqdm, but no network and no gymnasium,
+# MuJoCo or tyro):
 #
 #   bash lab/gpu/gpu_session.sh prepare   # here, with the package registry: wheels and the dataset into .gpu/
 #   bash lab/gpu/gpu_session.sh aside     # the committed models out of the tree (what travels: 64 MiB at most)
-#   # then, through the device tool, with carry [".gpu"] and $OUT set by it (each part well under 10 minutes):
-#   bash lab/gpu/gpu_session.sh speed     # speed.py --device cuda --compile --cudagraphs: every update, blocks too
-#   bash lab/gpu/gpu_session.sh runs      # graphed blocks == eager steps (IQL), then o3f_iql.py and o3f_lapo.py
-#                                            # end to end with --cudagraphs for a few thousand steps (their pace)
+#   # then, through the device tool, with carry [".gpu"], $OUT set by it, timeout_s 540:
+#   bash lab/gpu/gpu_session.sh run       # o3f_lapo.py, then o3f_iql.py, each three ways with one seed and budget:
+#                                         # eager (--cuda), --cudagraphs, --compile --cudagraphs; then each graphed
+#                                         # run against the eager one (gpu_equality.py --compare) and every pace
 #   bash lab/gpu/gpu_session.sh back      # the models back in place
-# What comes back in $OUT: JSON lines and the logs; commit them under lab/studies/speed/.
+# Each run has its own time limit and its own log; a run that fails or runs out of time costs only its own line.
+# What comes back in $OUT (gpu.txt, exits.txt, checks.jsonl, pace.jsonl, the logs): commit it under
+# lab/studies/speed/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU=.gpu
@@ -37,32 +40,30 @@ case "${1:-}" in
     done
     git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1
     ;;
-  speed | runs)
+  run)
     : "${OUT:?run through the device tool, which sets OUT}"
     $PY -m pip install --quiet --no-index --find-links "$GPU/wheels" gymnasium mujoco tyro 2>&1 | tail -3
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
     $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-    ;;&
-  speed)
-    timeout 480 $PY lab/speed/speed.py --device cuda --compile --cudagraphs --repeats 50 --block 20 \
-      >"$OUT/speed.txt" 2>"$OUT/speed.log"
-    echo "speed.py exit $?"; tail -1 "$OUT/speed.txt" >"$OUT/speed.json"; tail -30 "$OUT/speed.txt"
-    ;;
-  runs)
-    timeout 150 $PY lab/gpu/gpu_equality.py >"$OUT/equality.json" 2>"$OUT/equality.log"
-    echo "equality exit $?"; cat "$OUT/equality.json"
-    common=(--env-id embedded-halfcheetah-medium --cuda --cudagraphs --eval-freq 1000000 --eval-episodes 1
-      --log-freq 500 --checkpoint-every 0 --output-dir /tmp/gpu_runs)
-    timeout 180 $PY o3f_iql.py "${common[@]}" --block 100 --offline-steps 20000 --online-steps 3000 \
-      >"$OUT/o3f_iql.log" 2>&1
-    echo "o3f_iql exit $?"
-    timeout 200 $PY o3f_lapo.py "${common[@]}" --block 100 --offline-steps 5000 --online-steps 500 --log-freq 100 \
-      >"$OUT/o3f_lapo.log" 2>&1
-    echo "o3f_lapo exit $?"
-    $PY lab/gpu/gpu_equality.py --pace /tmp/gpu_runs | tee "$OUT/pace.json"
+    common=(--env-id embedded-halfcheetah-medium --cuda --seed 1 --eval-freq 1000000 --eval-episodes 1
+      --checkpoint-every 0 --log-freq 50 --block 50)
+    declare -A budget=([o3f_lapo]="--offline-steps 2000 --online-steps 200" [o3f_iql]="--offline-steps 5000 --online-steps 1000")
+    declare -A mode=([eager]="" [graphs]="--cudagraphs" [compiled_graphs]="--compile --cudagraphs")
+    declare -A limit=([eager]=60 [graphs]=60 [compiled_graphs]=120)
+    for script in o3f_lapo o3f_iql; do  # LAPO first: the paper's main method
+      for name in eager graphs compiled_graphs; do
+        # shellcheck disable=SC2086
+        timeout "${limit[$name]}" $PY "$script.py" "${common[@]}" ${budget[$script]} ${mode[$name]} \
+          --output-dir "/tmp/gpu/$script/$name" >"$OUT/$script-$name.log" 2>&1
+        echo "$script $name exit $?" | tee -a "$OUT/exits.txt"
+      done
+      $PY lab/gpu/gpu_equality.py --compare "/tmp/gpu/$script/eager" "/tmp/gpu/$script/graphs" \
+        "/tmp/gpu/$script/compiled_graphs" 2>>"$OUT/checks.log" | tee -a "$OUT/checks.jsonl"
+      $PY lab/gpu/gpu_equality.py --pace "/tmp/gpu/$script" 2>>"$OUT/checks.log" | tee -a "$OUT/pace.jsonl"
+    done
     ;;
   *)
-    echo "usage: bash lab/gpu/gpu_session.sh prepare|aside|speed|runs|back" >&2
+    echo "usage: bash lab/gpu/gpu_session.sh prepare|aside|run|back" >&2
     exit 2
     ;;
 esac

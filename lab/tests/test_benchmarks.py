@@ -956,20 +956,26 @@ def test_a_performance_profile_is_the_fraction_of_runs_above_each_threshold():
     assert (low <= profile + 1e-9).all() and (profile <= high + 1e-9).all()
 
 
-def test_the_gpu_checks_compare_blocks_with_eager_steps_and_read_a_runs_pace(
+def test_the_gpu_checks_compare_a_run_with_the_eager_one_and_read_each_runs_pace(
     run_script, small_dataset, tmp_path, monkeypatch
 ):
-    """lab/gpu/gpu_equality.py, as far as a CPU runs it: the harness finds eager blocks equal to eager steps, and
-    the pace of a run comes from its TensorBoard log, per phase, from the second log point of each."""
+    """lab/gpu/gpu_equality.py, as far as a CPU runs it: two runs of the same script, seed and flags are equal in
+    their final weights and every logged loss; another seed's run is not, from its first logged step; the pace of a
+    run comes from its TensorBoard log, per phase, from the second log point of each."""
     monkeypatch.syspath_prepend(os.path.join(ROOT, "lab"))
     import gpu_equality
 
-    result = gpu_equality.equality("cpu")
-    assert result["qf_loss_rel"] == 0.0 and result["qf_max_abs_diff"] == 0.0 and result["actor_max_abs_diff"] == 0.0
     flags = ["--dataset-path", small_dataset, "--offline-steps", 60, "--online-steps", 40, "--block", 7]
-    flags += ["--log-freq", 10, "--eval-freq", 1000, "--eval-episodes", 1, "--checkpoint-every", 0]
-    run = run_script("o3f_iql.py", *flags, "--batch-size", 32, "--output-dir", tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
-    (row,) = gpu_equality.pace(str(tmp_path))
+    flags += ["--log-freq", 10, "--eval-freq", 1000, "--eval-episodes", 1, "--checkpoint-every", 0, "--batch-size", 32]
+    for name, seed in (("eager", 1), ("again", 1), ("other", 2)):
+        run = run_script("o3f_iql.py", *flags, "--seed", seed, "--output-dir", tmp_path / name)
+        assert run.returncode == 0, run.stderr[-2000:]
+    same = gpu_equality.compare(str(tmp_path / "eager"), str(tmp_path / "again"))
+    assert same["complete"] and same["cudagraphs"] is False and same["compile"] is False
+    assert same["weights_max_abs_diff"] == 0.0 and same["losses_max_rel_diff"] == 0.0
+    assert same["losses_first_step_past_1e3"] is None
+    other = gpu_equality.compare(str(tmp_path / "eager"), str(tmp_path / "other"))
+    assert other["weights_max_rel_diff"] > 1e-3 and other["losses_first_step_past_1e3"] == 10
+    (row,) = gpu_equality.pace(str(tmp_path / "eager"))
     assert row["complete"] and row["offline_steps_per_s"] > 0 and row["online_steps_per_s"] > 0
     assert row["wall_s"] > 40 / row["offline_steps_per_s"]  # the run took at least its measured stretch, steps 20-60
