@@ -3,10 +3,15 @@
 import glob
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, assert_one_line
 
 TINY = [
     "--offline-steps",
@@ -218,8 +223,6 @@ def test_compile_runs_the_whole_loop(run_script, small_dataset, tmp_path):
 
 def readme_commands(heading, doc="README.md"):
     """The `python ...` lines of the first bash block after `heading` in `doc` (continuations joined)."""
-    from conftest import ROOT
-
     text = open(os.path.join(ROOT, doc)).read()
     block = text[text.index(heading) :].split("```bash\n", 1)[1].split("```", 1)[0]
     lines = block.replace("\\\n", " ").splitlines()
@@ -246,11 +249,6 @@ def test_the_quick_start_fine_tunes_the_shipped_model_with_each_rule_and_measure
 ):
     """The README's quick start as written, at a tiny budget (later flags override the README's): both rules
     fine-tune the shipped 300k-update model and report their training episodes; the diagnostic reads it."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     commands = readme_commands("## Quick start")
     assert [c[1] for c in commands] == ["o3f_iql.py", "iql_noise.py", "lab/premise.py"]
     tiny = ["--online-steps", 1000, "--eval-freq", 1000, "--eval-episodes", 1, "--batch-size", 32]
@@ -275,3 +273,24 @@ def test_the_quick_start_fine_tunes_the_shipped_model_with_each_rule_and_measure
         "noise s0.2",
         "O3F N100 s0.2",
     ]
+
+
+@pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "iql_noise.py", "cql_to_sac.py", "awac.py"])
+def test_a_script_copied_alone_into_another_folder_runs(small_dataset, tmp_path, script):
+    """The README's promise: copy one file into another project and it runs (its data given with --dataset-path);
+    an embedded task, which make_datasets.py makes, then gets one line saying so."""
+    project = tmp_path / "another-project"
+    project.mkdir()
+    shutil.copy(os.path.join(ROOT, script), project)
+    env = {**os.environ, "O3F_DATA_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    flags = ["--no-cuda", "--offline-steps", "20", "--online-steps", "20", "--eval-freq", "20", "--eval-episodes", "1"]
+    flags += ["--batch-size", "32", "--checkpoint-every", "0"]
+
+    def run(*more):
+        command = [sys.executable, script, *flags, *more]
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+    done = run("--dataset-path", small_dataset, "--env-id", "halfcheetah-random-v2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "normalized score" in done.stdout and glob.glob(str(project / "runs" / "*" / "final.pt"))
+    assert_one_line(run("--env-id", "embedded-halfcheetah-random"), 2, "make_datasets.py", "--dataset-path")
