@@ -819,7 +819,7 @@ class Run:
         new = dict(args=vars(args), run_name=self.name, evaluations=[], train_episodes=[], final_normalized_score=None)
         self.summary = {**new, "complete": False, **(resumed["summary"] if resumed else {})}
         self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
-        self.summary.setdefault("wall_s_since_step", self.start_step)  # runs from before wall_s: counted from here
+        self.summary.setdefault("wall_s_since_step", self.start_step)  # the step wall_s counts from (its pace)
         here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
         last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}
         if last and {**last, "host": None} != {**here, "host": None}:  # resumed elsewhere
