@@ -18,12 +18,14 @@ system every node sees.
 """
 
 import glob
+import io
 import itertools
 import json
 import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -109,12 +111,39 @@ class Args:
     """flags passed to the pretraining runs only, e.g. --pretrain-extra "--snapshot-steps 10000 100000" """
     finetune_extra: str = ""
     """flags passed to the fine-tuning runs only, e.g. --finetune-extra "--snapshot-every 5000" """
+    code_at: str | None = None
+    """run the scripts as they are at this git commit (extracted once into `{output_dir}/code-{commit}/`), not as they
+    are in the checkout: a study fixes the code of its runs with its rule, and the scripts can change while it runs"""
     status: bool = False
     """if toggled, run nothing: print where each run of the study stands (complete, running or stopped at a step,
     not started), its wall-clock and an estimate of the hours left, from the runs' own checkpoints and summaries"""
 
 
 ELSEWHERE = "left to another process on this machine"  # the outcome of a run another process took up first
+
+
+def scripts_folder(args: Args) -> str:
+    """Where the scripts run from: the checkout, or with --code-at the commit's top-level files and datasets/ (what a
+    script and make_datasets.py read beside them), extracted once; a commit this checkout lacks is one line, exit 2."""
+    if not args.code_at:
+        return ROOT
+    git = lambda *a: subprocess.run(["git", "-C", ROOT, *a], capture_output=True)  # noqa: E731
+    commit = git("rev-parse", "--verify", "--quiet", f"{args.code_at}^{{commit}}").stdout.decode().strip()
+    if not commit:
+        print(
+            f"error: --code-at {args.code_at}: no such commit in this checkout (git fetch, or name another)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    folder = os.path.join(os.path.abspath(args.output_dir), f"code-{commit[:12]}")
+    if not os.path.isdir(folder):  # extracted beside, then renamed: a killed extraction leaves no half folder
+        names = git("ls-tree", "--name-only", commit).stdout.decode().split()
+        archive = git("archive", commit, *(name for name in names if name.endswith(".py") or name == "datasets"))
+        partial = f"{folder}.part{os.getpid()}"
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(partial, filter="data")
+        os.replace(partial, folder)
+    return folder
 
 
 def run_command(command: list[str], threads: int) -> int | str:
@@ -183,7 +212,7 @@ def plan(args: Args):
     """Pretraining jobs {model: (name, command)} and fine-tuning jobs [(name, command, model)], minus what is done,
     and the names of the runs left to another process on this machine (one already working in their directory,
     or pretraining their model): two processes resuming one checkpoint would overwrite each other's work."""
-    out = os.path.abspath(args.output_dir)
+    out, code = os.path.abspath(args.output_dir), scripts_folder(args)
     pretrain, finetune, elsewhere = {}, [], []
     # seed by seed (every variant of seed 1, then of seed 2, ...): a study stopped part-way has whole seeds to compare
     for seed, env_id, variant in itertools.product(args.seeds, args.env_ids, args.variants):
@@ -203,7 +232,7 @@ def plan(args: Args):
                 f"pretrain {base} {trained} seed {seed} (resumed)",
                 [
                     sys.executable,
-                    os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
+                    os.path.join(code, PRETRAIN_SCRIPT[base]),
                     "--resume",
                     stopped[-1],
                     "--output-dir",
@@ -215,7 +244,7 @@ def plan(args: Args):
                 f"pretrain {base} {trained} seed {seed}",
                 [
                     sys.executable,
-                    os.path.join(ROOT, PRETRAIN_SCRIPT[base]),
+                    os.path.join(code, PRETRAIN_SCRIPT[base]),
                     "--env-id",
                     trained,
                     "--seed",
@@ -243,7 +272,7 @@ def plan(args: Args):
                     f"{variant} {env_id} seed {seed} (resumed)",
                     [
                         sys.executable,
-                        os.path.join(ROOT, script),
+                        os.path.join(code, script),
                         "--resume",
                         interrupted[-1],
                         "--output-dir",
@@ -258,7 +287,7 @@ def plan(args: Args):
                     f"{variant} {env_id} seed {seed}",
                     [
                         sys.executable,
-                        os.path.join(ROOT, script),
+                        os.path.join(code, script),
                         "--env-id",
                         env_id,
                         "--seed",

@@ -68,7 +68,7 @@ evidence_random=(--variants o3f_iql iql_noise --env-ids embedded-halfcheetah-ran
   --finetune-extra="--eval-freq 5000 --snapshot-every 20000")
 # Figure 5's LAPO claim, pre-registered (lab/studies/lapo_figure5/README.md): seed 1 is the shipped model
 lapo_figure5=(--variants o3f_lapo lapo_noise --env-ids $D4RL_1M --seeds 1 2 3 4 5 --offline-steps 100000
-  --online-steps 10000 --output-dir lab/studies/lapo_figure5 --workers 1 --threads 2
+  --online-steps 10000 --output-dir lab/studies/lapo_figure5 --workers 1 --threads 2 --code-at a6e1521
   --pretrain-extra="--eval-freq 10000 --eval-episodes 5 --checkpoint-every 5000"
   --finetune-extra="--eval-freq 1000 --eval-episodes 10 --checkpoint-every 1000 --compile")
 
@@ -161,7 +161,10 @@ case "${1:-}" in
       for pid in $(runners "$dir"); do
         kill -TERM "$pid" 2>/dev/null || true
       done
-      pkill -TERM -f -- "--output-dir $PWD/$dir/" && echo "stopped the runs in $dir" || true
+      if pkill -TERM -f -- "--output-dir $PWD/$dir/"; then  # waited for: a start right after finds them ended
+        for _ in $(seq 120); do pgrep -f -- "--output-dir $PWD/$dir/" >/dev/null || break; sleep 1; done
+        echo "stopped the runs in $dir"
+      fi
     done
     ;;
   figures)  # each study's figures and tables (its models' pretraining curves, also before it has fine-tuned), the

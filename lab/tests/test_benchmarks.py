@@ -779,6 +779,13 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     assert by_run[f"o3f_iql_omega1 {env} seed 2"]["left_s"] == pytest.approx(100 * 36.0)  # of 18 and 36 s
 
 
+SAVES_THEN_EXITS = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(143)))
+time.sleep(60)
+"""
+
+
 def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_nothing_elsewhere(tmp_path):
     import shutil
 
@@ -790,7 +797,15 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
         "runner": subprocess.Popen(
             [*sleep, "lab/run.py", "--output-dir", "lab/studies/premise", "--workers", "1"], cwd=tree
         ),
-        "run": subprocess.Popen([*sleep, "--output-dir", f"{tree}/lab/studies/premise/pretrain-runs/lapo/x/seed1"]),
+        "run": subprocess.Popen(  # a run takes a moment to save its checkpoint on SIGTERM: stop waits for it
+            [
+                sys.executable,
+                "-c",
+                SAVES_THEN_EXITS,
+                "--output-dir",
+                f"{tree}/lab/studies/premise/pretrain-runs/lapo/x/seed1",
+            ]
+        ),
         # and what it must leave: another checkout's runner and run
         "other runner": subprocess.Popen(
             [*sleep, "lab/run.py", "--output-dir", "lab/studies/premise", "--workers", "1"],
@@ -807,7 +822,8 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
         )
         assert stop.returncode == 0, stop.stderr
         assert stop.stdout.strip() == "stopped the runs in lab/studies/premise"
-        assert procs["runner"].wait(timeout=10) == -15 and procs["run"].wait(timeout=10) == -15  # SIGTERM
+        assert procs["run"].poll() == 143  # ended (its checkpoint saved) before stop returned: a start may follow
+        assert procs["runner"].wait(timeout=10) == -15  # SIGTERM
         time.sleep(0.5)
         assert procs["other runner"].poll() is None and procs["other run"].poll() is None
     finally:
@@ -979,3 +995,28 @@ def test_the_gpu_checks_compare_a_run_with_the_eager_one_and_read_each_runs_pace
     (row,) = gpu_equality.pace(str(tmp_path / "eager"))
     assert row["complete"] and row["offline_steps_per_s"] > 0 and row["online_steps_per_s"] > 0
     assert row["wall_s"] > 40 / row["offline_steps_per_s"]  # the run took at least its measured stretch, steps 20-60
+
+
+def test_the_runner_runs_the_scripts_as_they_are_at_the_commit_a_study_names(tmp_path, capsys):
+    """--code-at: every planned command runs the commit's own script (with make_datasets.py and datasets/ beside it,
+    which the embedded tasks need), extracted once; a commit the checkout lacks stops the runner with one line."""
+    import run
+
+    args = run.Args(variants=["o3f_lapo", "iql_noise"], seeds=[1], output_dir=str(tmp_path), code_at="HEAD")
+    pretrain, finetune, _ = run.plan(args)
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    folder = tmp_path / f"code-{head[:12]}"
+    scripts = [command[1] for _, command in pretrain.values()] + [command[1] for _, command, _ in finetune]
+    assert scripts == [str(folder / name) for name in ("o3f_lapo.py", "o3f_iql.py", "o3f_lapo.py", "iql_noise.py")]
+    for name in ("o3f_lapo.py", "iql_noise.py", "make_datasets.py", "datasets/halfcheetah-medium-behaviour.pt"):
+        committed = subprocess.run(["git", "-C", ROOT, "show", f"HEAD:{name}"], capture_output=True).stdout
+        assert (folder / name).read_bytes() == committed, name
+    (folder / "o3f_lapo.py").write_text("# extracted once: a second plan reuses the folder\n")
+    assert run.plan(args)[1][0][1][1] == str(folder / "o3f_lapo.py") and (folder / "o3f_lapo.py").read_text()[0] == "#"
+    assert not list(tmp_path.glob("*.part*"))
+    with pytest.raises(SystemExit) as stop:
+        run.plan(run.Args(variants=["o3f_lapo"], output_dir=str(tmp_path), code_at="0" * 40))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --code-at {'0' * 40}: no such commit in this checkout (git fetch, or name another)"
+    ]
