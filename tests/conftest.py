@@ -151,13 +151,15 @@ def run_script(data_dir):
 
 @contextlib.contextmanager
 def eager_random_numbers():
-    """torch.compile'd code draws the random numbers eager code would (inductor's fallback_random), inside the block.
+    """torch.compile'd code draws the random numbers eager code would, in eager code's order, inside the block:
+    inductor's fallback_random draws them with eager's kernels, and without reorder_for_locality its scheduler keeps
+    independent draws in program order (torch 2.11 moves one draw ahead of another: the same numbers, other uses).
 
     The config's own patch, not monkeypatch: the config serves its keys through __getattr__, so monkeypatch takes the
     key for absent and its undo deletes it, breaking torch.compile for every later test in the process."""
     import torch._inductor.config
 
-    with torch._inductor.config.patch(fallback_random=True):
+    with torch._inductor.config.patch(fallback_random=True, reorder_for_locality=False):
         yield
 
 
