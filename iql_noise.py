@@ -722,14 +722,16 @@ def maybe_compile(fn, args):
 
 def block_runner(train_step, args):
     """`train_step` (one step's updates, on batches it draws) as `updates(n, *inputs)`: n steps in one call, returning
-    the last one's outputs: a loop, or with --cudagraphs one CUDA graph per (n, bool and int inputs), recorded after
-    a warm-up on a side stream (PyTorch's whole-network capture); floats are read from the device."""
+    the last one's outputs: a loop, or with --cudagraphs CUDA graphs of --block steps and of one step (replayed n times
+    for another n), per bool and int inputs, recorded after a warm-up (PyTorch's whole-network capture)."""
     loop = lambda n, *inputs: [train_step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop
-    graphs, floats, calls = {}, {}, {}
+    graphs, floats, calls, pool = {}, {}, {}, torch.cuda.graph_pool_handle()
 
     def updates(n, *inputs):
+        if n not in (1, args.block):  # a remainder at a log, evaluation or checkpoint step: n one-step replays
+            return [updates(1, *inputs) for _ in range(n)][-1]
         key = (n, *(type(x) if isinstance(x, float) else x for x in inputs if isinstance(x, (bool, int, float))))
         inputs = [(floats[i] if i in floats else floats.setdefault(i, torch.zeros((), device="cuda"))).fill_(x)
                   if isinstance(x, float) else x for i, x in enumerate(inputs)]  # fmt: skip
@@ -742,9 +744,9 @@ def block_runner(train_step, args):
         with torch.cuda.stream(side):
             outputs = loop(n, *inputs)  # the call's n steps (a compiled update's first call compiles it)
         torch.cuda.current_stream().wait_stream(side)
-        if calls[key] == 3:  # recorded at its third call, warmed up; a one-off n (a remainder) is never recorded
+        if calls[key] == 3:  # recorded at its third call, warmed up (a compiled update compiles at its first)
             graphs[key] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graphs[key]):  # records n more steps without running them
+            with torch.cuda.graph(graphs[key], pool=pool):  # n more steps, recorded, not run (one pool: outputs copied)
                 graphs[key].outputs = loop(n, *inputs)
         return outputs
 
@@ -915,14 +917,10 @@ class Run:
 
     def rng_state(self) -> dict:
         """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
-        np_state = np.random.get_state()
-        return {
-            "python": random.getstate(),
-            "numpy": (np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "env": self.env.unwrapped.np_random.bit_generator.state,
-        }
+        numpy, env = np.random.get_state(), self.env.unwrapped.np_random.bit_generator.state
+        numpy = (numpy[0], torch.as_tensor(numpy[1].astype(np.int64)), *numpy[2:])  # tensors: weights_only loads them
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return dict(python=random.getstate(), numpy=numpy, torch=torch.get_rng_state(), cuda=cuda, env=env)
 
     def set_rng_state(self, state: dict):
         random.setstate(state["python"])

@@ -259,7 +259,8 @@ class FakeGraph:
 
 
 @contextlib.contextmanager
-def fake_capture(graph):
+def fake_capture(graph, pool):
+    assert pool == "the pool"  # every graph records into one memory pool
     FakeGraph.capturing = graph
     yield
     FakeGraph.capturing = None
@@ -269,8 +270,8 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
     """--cudagraphs: the first two calls of a block with the same n and bool/int inputs run their n steps as they are
     (the warm-up: a compiled update compiles at its first call); the third runs its n steps and records n more without
     running them; each later call replays them, reading float inputs from device tensors allocated once and written
-    before the replay, and hands back copies of the graph's outputs (the next replay overwrites the graph's own). An n
-    called fewer than three times (a remainder at a boundary) is never recorded."""
+    before the replay, and hands back copies of the graph's outputs (the next replay overwrites the graph's own). Only
+    --block steps and one step are recorded: another n (a remainder at a boundary) runs as n calls of one step."""
     zeros, allocated = torch.zeros, []
     monkeypatch.setattr(torch, "zeros", lambda *size, device=None, **kw: allocated.append(device) or zeros(*size, **kw))
     stream = SimpleNamespace(wait_stream=lambda other: None)
@@ -279,6 +280,7 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "the pool")
     ran, recorded = [], []
 
     def step(scale, double):  # a training step whose effect is to note scale (x2 if double) and return it
@@ -292,7 +294,7 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
         recorded.append(FakeGraph.capturing is not None)
         return {"loss": out}
 
-    updates = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=True))
+    updates = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=True, block=3))
     first = updates(3, 0.5, True)
     assert ran == [1.0] * 3 and first["loss"].item() == 1.0 and not any(recorded)  # warm-up: the call's own 3 steps
     updates(3, 0.25, True)
@@ -305,8 +307,10 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
     updates(3, 1.0, True)
     assert ran[12:] == [2.0] * 3 and fourth["loss"].item() == 0.5  # the earlier result is a copy the replay left alone
     assert allocated == ["cuda"]  # the float input's device tensor, allocated once (the step's own zeros aside)
-    updates(1, 0.25, False)  # another n and bool: its own warm-up, and never recorded if it is not called again
-    updates(1, 0.25, False)
-    assert ran[15:] == [0.25, 0.25] and len(recorded) == 3 * 3 + 3 + 2
+    updates(2, 0.25, False)  # a remainder, another bool: two calls of one step, warming up that step's graph
+    assert ran[15:] == [0.25, 0.25] and len(recorded) == 3 * 3 + 3 + 2 and not any(recorded[-2:])
+    last = updates(2, 0.5, False)  # the third call of one step records it (after running it), the fourth replays it
+    assert ran[17:] == [0.5, 0.5] and recorded[-2:] == [False, True] and last["loss"].item() == 0.5
+    assert allocated == ["cuda"]  # every graph reads its float input from the one device tensor, written before
     eager = o3f_iql.block_runner(step, SimpleNamespace(cudagraphs=False))(2, 0.5, False)
-    assert ran[17:] == [0.5, 0.5] and eager["loss"].item() == 0.5  # eager and --compile: a loop
+    assert ran[19:] == [0.5, 0.5] and eager["loss"].item() == 0.5  # eager and --compile: a loop
