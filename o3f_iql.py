@@ -592,10 +592,8 @@ def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
     name = TASKS[env_id].dataset if minari_data else dataset_path or dataset_file(env_id)
     data = read_minari(env_id) if minari_data else read_hdf5(name)
     try:  # copy=False: a 2M-transition dataset is ~340 MB, so arrays already in float32 are not copied again.
-        obs, actions = (data[key].astype(np.float32, copy=False) for key in ("observations", "actions"))
-        rewards, next_obs = (
-            data.get(key, obs).astype(np.float32, copy=False) for key in ("rewards", "next_observations")
-        )
+        obs, actions, rewards = (data[k].astype(np.float32, copy=False) for k in ("observations", "actions", "rewards"))
+        next_obs = data.get("next_observations", obs).astype(np.float32, copy=False)  # without them: shifted below
         terminals = data["terminals"].astype(bool).reshape(-1)
         timeouts = data.get("timeouts", np.zeros_like(terminals)).astype(bool).reshape(-1)
     except (TypeError, ValueError) as e:
@@ -721,15 +719,22 @@ def setup(args, method_checks: dict) -> tuple:
 
 
 def maybe_compile(fn, args):
-    """`fn` as the loop calls it: eager by default (the reference, and what --cudagraphs alone records); with
-    --compile, traced whole (forward, backward, the optimiser's step) into one graph returning detached outputs, where
-    a break is an error."""
+    """`fn` as the loop calls it: eager by default (the reference, and what --cudagraphs alone records); with --compile,
+    traced whole (forward, backward, the optimiser's step) into one graph returning detached outputs, no break; where
+    this torch cannot trace `fn` whole (it raises before running any of it), it says so once and `fn` runs eagerly."""
     if not args.compile:
         return fn
     detached = lambda *x: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*x))  # noqa: E731
     detached.__code__ = detached.__code__.replace(co_name=fn.__name__)  # its own code: dynamo caches per code object
-    graph = torch.compile(detached, fullgraph=True)
-    return torch._dynamo.config.patch(trace_autograd_ops=True)(graph)  # backward() traced into the graph, not a break
+    graph = [torch._dynamo.config.patch(trace_autograd_ops=True)(torch.compile(detached, fullgraph=True))]
+
+    def graph_or_eager(*x):
+        with contextlib.suppress(torch._dynamo.exc.TorchDynamoException):
+            return graph[-1](*x)
+        sys.stderr.write(f"--compile: torch {torch.__version__} cannot trace {fn.__name__} whole: it runs eagerly\n")
+        return graph.append(fn) or fn(*x)
+
+    return graph_or_eager
 
 
 def block_runner(train_step, args):
@@ -751,8 +756,7 @@ def block_runner(train_step, args):
             graphs[key].replay()
             return torch.utils._pytree.tree_map_only(torch.Tensor, lambda x: x.detach().clone(), graphs[key].outputs)
         calls[key] = calls.get(key, 0) + 1
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        (side := torch.cuda.Stream()).wait_stream(torch.cuda.current_stream())  # warm-up on a side stream
         with torch.cuda.stream(side):
             outputs = loop(n, *inputs)  # the call's n steps (a compiled update's first call compiles it)
         torch.cuda.current_stream().wait_stream(side)
@@ -847,10 +851,9 @@ class Run:
             self.set_rng_state(resumed["rng"])
             self.obs = None if resumed["episode_over"] else self.obs
         self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
-        self.pending = 0  # steps whose updates wait (steps_to_update)
         for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
             signal.signal(sig, lambda *_: self.interrupted.append(True))
-        self.start_time, self.score = time.time(), float("nan")
+        self.start_time, self.score, self.pending = time.time(), float("nan"), 0  # pending: see steps_to_update
         phase = "offline" if self.start_step < args.offline_steps else "online"
         self.progress = tqdm(total=self.total_steps, initial=self.start_step, desc=phase, unit="step", file=sys.stderr)
         self.progress.mininterval = 1 if sys.stderr.isatty() else 30  # seconds between refreshes (in a log: rarely)
@@ -860,11 +863,10 @@ class Run:
     def record_episode(self, step: int, info: dict):
         """A training episode that ended with the env step of `step`: its return, the behaviour's quality, logged."""
         if "episode" in info:
-            episode_return, length = float(info["episode"]["r"]), int(info["episode"]["l"])
-            self.writer.add_scalar("charts/episodic_return", episode_return, step)
-            self.writer.add_scalar("charts/episodic_length", length, step)
-            score = normalized_score(self.args.env_id, episode_return)
-            episode = {"step": step, "return": episode_return, "length": length, "normalized_score": score}
+            episode = {"step": step, "return": float(info["episode"]["r"]), "length": int(info["episode"]["l"])}
+            episode["normalized_score"] = normalized_score(self.args.env_id, episode["return"])
+            for name in ("return", "length"):
+                self.writer.add_scalar(f"charts/episodic_{name}", episode[name], step)
             self.summary["train_episodes"].append(episode)
 
     def steps_to_update(self, step: int, now: bool) -> int:

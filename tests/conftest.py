@@ -164,6 +164,13 @@ def eager_random_numbers():
 
 
 @pytest.fixture
-def compiled_draws_eagers_random_numbers():
+def traced_whole(capsys):
+    """The test's compiled functions each traced as one graph: none fell back to eager code (maybe_compile says so)."""
+    yield
+    assert "cannot trace" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def compiled_draws_eagers_random_numbers(traced_whole):
     with eager_random_numbers():
         yield

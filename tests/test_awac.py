@@ -91,7 +91,7 @@ def test_the_update_matches_hand_computed_losses_and_polyak_targets():
 
 
 def test_the_compiled_update_equals_the_eager_update(compiled_draws_eagers_random_numbers):
-    """--compile's one graph (fullgraph: a graph break fails the test) computes what eager code computes."""
+    """--compile's one graph (a graph break fails the test) computes what eager code computes."""
     eager = make_agent(optimizer=smooth_graph_adam(awac))
     compiled = copy.deepcopy(eager)
     update = awac.maybe_compile(awac.awac_update, COMPILE)

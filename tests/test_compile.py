@@ -15,7 +15,7 @@ import awac
 import cql_to_sac
 import o3f_iql
 import o3f_lapo
-from conftest import ROOT, random_batch
+from conftest import COMPILE, ROOT, random_batch
 
 sys.path.insert(0, os.path.join(ROOT, "lab", "speed"))
 
@@ -155,3 +155,20 @@ def test_each_compiled_function_keeps_a_graph_cache_of_its_own():
     before = counters["stats"]["unique_graphs"]
     assert [fn(torch.ones(3))[0].item() for fn in wrapped] == [float(k + 1) for k in range(12)]
     assert counters["stats"]["unique_graphs"] - before == 12
+
+
+def test_an_update_this_torch_cannot_trace_whole_says_so_once_and_runs_eagerly(capsys):
+    """--compile on a torch whose dynamo cannot trace an update as one graph: one line, then the update runs as eager
+    code does, from its first call (tracing failed before any of it ran, so nothing ran twice or was half done)."""
+    ran = []
+
+    def update(x):
+        ran.append(x.sum().item())  # in eager code, once per call
+        torch._dynamo.graph_break()  # what this torch "cannot trace" stands for: under fullgraph, an error
+        return {"double": 2 * x}
+
+    compiled = o3f_iql.maybe_compile(update, COMPILE)
+    outputs = [compiled(torch.full((2,), float(i)))["double"] for i in range(3)]
+    assert [o.tolist() for o in outputs] == [[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]] and ran == [0.0, 2.0, 4.0]
+    message = f"--compile: torch {torch.__version__} cannot trace update whole: it runs eagerly"
+    assert capsys.readouterr().err.strip().splitlines() == [message]

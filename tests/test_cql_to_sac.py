@@ -135,7 +135,7 @@ def test_online_sac_has_no_conservative_term():
 
 
 def test_compiled_update_equals_the_eager_update(compiled_draws_eagers_random_numbers):
-    """--compile's one graph, CQL's and SAC's (fullgraph: a graph break fails the test), computes what eager does."""
+    """--compile's one graph, CQL's and SAC's (a graph break fails the test), computes what eager does."""
     eager, _ = make_learner(optimizer=smooth_graph_adam(cql_to_sac))
     compiled = copy.deepcopy(eager)
     update = cql_to_sac.maybe_compile(cql_to_sac.cql_update, COMPILE)

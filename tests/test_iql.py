@@ -160,8 +160,9 @@ def test_batched_ensemble_is_m_independent_mlps():
     assert not torch.allclose(first[0], first[1])
 
 
-def test_compiled_update_equals_the_eager_update():
-    """--compile's one graph (fullgraph: a graph break fails the test) computes what eager code computes."""
+def test_compiled_update_equals_the_eager_update(traced_whole):
+    """--compile's one graph (a graph break, which would run eager code instead, fails the test) computes what eager
+    code computes."""
     eager, args = iql_agent(optimizer=smooth_graph_adam(o3f_iql))
     compiled = copy.deepcopy(eager)
     update = o3f_iql.maybe_compile(o3f_iql.iql_update, COMPILE)

@@ -228,7 +228,7 @@ def test_actor_update_matches_hand_computed_losses_and_polyak_targets():
 
 
 def test_compiled_updates_equal_the_eager_updates(compiled_draws_eagers_random_numbers):
-    """--compile's one graph per update (fullgraph: a graph break fails the test) computes what eager code computes."""
+    """--compile's one graph per update (a graph break fails the test) computes what eager code computes."""
     eager, args = full_agent(optimizer=smooth_graph_adam(o3f_lapo))
     compiled = copy.deepcopy(eager)
     critic, actor = (o3f_lapo.maybe_compile(fn, COMPILE) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update))

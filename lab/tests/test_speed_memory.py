@@ -41,7 +41,8 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
 def test_maybe_compile_traces_one_whole_graph_under_compile_and_is_the_function_itself_otherwise(monkeypatch):
     """The scripts' maybe_compile() (which speed.py times too): eager code as written, also under --cudagraphs alone
     (PyTorch's whole-network capture records the eager update; tests/test_iql.py); --compile, with or without
-    --cudagraphs, traces one graph with fullgraph (a break is an error) returning detached outputs."""
+    --cudagraphs, traces one graph with fullgraph (where it cannot, eager code runs: tests/test_compile.py) returning
+    detached outputs."""
     import o3f_iql
 
     traced = []
