@@ -310,11 +310,14 @@ def plan(args: Args):
     return {model: job for model, job in pretrain.items() if job is not None}, finetune, elsewhere
 
 
+PACE_MIN_STEPS = 100  # a pace from fewer steps is mostly the start's (loading data, compiling, the first evaluation)
+
+
 def pace(summary: dict, step: int) -> dict:
     """Wall-clock seconds and seconds per step of a run, from its summary.json's `wall_s` (counted from step
-    `wall_s_since_step`; runs from before it have neither)."""
+    `wall_s_since_step`; runs from before it have neither), once it has run PACE_MIN_STEPS steps."""
     wall, since = summary.get("wall_s"), summary.get("wall_s_since_step")
-    if wall is None or since is None or step <= since:
+    if wall is None or since is None or step < since + PACE_MIN_STEPS:
         return {"wall_s": wall}
     return {"wall_s": wall, "s_per_step": wall / (step - since)}
 

@@ -717,6 +717,7 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     import run
 
     env = "embedded-halfcheetah-medium"
+    monkeypatch.setattr(run, "PACE_MIN_STEPS", 50)  # this test's runs are short
     (tmp_path / "pretrained").mkdir()
     (tmp_path / "pretrained" / f"iql__{env}__seed1.pt").write_bytes(b"")  # seed 1's model exists
     done = tmp_path / "o3f_iql" / env / "seed1" / "run"
@@ -777,6 +778,14 @@ def test_the_status_reads_each_runs_checkpoint_and_estimates_what_is_left(tmp_pa
     status.variants = ["o3f_iql", "iql_noise", "o3f_iql_omega1"]
     by_run = {row["run"]: row for row in run.study_status(status)[0]}
     assert by_run[f"o3f_iql_omega1 {env} seed 2"]["left_s"] == pytest.approx(100 * 36.0)  # of 18 and 36 s
+
+
+def test_a_runs_own_pace_counts_once_it_has_run_enough_steps_to_leave_its_start_behind():
+    import run
+
+    summary = {"wall_s": 3600.0, "wall_s_since_step": 1000}  # a run that loaded, compiled and evaluated for an hour
+    assert run.pace(summary, 1001) == {"wall_s": 3600.0}  # one step on: no pace (its kind's stands in)
+    assert run.pace(summary, 1000 + run.PACE_MIN_STEPS) == {"wall_s": 3600.0, "s_per_step": 3600.0 / run.PACE_MIN_STEPS}
 
 
 SAVES_THEN_EXITS = """
