@@ -769,9 +769,9 @@ def block_runner(train_step, args):
     return updates
 
 
-def adam(params, lr: float, args) -> torch.optim.Optimizer:
-    """Adam: torch.optim's fused kernels when eager; under --compile or --cudagraphs, GraphAdam."""
-    return GraphAdam(params, lr) if args.compile or args.cudagraphs else torch.optim.Adam(params, lr, fused=True)
+def adam(params, lr: float, args) -> torch.optim.Optimizer:  # --compile traces GraphAdam
+    fused = dict(fused=True, capturable=args.cudagraphs)  # torch.optim's kernels; capturable: a CUDA graph replays them
+    return GraphAdam(params, lr) if args.compile else torch.optim.Adam(params, lr, **fused)
 
 
 class GraphAdam(torch.optim.Adam):

@@ -296,7 +296,7 @@ def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 def redq_target(qf_target, obs, actions, num_min_q: int, doubleq_min: float) -> torch.Tensor:
     """LAPO's mixQ = m * min + (1 - m) * max, over a fresh random subset of `num_min_q` target critics (REDQ)."""
-    members = torch.randperm(qf_target.num_critics, device=obs.device)[:num_min_q]
+    members = torch.rand(qf_target.num_critics, device=obs.device).topk(num_min_q).indices  # uniform, without a sort
     q = qf_target(obs, actions, members)
     return doubleq_min * q.min(0).values + (1.0 - doubleq_min) * q.max(0).values
 
@@ -844,9 +844,9 @@ def block_runner(train_step, args):
     return updates
 
 
-def adam(params, lr: float, args) -> torch.optim.Optimizer:
-    """Adam: torch.optim's fused kernels when eager; under --compile or --cudagraphs, GraphAdam."""
-    return GraphAdam(params, lr) if args.compile or args.cudagraphs else torch.optim.Adam(params, lr, fused=True)
+def adam(params, lr: float, args) -> torch.optim.Optimizer:  # --compile traces GraphAdam
+    fused = dict(fused=True, capturable=args.cudagraphs)  # torch.optim's kernels; capturable: a CUDA graph replays them
+    return GraphAdam(params, lr) if args.compile else torch.optim.Adam(params, lr, **fused)
 
 
 class GraphAdam(torch.optim.Adam):

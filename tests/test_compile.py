@@ -84,7 +84,13 @@ def test_the_optimiser_follows_the_compile_flags():
     params = list(nn.Linear(2, 2).parameters())
     eager = o3f_iql.adam(params, 1e-3, SimpleNamespace(compile=False, cudagraphs=False))
     assert type(eager) is torch.optim.Adam and eager.defaults["fused"]  # eager: torch.optim's fused kernels
-    assert type(o3f_iql.adam(params, 1e-3, SimpleNamespace(compile=True, cudagraphs=False))) is o3f_iql.GraphAdam
+    assert not eager.defaults["capturable"]
+    graphed = o3f_iql.adam(params, 1e-3, SimpleNamespace(compile=False, cudagraphs=True))  # a CUDA graph replays its
+    assert type(graphed) is torch.optim.Adam and graphed.defaults["fused"] and graphed.defaults["capturable"]  # step
+    for cudagraphs in (False, True):  # --compile traces GraphAdam, also where its graph is then recorded
+        assert (
+            type(o3f_iql.adam(params, 1e-3, SimpleNamespace(compile=True, cudagraphs=cudagraphs))) is o3f_iql.GraphAdam
+        )
 
 
 def spaces(obs_dim=4, act_dim=2):

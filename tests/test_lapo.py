@@ -1,5 +1,6 @@
 """o3f_lapo.py: LAPO with a REDQ critic ensemble, UTD online, and O3F selection."""
 
+import collections
 import copy
 import glob
 import json
@@ -41,6 +42,15 @@ def test_redq_target_is_the_min_over_a_fresh_random_subset():
         assert len(members) == 2 and len(set(members)) == 2  # exactly num_min_q distinct critics
         assert torch.equal(target, torch.full((7,), min(qf.values[members].tolist())))
     assert len({tuple(sorted(m)) for m in qf.calls}) > 3  # the subset changes from update to update
+
+
+def test_redq_targets_subset_is_uniform_over_the_pairs_of_critics():
+    qf = HandBuiltEnsemble([5.0, 1.0, 4.0, 2.0, 3.0])
+    torch.manual_seed(2)
+    for _ in range(2000):
+        o3f_lapo.redq_target(qf, torch.zeros(1, 3), torch.zeros(1, 2), num_min_q=2, doubleq_min=1.0)
+    counts = collections.Counter(tuple(sorted(m)) for m in qf.calls)
+    assert len(counts) == 10 and all(140 <= n <= 260 for n in counts.values())  # 200 each; 4.2 sd either side
 
 
 def test_redq_target_mixes_min_and_max_with_doubleq_min():
