@@ -162,15 +162,17 @@ def seconds(fn) -> float:
 def graph_breaks(fn, *args) -> int:
     """Graph breaks torch.compile meets in one call of `fn(*args)`, traced as the scripts' `maybe_compile()` traces it
     (backward() traced, the outputs detached): each break ends a graph, so with --cudagraphs one update would replay
-    that many more CUDA graphs, with Python between them; the scripts' fullgraph=True refuses any. Runs `fn` once."""
+    that many more CUDA graphs, with Python between them; under the scripts' fullgraph=True any makes the update run
+    eagerly (one line says so). Runs `fn` once."""
     detached = lambda *a: torch.utils._pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, fn(*a))  # noqa: E731
     with torch._dynamo.config.patch(trace_autograd_ops=True):
         return torch._dynamo.explain(detached)(*args).graph_break_count
 
 
-def script_args(script, suffix: str, **values):
-    """The script's own flags (its defaults, the paper's), with its compile flags as `suffix` names them."""
-    return script.Args(compile=suffix == "_compiled", cudagraphs=suffix == "_cudagraphs", **values)
+def script_args(script, suffix: str, block: int, **values):
+    """The script's own flags (its defaults, the paper's), with its compile flags as `suffix` names them and --block
+    (under --cudagraphs, the one block size recorded besides one step)."""
+    return script.Args(compile=suffix == "_compiled", cudagraphs=suffix == "_cudagraphs", block=block, **values)
 
 
 def bench_iql(bench: Bench, data, env, repeats):
@@ -179,7 +181,9 @@ def bench_iql(bench: Bench, data, env, repeats):
     rb = o3f_iql.ReplayBuffer(data, len(data["rewards"]) + 2 * repeats + 100, bench.device)
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
-        args = script_args(o3f_iql, suffix, num_critics=bench.args.num_critics, expectile=0.7, beta=3.0, sigma=0.2)
+        args = script_args(
+            o3f_iql, suffix, bench.args.block, num_critics=bench.args.num_critics, expectile=0.7, beta=3.0, sigma=0.2
+        )
         iql_update, select_action = (
             o3f_iql.maybe_compile(o3f_iql.iql_update, args),
             o3f_iql.maybe_compile(o3f_iql.select_action, args),
@@ -222,7 +226,7 @@ def bench_lapo(bench: Bench, data, env, repeats):
     rb = o3f_lapo.ReplayBuffer(data, len(data["rewards"]) + repeats + 100, bench.device)
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
-        args = script_args(o3f_lapo, suffix, doubleq_min=1.0, sigma=0.2)
+        args = script_args(o3f_lapo, suffix, bench.args.block, doubleq_min=1.0, sigma=0.2)
         critic_update, actor_update = (
             o3f_lapo.maybe_compile(fn, args) for fn in (o3f_lapo.critic_update, o3f_lapo.actor_update)
         )
@@ -273,7 +277,7 @@ def bench_cql(bench: Bench, data, env, repeats):
     rb = cql_to_sac.ReplayBuffer(data, len(data["rewards"]) + repeats + 100, bench.device)
     state, results = {"obs": env.reset(seed=0)[0]}, {}
     for suffix in bench.suffixes():
-        args = script_args(cql_to_sac, suffix)
+        args = script_args(cql_to_sac, suffix, bench.args.block)
         cql_update = cql_to_sac.maybe_compile(cql_to_sac.cql_update, args)
         agent = cql_to_sac.Agent(env, args, bench.device)
         steps = cql_to_sac.block_runner(
@@ -320,7 +324,7 @@ def bench_awac(bench: Bench, data, env, repeats):
     rb = awac.ReplayBuffer(dict(data), len(data["rewards"]) + 100, bench.device)
     results = {}
     for suffix in bench.suffixes():
-        args = script_args(awac, suffix)
+        args = script_args(awac, suffix, bench.args.block)
         awac_update, agent = awac.maybe_compile(awac.awac_update, args), awac.Agent(env, args, bench.device)
         steps = awac.block_runner(lambda: awac_update(agent, rb.sample(args.batch_size), args.lam, args), args)
         update = lambda: steps(1)  # noqa: E731
