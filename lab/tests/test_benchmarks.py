@@ -791,6 +791,7 @@ def test_a_runs_own_pace_counts_once_it_has_run_enough_steps_to_leave_its_start_
 SAVES_THEN_EXITS = """
 import signal, sys, time
 signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(143)))
+open(sys.argv[1], "w").close()  # ready: its handler is in place
 time.sleep(60)
 """
 
@@ -798,7 +799,7 @@ time.sleep(60)
 def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_nothing_elsewhere(tmp_path):
     import shutil
 
-    tree, other = tmp_path / "checkout", tmp_path / "other"
+    tree, other, ready = tmp_path / "checkout", tmp_path / "other", str(tmp_path / "ready")
     (tree / "lab").mkdir(parents=True)
     shutil.copy(os.path.join(ROOT, "lab", "studies.sh"), tree / "lab")
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -811,6 +812,7 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
                 sys.executable,
                 "-c",
                 SAVES_THEN_EXITS,
+                ready,
                 "--output-dir",
                 f"{tree}/lab/studies/premise/pretrain-runs/lapo/x/seed1",
             ]
@@ -825,6 +827,10 @@ def test_the_studies_script_stops_its_runners_and_their_runs_even_orphaned_but_n
         ),
     }
     try:
+        for _ in range(600):  # the run's handler in place (a loaded machine starts Python slowly)
+            if os.path.exists(ready):
+                break
+            time.sleep(0.05)
         time.sleep(0.5)  # their command lines visible
         stop = subprocess.run(
             ["bash", str(tree / "lab" / "studies.sh"), "stop"], capture_output=True, text=True, timeout=60
