@@ -127,20 +127,25 @@ def scripts_folder(args: Args) -> str:
     script and make_datasets.py read beside them), extracted once; a commit this checkout lacks is one line, exit 2."""
     if not args.code_at:
         return ROOT
-    git = lambda *a: subprocess.run(["git", "-C", ROOT, *a], capture_output=True)  # noqa: E731
-    commit = git("rev-parse", "--verify", "--quiet", f"{args.code_at}^{{commit}}").stdout.decode().strip()
-    if not commit:
-        print(
-            f"error: --code-at {args.code_at}: no such commit in this checkout (git fetch, or name another)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+
+    def git(*command) -> bytes:
+        try:
+            done = subprocess.run(["git", "-C", ROOT, *command], capture_output=True)
+        except OSError as e:  # no git on this machine
+            done = subprocess.CompletedProcess(command, 1, b"", str(e).encode())
+        if done.returncode != 0:
+            why = (done.stderr.decode().strip().splitlines() or ["no such commit"])[-1]
+            print(f"error: --code-at {args.code_at}: {why} (git fetch, or name another commit)", file=sys.stderr)
+            sys.exit(2)
+        return done.stdout
+
+    commit = git("rev-parse", "--verify", "--quiet", f"{args.code_at}^{{commit}}").decode().strip()
     folder = os.path.join(os.path.abspath(args.output_dir), f"code-{commit[:12]}")
     if not os.path.isdir(folder):  # extracted beside, then renamed: a killed extraction leaves no half folder
-        names = git("ls-tree", "--name-only", commit).stdout.decode().split()
+        names = git("ls-tree", "--name-only", commit).decode().split()
         archive = git("archive", commit, *(name for name in names if name.endswith(".py") or name == "datasets"))
         partial = f"{folder}.part{os.getpid()}"
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(partial, filter="data")
         os.replace(partial, folder)
     return folder

@@ -1033,5 +1033,5 @@ def test_the_runner_runs_the_scripts_as_they_are_at_the_commit_a_study_names(tmp
         run.plan(run.Args(variants=["o3f_lapo"], output_dir=str(tmp_path), code_at="0" * 40))
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: --code-at {'0' * 40}: no such commit in this checkout (git fetch, or name another)"
+        f"error: --code-at {'0' * 40}: no such commit (git fetch, or name another commit)"
     ]
