@@ -25,6 +25,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -73,8 +74,7 @@ class Args:
     n_candidates: int = 100
     """N, the number of candidate actions scored at every online step (1: the paper's "LAPO + noise" baseline)"""
     sigma: float | None = None
-    """the standard deviation of the candidates around the policy's action, in action units (None: the
-    domain's, 0.2 locomotion, 0.05 antmaze and kitchen)"""
+    """the standard deviation of the candidates, in action units (None: the domain's, 0.2 locomotion, 0.05 otherwise)"""
     omega: float = 0.0
     """the optimism weight on the ensemble's standard deviation in the score (0: mean Q only; 1: optimism)"""
 
@@ -536,8 +536,7 @@ def task_table() -> dict:
         tasks[f"kitchen-{data}-v0"] = Task(
             "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", dataset, 0.0, 4.0
         )
-    for data in ("medium", "medium-1m", "random", "random-1m"):
-        name = f"embedded-halfcheetah-{data}"
+    for name in (f"embedded-halfcheetah-{data}" for data in ("medium", "medium-1m", "random", "random-1m")):
         tasks[name] = replace(tasks["halfcheetah-medium-v2"], source="embedded", dataset=name)
     for data in ("medium", "large", "large-20k", "large-10k"):  # PointMaze in D4RL's evaluation maze, for antmaze
         maze = {"maze_map": EVAL_MAZES[data.split("-")[0]], "continuing_task": False, "reset_target": False}
@@ -586,12 +585,15 @@ def dataset_file(env_id: str) -> str:
     task = TASKS[env_id]
     path = os.path.join(DATA_DIR, task.source, f"{task.dataset}.hdf5")
     if not os.path.isfile(path) and task.source == "embedded":
-        try:
-            import make_datasets  # the project's dataset tool, next to this script
-        except ImportError:
+        tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "make_datasets.py")  # the project's data tool
+        if not os.path.isfile(tool):
             fail(f"{env_id} is made by make_datasets.py, which is not next to this script; pass --dataset-path FILE")
         print(f"making the embedded dataset {env_id} (once) at {path}", file=sys.stderr)
-        make_datasets.generate(task.dataset, path)
+        command = [sys.executable, tool, "make", "--name", task.dataset, "--out", path]
+        with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as maker:
+            error = (maker.communicate()[1].strip().splitlines() or ["?"])[-1]  # Ctrl-C stops both; waited for
+        if maker.returncode:
+            fail(f"make_datasets.py could not make {env_id} ({error}); fix that, or pass --dataset-path FILE")
     if os.path.isfile(path) or task.source != "d4rl":
         return path
     url, folder = f"{D4RL_URL}/{task.dataset}.hdf5", os.path.dirname(path)
@@ -709,11 +711,10 @@ class ReplayBuffer:
         self.rewards, self.dones = take("rewards"), take("terminals")
 
     def add(self, obs, action, reward, next_obs, done):
-        i = self.size
+        i, self.size = self.size, self.size + 1
         self.obs[i], self.actions[i], self.next_obs[i] = torch.as_tensor(obs), action, torch.as_tensor(next_obs)
         self.rewards[i], self.dones[i] = float(reward), float(done)
-        self.size += 1
-        self.count += 1
+        self.count += 1  # in place: the updates (a CUDA graph among them) read this tensor
 
     def online_part(self, n_offline: int) -> dict:
         # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
@@ -721,11 +722,10 @@ class ReplayBuffer:
         return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in keys}
 
     def restore_online_part(self, part: dict):
-        n = len(part["rewards"])
+        start, self.size = self.size, self.size + len(part["rewards"])
         for key, value in part.items():
-            getattr(self, key)[self.size : self.size + n] = value.to(self.obs.device)
-        self.size += n
-        self.count += n
+            getattr(self, key)[start : self.size] = value.to(self.obs.device)
+        self.count += self.size - start
 
     def sample(self, batch_size: int, online_fraction: float | None = None):
         """Uniform, or round(F * batch) online rows with `online_fraction` F (RLPD: 0.5), on the device: no sync."""
@@ -777,7 +777,7 @@ def setup(args, method_checks: dict) -> tuple:
         os.makedirs(os.path.dirname(os.path.abspath(args.save_offline or ".")), exist_ok=True)
     except OSError as e:
         fail(f"--save-offline {args.save_offline}: its folder cannot be made ({e.strerror})")
-    data = load_dataset(args.env_id, args.dataset_path)  # first: making a dataset draws random numbers of its own
+    data = load_dataset(args.env_id, args.dataset_path)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

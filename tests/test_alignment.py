@@ -69,7 +69,10 @@ def test_iql_noise_differs_from_o3f_iql_only_in_the_action_selection():
             "    vf_loss = expectile_loss(target_q - agent.vf(obs), expectile)",
             "    vf_loss = 0.5 * expectile_loss(target_q - agent.vf(obs), expectile)",
         ),
-        ("        self.size += 1", "        self.size += 2"),
+        (
+            "        self.rewards[i], self.dones[i] = float(reward), float(done)",
+            "        self.rewards[i] = float(reward)",
+        ),
         ("    tau: float = 0.005", "    tau: float = 0.01"),
     ],
 )

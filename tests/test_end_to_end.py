@@ -1,5 +1,6 @@
 """Both IQL scripts as a user runs them: tiny budgets on CPU, outputs, and a shared pretrained model."""
 
+import ast
 import glob
 import json
 import os
@@ -273,6 +274,39 @@ def test_the_quick_start_fine_tunes_the_shipped_model_with_each_rule_and_measure
         "noise s0.2",
         "O3F N100 s0.2",
     ]
+
+
+def test_no_script_imports_another_and_the_dataset_tool_runs_as_a_program_of_its_own():
+    """No import circle: a script makes its embedded data by running make_datasets.py (the only script the tool
+    imports, to fetch data as the scripts would, is o3f_iql.py), so each reads, runs and copies on its own."""
+    scripts = ["o3f_iql", "o3f_lapo", "iql_noise", "cql_to_sac", "awac"]
+    for name in [*scripts, "make_datasets"]:
+        tree = ast.parse(open(os.path.join(ROOT, f"{name}.py")).read())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert imported & {*scripts, "make_datasets"} == ({"o3f_iql"} if name == "make_datasets" else set()), name
+        code = f"import sys; import {name}; print(sorted(set(sys.modules) & {set(scripts) | {'make_datasets'}!r}))"
+        loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert loaded.stdout.split() == [f"['{name}']"], loaded.stderr[-2000:]  # importing it loads no other
+
+
+def test_a_failure_of_the_dataset_tool_ends_the_script_in_one_line_with_the_tools_reason(tmp_path):
+    """make_datasets.py failing (here a full disk) gives the script's one line, with the tool's last line in it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(os.path.join(ROOT, "o3f_iql.py"), project)
+    (project / "make_datasets.py").write_text(
+        "import sys\nprint('Traceback (most recent call last):', file=sys.stderr)\n"
+        'sys.exit("OSError: [Errno 28] No space left on device")\n'
+    )
+    env = {**os.environ, "O3F_DATA_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "o3f_iql.py", "--no-cuda", "--env-id", "embedded-halfcheetah-random"]
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 2, result.stderr  # "making ...", then the error
+    assert result.stderr.splitlines()[-1] == (
+        "error: make_datasets.py could not make embedded-halfcheetah-random (OSError: [Errno 28] No space left on "
+        "device); fix that, or pass --dataset-path FILE"
+    )
 
 
 @pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "iql_noise.py", "cql_to_sac.py", "awac.py"])
