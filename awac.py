@@ -254,9 +254,8 @@ def awac_update(agent: Agent, batch, lam: float, args: Args) -> dict:
     agent.actor_optimizer.zero_grad(set_to_none=True)
     actor_loss.backward()
     agent.actor_optimizer.step()
-    with torch.no_grad():
-        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
-            target_param.lerp_(param, args.tau)
+    with torch.no_grad():  # Polyak averaging: target <- target + tau (critic - target), every tensor in one call
+        torch._foreach_lerp_(list(agent.qf_target.parameters()), list(agent.qf.parameters()), args.tau)
     return {"qf_loss": qf_loss, "actor_loss": actor_loss, "advantage": advantage.mean(), "max_weight": weights.max()}
 
 

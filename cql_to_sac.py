@@ -294,9 +294,8 @@ def cql_update(agent: Agent, batch, conservative: bool, target_gap: float, args:
     (actor_loss + alpha_loss).backward()
     agent.actor_optimizer.step()
     agent.alpha_optimizer.step()
-    with torch.no_grad():
-        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
-            target_param.lerp_(param, args.tau)
+    with torch.no_grad():  # Polyak averaging: target <- target + tau (critic - target), every tensor in one call
+        torch._foreach_lerp_(list(agent.qf_target.parameters()), list(agent.qf.parameters()), args.tau)
     return losses | {"qf_loss": qf_loss, "actor_loss": actor_loss, "alpha": agent.alpha().detach()}
 
 

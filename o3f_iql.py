@@ -272,9 +272,8 @@ def iql_update(agent: Agent, batch, expectile: float, args: Args) -> dict:
     agent.q_optimizer.zero_grad(set_to_none=True)
     qf_loss.backward()
     agent.q_optimizer.step()
-    with torch.no_grad():
-        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
-            target_param.lerp_(param, args.tau)
+    with torch.no_grad():  # Polyak averaging: target <- target + tau (critic - target), every tensor in one call
+        torch._foreach_lerp_(list(agent.qf_target.parameters()), list(agent.qf.parameters()), args.tau)
     return {"qf_loss": qf_loss, "vf_loss": vf_loss, "actor_loss": actor_loss, "advantage_weight": weights.mean()}
 
 

@@ -316,9 +316,8 @@ def critic_update(agent: Agent, batch, args: Args) -> dict:
     agent.critic_optimizer.zero_grad(set_to_none=True)
     (qf_loss + vf_loss).backward()
     agent.critic_optimizer.step()
-    with torch.no_grad():
-        for param, target_param in zip(agent.qf.parameters(), agent.qf_target.parameters()):
-            target_param.lerp_(param, args.tau)
+    with torch.no_grad():  # Polyak averaging: target <- target + tau (critic - target), every tensor in one call
+        torch._foreach_lerp_(list(agent.qf_target.parameters()), list(agent.qf.parameters()), args.tau)
     return {"qf_loss": qf_loss, "vf_loss": vf_loss}
 
 
@@ -346,8 +345,7 @@ def actor_update(agent: Agent, batch, args: Args) -> dict:
     agent.policy_optimizer.step()
     with torch.no_grad():
         for net, target in ((agent.cvae, agent.cvae_target), (agent.latent_policy, agent.latent_policy_target)):
-            for param, target_param in zip(net.parameters(), target.parameters()):
-                target_param.lerp_(param, args.tau)
+            torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), args.tau)
     return {"cvae_loss": cvae_loss, "policy_loss": policy_loss, "advantage_weight": weights.mean()}
 
 
