@@ -408,10 +408,8 @@ def task_table() -> dict:
     partial = ["microwave", "kettle", "light switch", "slide cabinet"]
     for data, subtasks in {"complete": partial, "partial": partial, "mixed": mixed}.items():  # return: tasks done, of 4
         kwargs = dict(tasks_to_complete=subtasks, remove_task_when_completed=True, max_episode_steps=280)
-        kwargs["terminate_on_tasks_completed"], dataset = True, f"D4RL/kitchen/{data}-v2"
-        tasks[f"kitchen-{data}-v0"] = Task(
-            "kitchen", "FrankaKitchen-v1", kwargs, ("observation",), "minari", dataset, 0.0, 4.0
-        )
+        kwargs["terminate_on_tasks_completed"], dataset, keys = True, f"D4RL/kitchen/{data}-v2", ("observation",)
+        tasks[f"kitchen-{data}-v0"] = Task("kitchen", "FrankaKitchen-v1", kwargs, keys, "minari", dataset, 0.0, 4.0)
     for name in (f"embedded-halfcheetah-{data}" for data in ("medium", "medium-1m", "random", "random-1m")):
         tasks[name] = replace(tasks["halfcheetah-medium-v2"], source="embedded", dataset=name)
     for data in ("medium", "large", "large-20k", "large-10k"):  # PointMaze in D4RL's evaluation maze, for antmaze
@@ -654,9 +652,8 @@ def setup(args, method_checks: dict) -> tuple:
     except OSError as e:
         fail(f"--save-offline {args.save_offline}: its folder cannot be made ({e.strerror})")
     data = load_dataset(args.env_id, args.dataset_path)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    for seed in (random.seed, np.random.seed, torch.manual_seed):
+        seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device, env = torch.device("cuda" if cuda else "cpu"), make_env(args.env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -805,8 +802,9 @@ class Run:
         for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
             signal.signal(sig, lambda *_: self.interrupted.append(True))
         self.start_time, self.score, self.pending = time.time(), float("nan"), 0  # pending: see steps_to_update
-        phase = "offline" if self.start_step < args.offline_steps else "online"
-        self.progress = tqdm(total=self.total_steps, initial=self.start_step, desc=phase, unit="step", file=sys.stderr)
+        online = self.start_step >= args.offline_steps  # the bar counts the phase being run, and its time left
+        bar = dict(total=args.online_steps if online else args.offline_steps, desc="online" if online else "offline")
+        self.progress = tqdm(initial=self.start_step - online * args.offline_steps, unit="step", file=sys.stderr, **bar)
         self.progress.mininterval = 1 if sys.stderr.isatty() else 30  # seconds between refreshes (in a log: rarely)
         if self.start_step == args.offline_steps and args.load_offline and not resumed:  # the loaded model, scored once
             self.evaluate_if_due(self.start_step)
@@ -833,8 +831,8 @@ class Run:
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the updates up to `step`: the divergence guard, every --log-freq steps (or `now`) the losses, `scalars`
         and the speed to TensorBoard (the losses stay on the device until then: the updates never wait for the host)."""
-        args = self.args
-        self.progress.update(step - self.progress.n)
+        args, bar = self.args, self.progress
+        bar.update(step - (args.offline_steps if step > args.offline_steps else 0) - bar.n)  # the phase's steps
         self.healthy &= torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()
         self.checkpoint_due |= args.checkpoint_every > 0 and step % args.checkpoint_every == 0
         due = step % args.log_freq == 0 or step % args.eval_freq == 0 or self.checkpoint_due or self.interrupted
@@ -844,6 +842,8 @@ class Run:
             for name, value in {**(scalars or {}), **losses}.items():
                 self.writer.add_scalar(f"losses/{name}", value.item() if torch.is_tensor(value) else value, step)
             self.writer.add_scalar("charts/SPS", int((step - self.start_step) / (time.time() - self.start_time)), step)
+            if bar.n == args.log_freq and (hours := bar.format_dict["elapsed"] * bar.total / bar.n / 3600) > 12:  # once
+                bar.write(f"warning: {bar.desc} phase: {hours:.0f} hours at this pace (--{bar.desc}-steps)", sys.stderr)
 
     def evaluate_if_due(self, step: int, **extra):
         """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
@@ -866,7 +866,9 @@ class Run:
         args = self.args
         if step == args.offline_steps:
             save_checkpoint(args.save_offline or os.path.join(self.dir, "offline.pt"), step, self)
-            self.progress.set_description("online")
+        if step == args.offline_steps < self.total_steps:  # the online phase: a bar of its own
+            self.progress.set_description("online", refresh=False)
+            self.progress.reset(args.online_steps)
         if step in args.snapshot_steps or (args.snapshot_every and step % args.snapshot_every == 0):  # for premise.py
             save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, self)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
@@ -942,9 +944,8 @@ def diverged(what: str, step: int, run_dir: str):
     """The divergence guard's stop (exit 3): a non-finite loss or network is never saved, nor a run marked complete."""
     kept = os.path.join(run_dir, "checkpoint.pt")
     kept = f"the last good checkpoint is {kept}" if os.path.isfile(kept) else "no checkpoint was written before it"
-    advice = f"{kept} (lower the learning rate or check the dataset)"
-    print(f"\nerror: training diverged: non-finite {what or 'values'} by step {step}; {advice}", file=sys.stderr)
-    sys.exit(3)
+    error = f"\nerror: training diverged: non-finite {what or 'values'} by step {step}; {kept}"
+    sys.exit(print(f"{error} (lower the learning rate or check the dataset)", file=sys.stderr) or 3)
 
 
 def read_checkpoint(path: str, flag: str) -> dict:
@@ -972,9 +973,8 @@ def load_model(source, args, agent, flag: str = "--load-offline") -> int:
     parts = agent_state(agent)
     fresh = [name for name, part in parts.items() if isinstance(part, torch.optim.Optimizer) and name not in state]
     try:
-        for name, part in parts.items():
-            if name not in fresh:
-                part.load_state_dict(state[name])
+        for name in [name for name in parts if name not in fresh]:
+            parts[name].load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError) as e:
         fail(f"{where}: does not fit these networks ({str(e).splitlines()[0]})")
     if fresh:

@@ -1,6 +1,7 @@
 """--compile's machinery in the plumbing: GraphAdam is torch.optim.Adam, and every update traces as one graph."""
 
 import copy
+import functools
 import os
 import subprocess
 import sys
@@ -178,3 +179,20 @@ def test_an_update_this_torch_cannot_trace_whole_says_so_once_and_runs_eagerly(c
     assert [o.tolist() for o in outputs] == [[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]] and ran == [0.0, 2.0, 4.0]
     message = f"--compile: torch {torch.__version__} cannot trace update whole: it runs eagerly"
     assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+@pytest.mark.parametrize("name", ["iql_update", "lapo_critic_update", "lapo_actor_update", "cql_update", "awac_update"])
+def test_from_the_third_call_where_cudagraphs_records_it_a_compiled_update_compiles_nothing(name, monkeypatch):
+    """block_runner records a compiled update at its third call: dynamo may compile at the first two (the gradients
+    are None before the first backward, tensors after it), and a compile while a CUDA graph records fails the capture,
+    so from the third call on every call must find its graph (dynamo's guards alone: its eager backend)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    fn, inputs = next((fn, inputs) for update, fn, inputs in updates() if update == name)
+    compiled, graphs = o3f_iql.maybe_compile(fn, COMPILE), [counters["stats"]["unique_graphs"]]
+    for _ in range(6):
+        compiled(*inputs)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] > graphs[0]  # compiled at its first call
+    assert graphs[3:] == [graphs[2]] * 4, graphs  # calls 3 to 6: no compile

@@ -4,9 +4,12 @@ import ast
 import glob
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -56,6 +59,60 @@ def test_a_run_writes_summary_with_offline_then_online_evaluations(pretrained):
     assert summary["final_normalized_score"] == summary["evaluations"][-1]["normalized_score"]
     assert summary["args"]["sigma"] == 0.2 and summary["args"]["n_candidates"] == 100  # locomotion defaults
     assert all(isinstance(e["return"], float) for e in summary["evaluations"])
+
+
+@pytest.mark.parametrize("script", ["o3f_iql.py", "o3f_lapo.py", "iql_noise.py", "cql_to_sac.py", "awac.py"])
+def test_help_says_what_the_script_is_then_lists_the_methods_flags_before_the_runs(script):
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    what = open(os.path.join(ROOT, script)).read().split('"""')[1].split("\n\n")[0].strip()
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines[1] == what  # after the usage line, the module docstring's first paragraph
+    flags = [re.search(r"--[a-z-]+", line).group() for line in lines if re.match(r"\W+--[a-z]", line)]
+    assert flags[0] == "--batch-size"  # the method's flags (its update, then its action selection), first
+    assert flags.index("--env-id") > flags.index("--tau") and flags[-1] == "--output-dir"  # the run's, after
+
+
+def test_the_bar_counts_the_phase_being_run_and_the_last_lines_give_the_scores_and_the_logs(run_script, small_dataset):
+    """Progress over each phase (offline 30 steps, then online 20: its own total and time left), no warning for a short
+    budget, and the run's last lines: the score at the switch and at the end, where the logs are."""
+    flags = ["--offline-steps", 30, "--online-steps", 20, "--eval-freq", 1000, "--eval-episodes", 1, "--batch-size", 32]
+    result = run_script(
+        "o3f_iql.py", "--dataset-path", small_dataset, "--checkpoint-every", 0, *flags, "--log-freq", 10
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    bars = [line.strip() for line in result.stderr.replace("\r", "\n").splitlines() if "%|" in line]
+    assert any(bar.startswith("offline: 100%") and " 30/30 " in bar for bar in bars), bars
+    assert any(bar.startswith("online: 100%") and " 20/20 " in bar for bar in bars), bars
+    assert not any("/50 " in bar for bar in bars) and "warning" not in result.stderr  # never both phases as one
+    end, logs = result.stdout.strip().splitlines()[-2:]
+    assert re.fullmatch(r"\S+__o3f_iql__1__\d+__\d+: normalized score -?[\d.]+ at the switch, -?[\d.]+ at the end", end)
+    assert logs.startswith("logs in runs/") and logs.endswith("(tensorboard --logdir runs)")
+
+
+def test_a_phase_too_long_for_the_machine_is_said_once_with_its_hours(small_dataset, tmp_path):
+    """A budget of 10^9 offline updates (weeks on a CPU): one warning with the hours, at the phase's first log."""
+    flags = ["--offline-steps", 10**9, "--online-steps", 20, "--eval-freq", 10**9, "--log-freq", 100]
+    flags += ["--dataset-path", small_dataset, "--batch-size", 32, "--checkpoint-every", 0, "--output-dir", tmp_path]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, os.path.join(ROOT, "o3f_iql.py"), "--no-cuda", *map(str, flags)]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen, timer = [], threading.Timer(60, proc.send_signal, [signal.SIGINT])  # no warning: stopped all the same
+    timer.start()
+    for line in proc.stderr:
+        seen += [line]
+        if "warning" in line:
+            break
+    timer.cancel()
+    proc.send_signal(signal.SIGINT)
+    seen += proc.stderr.read().splitlines()
+    proc.wait(timeout=120)
+    warnings = [line.split("\r")[-1].strip() for line in seen if "warning" in line]
+    assert len(warnings) == 1 and re.fullmatch(
+        r"warning: offline phase: \d+ hours at this pace \(--offline-steps\)", warnings[0]
+    )
+    assert int(re.search(r"(\d+) hours", warnings[0]).group(1)) > 12
 
 
 def test_a_run_writes_tensorboard_events_in_cleanrl_naming(pretrained):
