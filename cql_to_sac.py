@@ -443,13 +443,13 @@ def train(args: Args):
         step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
         if online:
             if obs is None:  # the previous episode ended
-                obs, _ = env.reset()
+                obs = torch.as_tensor(env.reset()[0], dtype=torch.float32, device=device)
             # ALGO LOGIC: SAC acts with its own stochastic policy
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
             with torch.no_grad():
-                action = agent.actor(obs_t)[0]
-                episode_q.append(agent.qf(obs_t, action).min(0).values)  # the critic's view of the pair it visits
+                action = agent.actor(obs[None])[0]
+                episode_q.append(agent.qf(obs[None], action).min(0).values)  # the critic's view of the pair it visits
             next_obs, reward, terminated, truncated, info = env.step(action[0].cpu().numpy())
+            next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)  # one upload: buffer, next step
             # Only a true termination stops bootstrapping, a time limit does not.
             rb.add(obs, action[0], scale_reward(reward), next_obs, terminated)
             episode_rewards.append(scale_reward(float(reward)))
@@ -920,7 +920,7 @@ class Run:
         if last != here:  # each stretch of the run, from the step where it started
             platforms.append({"from_step": self.start_step, **here})
         self.wall_before = self.summary.get("wall_s", 0.0)
-        self.obs, _ = env.reset(seed=args.seed)
+        self.obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32, device=agent.device)  # on device
         if resumed:  # last, after everything that draws random numbers while setting up
             self.set_rng_state(resumed["rng"])
             self.obs = None if resumed["episode_over"] else self.obs

@@ -375,11 +375,12 @@ def train(args: Args):
         step, online = global_step + 1, global_step >= args.offline_steps  # step: the one this iteration completes
         if online:
             if obs is None:  # the previous episode ended
-                obs, _ = env.reset()
+                obs = torch.as_tensor(env.reset()[0], dtype=torch.float32, device=device)
             # ALGO LOGIC: O3F, Algorithm 1 lines 2-4: act optimistically around the policy's action
-            action = act(agent, torch.as_tensor(obs, dtype=torch.float32, device=device)[None], args)
+            action = act(agent, obs[None], args)
             # Line 5: step the environment.
             next_obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            next_obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)  # one upload: buffer, next step
             # Line 6: D <- D U {(s, a, r, s')}; only a true termination stops bootstrapping, a time limit does not.
             rb.add(obs, action, scale_reward(reward), next_obs, terminated)
             run.record_episode(step, info)
@@ -843,7 +844,7 @@ class Run:
         if last != here:  # each stretch of the run, from the step where it started
             platforms.append({"from_step": self.start_step, **here})
         self.wall_before = self.summary.get("wall_s", 0.0)
-        self.obs, _ = env.reset(seed=args.seed)
+        self.obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32, device=agent.device)  # on device
         if resumed:  # last, after everything that draws random numbers while setting up
             self.set_rng_state(resumed["rng"])
             self.obs = None if resumed["episode_over"] else self.obs
