@@ -1035,3 +1035,18 @@ def test_the_runner_runs_the_scripts_as_they_are_at_the_commit_a_study_names(tmp
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --code-at {'0' * 40}: no such commit (git fetch, or name another commit)"
     ]
+
+
+def test_the_graph_checks_run_on_a_cpu_and_every_check_passes():
+    """lab/gpu/graph_checks.py's dry mode (no GPU: block_runner's eager loop): every check runs and passes, and the
+    last line lists none failed; on a GPU the same file checks the recorded graphs."""
+    command = [sys.executable, os.path.join(ROOT, "lab", "gpu", "graph_checks.py")]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    names = ["draws", "iql_update", "lapo_critic_update", "lapo_actor_update", "cql_update", "awac_update"]
+    assert [row["check"] for row in rows[:-1]] == names and all(row["ok"] for row in rows[:-1])
+    assert rows[0]["replays_differ"] and rows[0]["row_added_after_recording_drawn"]
+    assert rows[-1] == {"device": "cpu", "failed": []}
