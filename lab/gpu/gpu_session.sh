@@ -46,7 +46,7 @@ case "${1:-}" in
     $PY -m pip install --quiet --no-index --find-links "$GPU/wheels" gymnasium mujoco tyro 2>&1 | tail -3
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
     $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-    timeout 120 $PY lab/gpu/graph_checks.py >"$OUT/graph_checks.jsonl" 2>"$OUT/graph_checks.log"  # seconds: first
+    timeout 60 $PY lab/gpu/graph_checks.py >"$OUT/graph_checks.jsonl" 2>"$OUT/graph_checks.log"  # seconds: first
     echo "graph_checks exit $?" | tee -a "$OUT/exits.txt"
     common=(--env-id embedded-halfcheetah-medium --cuda --seed 1 --eval-freq 1000000 --eval-episodes 1
       --checkpoint-every 0 --log-freq 50 --block 50)
