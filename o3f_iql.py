@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import warnings
@@ -603,17 +604,14 @@ def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
         if not np.isfinite(value).all():  # every row, those dropped below too: the reward scale sums them all
             fail(f"{name}: {key} holds NaN or inf values")
     rewards = rewards.reshape(-1)
-    lengths = {len(obs), len(actions), len(rewards), len(terminals), len(timeouts)}
-    if len(lengths) > 1 or obs.ndim != 2 or actions.ndim != 2:
+    if len({len(x) for x in (obs, actions, rewards, terminals, timeouts)}) > 1 or obs.ndim != 2 or actions.ndim != 2:
         fail(f"{name}: observations, actions, rewards, terminals and timeouts differ in length or shape")
     # Episode returns of the behaviour policy (IQL scales locomotion rewards by their range; also a sanity check).
-    ends = np.flatnonzero(terminals | timeouts)
-    ends = np.append(ends, len(rewards) - 1) if len(ends) == 0 or ends[-1] != len(rewards) - 1 else ends
-    episode_returns = np.array([seg.sum() for seg in np.split(rewards, ends[:-1] + 1)])
+    starts = np.flatnonzero((terminals | timeouts)[:-1]) + 1  # the last row ends an episode, cut or not
+    episode_returns = np.array([segment.sum() for segment in np.split(rewards, starts)])
     if "next_observations" not in data:
-        keep = ~timeouts[:-1]
-        obs, actions, rewards, terminals = obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], terminals[:-1][keep]
-        next_obs = next_obs[1:][keep]
+        keep = np.flatnonzero(~timeouts[:-1])  # the rows whose next row is of the same episode
+        obs, actions, rewards, terminals, next_obs = (x[keep] for x in (obs, actions, rewards, terminals, obs[1:]))
     arrays = dict(observations=obs, actions=actions, rewards=rewards, next_observations=next_obs)
     return dict(**arrays, terminals=terminals.astype(np.float32), episode_returns=episode_returns)
 
@@ -621,18 +619,15 @@ def load_dataset(env_id: str, dataset_path: str | None = None) -> dict:
 class ReplayBuffer:
     """D, then the online transitions, preallocated on the device (taken out of `data` one array at a time)."""
 
+    KEYS = ("obs", "actions", "rewards", "next_obs", "dones")  # its arrays; from D4RL's keys of the same order
+
     def __init__(self, data: dict, capacity: int, device: torch.device):
         self.size = self.n_offline = len(data["rewards"])
         self.count = torch.tensor(self.size, device=device)  # the size on the device, which sample() draws from
-
-        def take(key):
-            x = data.pop(key)
-            buf = torch.empty((capacity, *x.shape[1:]), dtype=torch.float32, device=device)
-            buf[: self.size] = torch.as_tensor(x, device=device)
-            return buf
-
-        self.obs, self.actions, self.next_obs = take("observations"), take("actions"), take("next_observations")
-        self.rewards, self.dones = take("rewards"), take("terminals")
+        for key, d4rl_key in zip(self.KEYS, ("observations", "actions", "rewards", "next_observations", "terminals")):
+            array = data.pop(d4rl_key)  # out of `data` before the next one is copied: the host holds it once
+            setattr(self, key, torch.empty((capacity, *array.shape[1:]), dtype=torch.float32, device=device))
+            getattr(self, key)[: self.size] = torch.as_tensor(array, device=device)
 
     def add(self, obs, action, reward, next_obs, done):
         i, self.size = self.size, self.size + 1
@@ -642,8 +637,7 @@ class ReplayBuffer:
 
     def online_part(self, n_offline: int) -> dict:
         # clone: a slice shares the whole buffer's storage, and torch.save would write all of it (the offline data too)
-        keys = ("obs", "actions", "rewards", "next_obs", "dones")
-        return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in keys}
+        return {key: getattr(self, key)[n_offline : self.size].clone().cpu() for key in self.KEYS}
 
     def restore_online_part(self, part: dict):
         start, self.size = self.size, self.size + len(part["rewards"])
@@ -801,63 +795,8 @@ class GraphAdam(torch.optim.Adam):
     step.hooked = True  # torch.optim would wrap step() in a profiler range, which compiled code drops with a warning
 
 
-class Run:
-    """A run's bookkeeping: directory, TensorBoard (and wandb), summary.json, evaluations, checkpoints, the divergence
-    guard, progress, Ctrl-C or SIGTERM (finish the step, save, exit); --resume's stopped run, loaded whole."""
-
-    def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
-        self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
-        self.name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}__{os.getpid()}"  # unique here
-        self.name = resumed["summary"]["run_name"] if resumed else self.name
-        self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
-        self.checkpoint_path, self.summary_path = (os.path.join(self.dir, f) for f in ("checkpoint.pt", "summary.json"))
-        try:  # purge_step: a resumed run drops the events logged after its checkpoint
-            os.makedirs(self.dir, exist_ok=bool(resumed))
-            open(f"{self.summary_path}.tmp{os.getpid()}", "w").close()  # writable? (TensorBoard's writer thread
-            os.remove(f"{self.summary_path}.tmp{os.getpid()}")  # would fail with a traceback of its own)
-            self.writer = SummaryWriter(self.dir, purge_step=resumed["step"] + 1 if resumed else None)
-        except OSError as e:
-            fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
-        for flag, package in {"--track": "wandb", "--capture-video": "moviepy"}.items():  # moviepy: for RecordVideo
-            if getattr(args, flag[2:].replace("-", "_")) and importlib.util.find_spec(package) is None:
-                fail(f"{flag} needs {package}: pip install {package}")
-        if args.track:
-            project = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
-            importlib.import_module("wandb").init(name=self.name, sync_tensorboard=True, **project)
-        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
-        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
-        if resumed:
-            load_model(resumed, args, agent, "--resume")
-            rb.restore_online_part(resumed["online_buffer"])
-        self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
-        new = dict(args=vars(args), run_name=self.name, evaluations=[], train_episodes=[], final_normalized_score=None)
-        self.summary = {**new, "complete": False, **(resumed["summary"] if resumed else {})}
-        self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
-        self.summary.setdefault("wall_s_since_step", self.start_step)  # the step wall_s counts from (its pace)
-        here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
-        last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}
-        if last and {**last, "host": None} != {**here, "host": None}:  # resumed elsewhere
-            elsewhere = "another CPU, GPU or library build than it last ran with: it carries on, not bitwise alike"
-            print(f"{self.name}: resumed with {elsewhere} (summary.json lists its platforms)", file=sys.stderr)
-        if last != here:  # each stretch of the run, from the step where it started
-            platforms.append({"from_step": self.start_step, **here})
-        self.wall_before = self.summary.get("wall_s", 0.0)
-        self.obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32, device=agent.device)  # on device
-        if resumed:  # last, after everything that draws random numbers while setting up
-            self.set_rng_state(resumed["rng"])
-            self.obs = None if resumed["episode_over"] else self.obs
-        self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
-        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
-            signal.signal(sig, lambda *_: self.interrupted.append(True))
-        self.start_time, self.score, self.pending = time.time(), float("nan"), 0  # pending: see steps_to_update
-        online = self.start_step >= args.offline_steps  # the bar counts the phase being run, and its time left
-        bar = dict(total=args.online_steps if online else args.offline_steps, desc="online" if online else "offline")
-        self.progress = tqdm(initial=self.start_step - online * args.offline_steps, unit="step", file=sys.stderr, **bar)
-        self.progress.mininterval = 1 if sys.stderr.isatty() else 30  # seconds between refreshes (in a log: rarely)
-        if self.start_step == args.offline_steps and args.load_offline and not resumed:  # the loaded model, scored once
-            self.evaluate_if_due(self.start_step)
+class RunRecords:
+    """What a run writes: episodes, losses, speed (TensorBoard, wandb), summary.json, the divergence guard, progress."""
 
     def record_episode(self, step: int, info: dict):
         """A training episode that ended with the env step of `step`: its return, the behaviour's quality, logged."""
@@ -867,16 +806,6 @@ class Run:
             for name in ("return", "length"):
                 self.writer.add_scalar(f"charts/episodic_{name}", episode[name], step)
             self.summary["train_episodes"].append(episode)
-
-    def steps_to_update(self, step: int, now: bool) -> int:
-        """How many steps' updates to run at `step`: offline they wait to run as one call (see `block_runner`) every
-        --block steps, or sooner where the bookkeeping of `step` needs them; online, or `now`, at each step (1)."""
-        args, self.pending = self.args, self.pending + 1
-        every = (args.log_freq, args.eval_freq, args.checkpoint_every, args.snapshot_every)
-        due = now or self.pending >= args.block or self.interrupted or any(f and step % f == 0 for f in every)
-        due = due or step in (args.offline_steps, self.total_steps, *args.snapshot_steps)
-        n, self.pending = (self.pending, 0) if due else (0, self.pending)
-        return n
 
     def log(self, step: int, losses: dict, scalars: dict | None = None, now: bool = False):
         """After the updates up to `step`: the divergence guard, every --log-freq steps (or `now`) the losses, `scalars`
@@ -894,6 +823,40 @@ class Run:
             self.writer.add_scalar("charts/SPS", int((step - self.start_step) / (time.time() - self.start_time)), step)
             if bar.n == args.log_freq and (hours := bar.format_dict["elapsed"] * bar.total / bar.n / 3600) > 12:  # once
                 bar.write(f"warning: {bar.desc} phase: {hours:.0f} hours at this pace (--{bar.desc}-steps)", sys.stderr)
+
+    def write_summary(self):
+        self.summary["wall_s"] = self.wall_before + time.time() - self.start_time  # over all its resumptions
+        with open(f"{self.summary_path}.tmp{os.getpid()}", "w") as f:  # then renamed: never half a summary
+            json.dump(self.summary, f, indent=2)
+        os.replace(f"{self.summary_path}.tmp{os.getpid()}", self.summary_path)
+
+    def finish(self):
+        self.progress.close()
+        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self)
+        self.summary["complete"] = True
+        self.write_summary()
+        at = {e["step"]: e["normalized_score"] for e in self.summary["evaluations"]}  # the switch's, if it has one
+        switch = f"{at[self.args.offline_steps]:.1f} at the switch, " if self.args.offline_steps in at else ""
+        scores = [episode["normalized_score"] for episode in self.summary["train_episodes"]]
+        collected = f"; its {len(scores)} training episodes scored {np.mean(scores):.1f} on average" if scores else ""
+        logs = f"logs in {self.dir} (tensorboard --logdir {os.path.dirname(self.dir) or '.'})"
+        print(f"{self.name}: normalized score {switch}{self.score:.1f} at the end{collected}\n{logs}")
+        for resource in (self.env, self.eval_env, self.writer):
+            resource.close()
+
+
+class RunSchedule:
+    """What falls due at a step: updates (a block per call), evaluations, saves; after Ctrl-C or SIGTERM, save, exit."""
+
+    def steps_to_update(self, step: int, now: bool) -> int:
+        """How many steps' updates to run at `step`: offline they wait to run as one call (see `block_runner`) every
+        --block steps, or sooner where the bookkeeping of `step` needs them; online, or `now`, at each step (1)."""
+        args, self.pending = self.args, self.pending + 1
+        every = (args.log_freq, args.eval_freq, args.checkpoint_every, args.snapshot_every)
+        due = now or self.pending >= args.block or self.interrupted or any(f and step % f == 0 for f in every)
+        due = due or step in (args.offline_steps, self.total_steps, *args.snapshot_steps)
+        n, self.pending = (self.pending, 0) if due else (0, self.pending)
+        return n
 
     def evaluate_if_due(self, step: int, **extra):
         """Every --eval-freq steps, at the switch and at the end: score the policy (`extra`: for summary.json)."""
@@ -923,7 +886,7 @@ class Run:
             save_checkpoint(os.path.join(self.dir, "snapshots", f"step{step:07d}.pt"), step, self)
         if (self.checkpoint_due and between_episodes) or self.interrupted:
             self.write_summary()  # its wall-clock, into the checkpoint too
-            run = {"summary": self.summary, "rng": self.rng_state(), "episode_over": step > args.offline_steps}
+            run = {"summary": self.summary, "rng": rng_state(self.env), "episode_over": step > args.offline_steps}
             run["online_buffer"] = self.rb.online_part(self.n_offline)
             save_checkpoint(self.checkpoint_path, step, self, run)
             self.checkpoint_due = False
@@ -932,39 +895,77 @@ class Run:
             resume = f"python {sys.argv[0]} --resume {self.checkpoint_path}"
             sys.exit(print(f"interrupted at step {step}; continue with: {resume}", file=sys.stderr) or 130)
 
-    def rng_state(self) -> dict:
-        """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
-        numpy, env = np.random.get_state(), self.env.unwrapped.np_random.bit_generator.state
-        numpy = (numpy[0], torch.as_tensor(numpy[1].astype(np.int64)), *numpy[2:])  # tensors: weights_only loads them
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        return dict(python=random.getstate(), numpy=numpy, torch=torch.get_rng_state(), cuda=cuda, env=env)
 
-    def set_rng_state(self, state: dict):
-        random.setstate(state["python"])
-        np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
-        torch.set_rng_state(state["torch"])
-        torch.cuda.set_rng_state_all(state["cuda"])  # [] where the run had no CUDA device: nothing to set
-        self.env.unwrapped.np_random.bit_generator.state = state["env"]
+class Run(RunRecords, RunSchedule):
+    """A run set up: directory, logs, evaluation env, progress, Ctrl-C and SIGTERM; --resume's run, loaded whole."""
 
-    def write_summary(self):
-        self.summary["wall_s"] = self.wall_before + time.time() - self.start_time  # over all its resumptions
-        with open(f"{self.summary_path}.tmp{os.getpid()}", "w") as f:  # then renamed: never half a summary
-            json.dump(self.summary, f, indent=2)
-        os.replace(f"{self.summary_path}.tmp{os.getpid()}", self.summary_path)
+    def __init__(self, args, resumed: dict | None, agent, env, rb, evaluate):
+        self.args, self.agent, self.env, self.rb, self.evaluate_policy = args, agent, env, rb, evaluate
+        self.name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}__{os.getpid()}"  # unique here
+        self.name = resumed["summary"]["run_name"] if resumed else self.name
+        self.dir = os.path.dirname(resumed["path"]) if resumed else os.path.join(args.output_dir, self.name)
+        self.checkpoint_path, self.summary_path = (os.path.join(self.dir, f) for f in ("checkpoint.pt", "summary.json"))
+        try:  # purge_step: a resumed run drops the events logged after its checkpoint
+            os.makedirs(self.dir, exist_ok=bool(resumed))
+            tempfile.TemporaryFile(dir=self.dir).close()  # writable? (TensorBoard's thread would fail with a traceback)
+            self.writer = SummaryWriter(self.dir, purge_step=resumed["step"] + 1 if resumed else None)
+        except OSError as e:
+            fail(f"cannot write the run to {self.dir} ({e.strerror}); pass --output-dir DIR")
+        for flag, package in {"--track": "wandb", "--capture-video": "moviepy"}.items():  # moviepy: for RecordVideo
+            if getattr(args, flag[2:].replace("-", "_")) and importlib.util.find_spec(package) is None:
+                fail(f"{flag} needs {package}: pip install {package}")
+        if args.track:
+            project = dict(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args), save_code=True)
+            importlib.import_module("wandb").init(name=self.name, sync_tensorboard=True, **project)
+        table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
+        self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
+        self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
+        new = dict(args=vars(args), run_name=self.name, evaluations=[], train_episodes=[], final_normalized_score=None)
+        self.summary = {**new, "complete": False, **(resumed["summary"] if resumed else {})}
+        self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
+        self.summary.setdefault("wall_s_since_step", self.start_step)  # the step wall_s counts from (its pace)
+        here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
+        last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}
+        if last and {**last, "host": None} != {**here, "host": None}:  # resumed elsewhere
+            elsewhere = "another CPU, GPU or library build than it last ran with: it carries on, not bitwise alike"
+            print(f"{self.name}: resumed with {elsewhere} (summary.json lists its platforms)", file=sys.stderr)
+        if last != here:  # each stretch of the run, from the step where it started
+            platforms.append({"from_step": self.start_step, **here})
+        self.wall_before = self.summary.get("wall_s", 0.0)
+        self.obs = torch.as_tensor(env.reset(seed=args.seed)[0], dtype=torch.float32, device=agent.device)  # on device
+        if resumed:  # last, after everything that draws random numbers while setting up
+            load_model(resumed, args, agent, "--resume")
+            rb.restore_online_part(resumed["online_buffer"])
+            set_rng_state(env, resumed["rng"])
+            self.obs = None if resumed["episode_over"] else self.obs
+        self.healthy, self.checkpoint_due, self.interrupted = torch.tensor(True, device=agent.device), False, []
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a scheduler's stop: finish the step, save, exit
+            signal.signal(sig, lambda *_: self.interrupted.append(True))
+        self.start_time, self.score, self.pending = time.time(), float("nan"), 0  # pending: see steps_to_update
+        online = self.start_step >= args.offline_steps  # the bar counts the phase being run, and its time left
+        bar = dict(total=args.online_steps if online else args.offline_steps, desc="online" if online else "offline")
+        self.progress = tqdm(initial=self.start_step - online * args.offline_steps, unit="step", file=sys.stderr, **bar)
+        self.progress.mininterval = 1 if sys.stderr.isatty() else 30  # seconds between refreshes (in a log: rarely)
+        if self.start_step == args.offline_steps and args.load_offline and not resumed:  # the loaded model, scored once
+            self.evaluate_if_due(self.start_step)
 
-    def finish(self):
-        self.progress.close()
-        save_checkpoint(os.path.join(self.dir, "final.pt"), self.total_steps, self)
-        self.summary["complete"] = True
-        self.write_summary()
-        at = {e["step"]: e["normalized_score"] for e in self.summary["evaluations"]}  # the switch's, if it has one
-        switch = f"{at[self.args.offline_steps]:.1f} at the switch, " if self.args.offline_steps in at else ""
-        scores = [episode["normalized_score"] for episode in self.summary["train_episodes"]]
-        collected = f"; its {len(scores)} training episodes scored {np.mean(scores):.1f} on average" if scores else ""
-        logs = f"logs in {self.dir} (tensorboard --logdir {os.path.dirname(self.dir) or '.'})"
-        print(f"{self.name}: normalized score {switch}{self.score:.1f} at the end{collected}\n{logs}")
-        for resource in (self.env, self.eval_env, self.writer):
-            resource.close()
+
+def rng_state(env) -> dict:
+    """Every random stream the run draws from, so that a resumed run draws what the uninterrupted one would."""
+    numpy, env_state = np.random.get_state(), env.unwrapped.np_random.bit_generator.state
+    numpy = (numpy[0], torch.as_tensor(numpy[1].astype(np.int64)), *numpy[2:])  # tensors: weights_only loads them
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return dict(python=random.getstate(), numpy=numpy, torch=torch.get_rng_state(), cuda=cuda, env=env_state)
+
+
+def set_rng_state(env, state: dict):
+    random.setstate(state["python"])
+    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    torch.set_rng_state(state["torch"])
+    torch.cuda.set_rng_state_all(state["cuda"])  # [] where the run had no CUDA device: nothing to set
+    env.unwrapped.np_random.bit_generator.state = state["env"]
 
 
 def agent_state(agent) -> dict:

@@ -1,5 +1,6 @@
 """The scripts are aligned line by line: a diff shows only what differs in the method."""
 
+import ast
 import difflib
 import os
 
@@ -135,3 +136,27 @@ def test_the_training_loop_records_each_evaluation_in_one_place(script):
         and text.count("run.save_if_due(step") == 1
     )
     assert 'summary["evaluations"]' not in text and 'writer.add_scalar("eval/' not in text
+
+
+def plumbing_rooms(lines):
+    """Each class and function at the plumbing's top level: {name: its lines, decorators and docstring included}."""
+    start = len(lines) - len(plumbing(lines))
+    tree = ast.parse("\n".join(lines))
+    rooms = [node for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.lineno > start]
+    return {
+        node.name: node.end_lineno - min([node.lineno, *(d.lineno for d in node.decorator_list)]) + 1 for node in rooms
+    }
+
+
+def test_the_plumbing_reads_as_small_rooms():
+    """No class or function of the plumbing is longer than 60 lines (about the longest `train`): a reader meets the
+    run's records, its schedule and its set-up as rooms of their own, not one class of bookkeeping."""
+    rooms = plumbing_rooms(read("o3f_iql.py"))
+    assert {"Run", "RunRecords", "RunSchedule", "ReplayBuffer", "setup"} <= set(rooms)
+    assert {name: n for name, n in rooms.items() if n > 60} == {}
+
+
+def test_a_room_longer_than_60_lines_is_caught():
+    body = ["    x = 0"] * 59
+    lines = [PLUMBING, "@dataclass", "def long_room():", *body, "", "", "def short_room():", "    pass"]
+    assert plumbing_rooms(["# ===", *lines]) == {"long_room": 61, "short_room": 2}
