@@ -326,18 +326,17 @@ def policy_action(agent: Agent, obs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(agent, env, env_id: str, n_episodes: int, seed: int) -> dict:
-    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`), from fixed start states."""
-    returns = []
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)  # the same start states at every evaluation
-        done, episode_return = False, 0.0
-        while not done:
-            action = policy_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=agent.device)[None])[0]
-            obs, reward, terminated, truncated, _ = env.step(action.cpu().numpy())
-            episode_return, done = episode_return + float(reward), terminated or truncated
-        returns.append(episode_return)
-    mean_return = float(np.mean(returns))
+def evaluate(agent, envs: list, env_id: str, seed: int) -> dict:
+    """Mean return and D4RL-normalised score of the deterministic policy (`policy_action`): one episode in each of
+    `envs`, from fixed start states, stepped together (one batched forward per step over the episodes still running)."""
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])  # the same start states every time
+    returns, running = np.zeros(len(envs)), np.ones(len(envs), dtype=bool)
+    while running.any():
+        actions = policy_action(agent, torch.as_tensor(obs[running], dtype=torch.float32, device=agent.device))
+        for i, action in zip(np.flatnonzero(running), actions.cpu().numpy()):  # one copy to the host per step
+            obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+            returns[i], running[i] = returns[i] + float(reward), not (terminated or truncated)
+    mean_return = float(returns.mean())
     return {"return": mean_return, "normalized_score": normalized_score(env_id, mean_return)}
 
 
@@ -486,7 +485,7 @@ def flatten_obs(task: Task, obs):
     return obs if task.obs_keys is None else np.concatenate([obs[key] for key in task.obs_keys], -1)
 
 
-def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval_episodes: int = 1):
+def make_env(env_id: str, video_dir: str | None = None):  # video_dir: every episode recorded there
     task = TASKS[env_id]
     if task.env.startswith(("AntMaze", "PointMaze", "FrankaKitchen")):
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its import prints an Adroit notice
@@ -494,14 +493,14 @@ def make_env(env_id: str, capture_video: bool = False, video_dir: str = "", eval
             gym.register_envs(importlib.import_module("gymnasium_robotics"))
     with warnings.catch_warnings():  # AntMaze v4 on purpose: v5 changed the observation D4RL's data use
         warnings.filterwarnings("ignore", message=".*out of date.*")
-        env = gym.make(task.env, render_mode="rgb_array" if capture_video else None, **task.env_kwargs)
+        env = gym.make(task.env, render_mode="rgb_array" if video_dir else None, **task.env_kwargs)
     if os.path.isfile(xml := getattr(env.unwrapped, "tmp_xml_file_path", "")):  # a maze's model file, loaded, which
         os.remove(xml)  # gymnasium-robotics (1.4.2) would leave in the temporary folder, one per environment made
     if task.obs_keys is not None:
         space = gym.spaces.Box(-np.inf, np.inf, (sum(env.observation_space[k].shape[0] for k in task.obs_keys),))
         env = gym.wrappers.TransformObservation(env, lambda obs: flatten_obs(task, obs), space)
-    if capture_video:
-        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep % eval_episodes == 0)
+    if video_dir:
+        env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda episode: True)
     return gym.wrappers.RecordEpisodeStatistics(env)
 
 
@@ -841,7 +840,7 @@ class RunRecords:
         collected = f"; its {len(scores)} training episodes scored {np.mean(scores):.1f} on average" if scores else ""
         logs = f"logs in {self.dir} (tensorboard --logdir {os.path.dirname(self.dir) or '.'})"
         print(f"{self.name}: normalized score {switch}{self.score:.1f} at the end{collected}\n{logs}")
-        for resource in (self.env, self.eval_env, self.writer):
+        for resource in (self.env, *self.eval_envs, self.writer):
             resource.close()
 
 
@@ -863,7 +862,7 @@ class RunSchedule:
         args = self.args
         if step % args.eval_freq != 0 and step not in (args.offline_steps, self.total_steps):
             return
-        result = self.evaluate_policy(self.agent, self.eval_env, args.env_id, args.eval_episodes, args.seed + 10_000)
+        result = self.evaluate_policy(self.agent, self.eval_envs, args.env_id, args.seed + 10_000)
         extra = {name: value.item() if torch.is_tensor(value) else value for name, value in extra.items()}
         phase = "online" if step > args.offline_steps else "offline"
         self.summary["evaluations"].append({"step": step, "phase": phase, **result, **extra})
@@ -919,13 +918,13 @@ class Run(RunRecords, RunSchedule):
             importlib.import_module("wandb").init(name=self.name, sync_tensorboard=True, **project)
         table = "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
         self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.eval_env = make_env(args.env_id, args.capture_video, os.path.join("videos", self.name), args.eval_episodes)
+        videos = os.path.join("videos", self.name) if args.capture_video else None  # each evaluation's first episode
+        self.eval_envs = [make_env(args.env_id, videos if i == 0 else None) for i in range(args.eval_episodes)]
         self.total_steps, self.n_offline = args.offline_steps + args.online_steps, rb.size
         self.start_step = resumed["step"] if resumed else args.offline_steps if args.load_offline else 0
         new = dict(args=vars(args), run_name=self.name, evaluations=[], train_episodes=[], final_normalized_score=None)
-        self.summary = {**new, "complete": False, **(resumed["summary"] if resumed else {})}
-        self.summary["device"] = str(agent.device)  # the device used: --cuda asks for CUDA only where there is one
-        self.summary.setdefault("wall_s_since_step", self.start_step)  # the step wall_s counts from (its pace)
+        new.update(complete=False, wall_s_since_step=self.start_step)  # the step wall_s counts from (its pace)
+        self.summary = {**new, **(resumed["summary"] if resumed else {}), "device": str(agent.device)}  # the one used
         here, platforms = platform_info(agent.device), self.summary.setdefault("platforms", [])
         last = {key: value for key, value in (platforms or [{}])[-1].items() if key != "from_step"}
         if last and {**last, "host": None} != {**here, "host": None}:  # resumed elsewhere

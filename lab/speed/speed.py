@@ -69,7 +69,7 @@ class Bench:
 
     args: Args
     device: torch.device
-    eval_env: object = None
+    eval_envs: list = None
     gflops: float = 0.0
 
     def sync(self):
@@ -208,7 +208,7 @@ def bench_iql(bench: Bench, data, env, repeats):
             results["iql_noise_online_step_ms"] = bench.median_ms(
                 lambda: online_step(noise, update, env, rb, scale_reward, state), repeats // 2
             )
-            results["iql_eval_episode_s"] = seconds(lambda: o3f_iql.evaluate(agent, bench.eval_env, ENV_ID, 1, 0))
+            results["iql_eval_episode_s"] = seconds(lambda: o3f_iql.evaluate(agent, bench.eval_envs[:1], ENV_ID, 0))
         if suffix and suffix == bench.suffixes()[-1]:  # the agent as the last compiled path builds it
             results["iql_update_graph_breaks"] = graph_breaks(
                 o3f_iql.iql_update, agent, rb.sample(args.batch_size), args.expectile, args
@@ -260,7 +260,7 @@ def bench_lapo(bench: Bench, data, env, repeats):
             ),
         }
         if not suffix:
-            results["lapo_eval_episode_s"] = seconds(lambda: o3f_lapo.evaluate(agent, bench.eval_env, ENV_ID, 1, 0))
+            results["lapo_eval_episode_s"] = seconds(lambda: o3f_lapo.evaluate(agent, bench.eval_envs[:1], ENV_ID, 0))
         if suffix and suffix == bench.suffixes()[-1]:  # the agent as the last compiled path builds it
             results["lapo_critic_update_graph_breaks"] = graph_breaks(
                 o3f_lapo.critic_update, agent, rb.sample(args.batch_size), args
@@ -306,7 +306,7 @@ def bench_cql(bench: Bench, data, env, repeats):
                 agent.qf(obs, action).min(0)
                 return action[0]
 
-            evaluate = lambda: cql_to_sac.evaluate_q_bias(agent, bench.eval_env, ENV_ID, 1, 0, scale_reward, 0.99)  # noqa: E731
+            evaluate = lambda: cql_to_sac.evaluate_q_bias(agent, bench.eval_envs[:1], ENV_ID, 0, scale_reward, 0.99)  # noqa: E731
             results["sac_online_step_ms"] = bench.median_ms(
                 lambda: online_step(act, lambda: update(False), env, rb, scale_reward, state), repeats // 2
             )
@@ -404,7 +404,7 @@ def main(args: Args) -> dict:
     bench = Bench(args, torch.device(args.device))
     torch.manual_seed(0)
     data = o3f_iql.load_dataset(ENV_ID, args.dataset_path)
-    env, bench.eval_env = o3f_iql.make_env(ENV_ID), o3f_iql.make_env(ENV_ID)
+    env, bench.eval_envs = o3f_iql.make_env(ENV_ID), [o3f_iql.make_env(ENV_ID)]
     bench.gflops = matmul_gflops(bench)
     device_name = (
         torch.cuda.get_device_name() if bench.device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
