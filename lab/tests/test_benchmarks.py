@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -1050,3 +1051,52 @@ def test_the_graph_checks_run_on_a_cpu_and_every_check_passes():
     assert [row["check"] for row in rows[:-1]] == names and all(row["ok"] for row in rows[:-1])
     assert rows[0]["replays_differ"] and rows[0]["row_added_after_recording_drawn"]
     assert rows[-1] == {"device": "cpu", "failed": []}
+
+
+def test_the_block_profile_runs_on_a_cpu_one_json_line_per_stage():
+    """lab/gpu/block_profile.py's dry mode (no GPU: the eager loop, the CPU profiler as the stand-in): the pace stage
+    and the profile stage each write their line, with updates per second and operators per update."""
+    command = [sys.executable, os.path.join(ROOT, "lab", "gpu", "block_profile.py")]
+    command += ["--updates", "20", "--block", "5", "--rows", "1000"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(row["stage"], row["mode"], row["n"]) for row in rows] == [
+        ("pace", "eager", 1),
+        ("profile", "eager loop (CPU stand-in)", 5),
+    ]
+    assert rows[0]["updates"] == 20 and rows[0]["updates_per_s"] > 0
+    assert rows[1]["kernels_per_update"] > 10 and rows[1]["device_us_per_update"] > 0
+
+
+def test_a_block_profile_stage_that_raises_costs_only_its_own_line(monkeypatch, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "lab", "gpu"))
+    try:
+        import block_profile
+    finally:
+        sys.path.remove(os.path.join(ROOT, "lab", "gpu"))
+
+    def broken(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(block_profile, "pace", broken)
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng():  # the global random streams as they were
+        assert block_profile.main(block_profile.Args(updates=5, block=5, rows=1000)) == 1
+    np.random.set_state(numpy_state)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["stage"] == "error" and "stream is capturing" in rows[0]["error"]
+    assert rows[1]["stage"] == "profile" and rows[1]["kernels_per_update"] > 0  # the next stage still ran
+
+
+def test_the_gpu_kits_time_limits_fit_one_device_call():
+    """Every stage of the GPU kit's run has a time limit, and together they leave room within the device tool's 540 s
+    call (installing the carried wheels and reading the runs back take the rest)."""
+    text = open(os.path.join(ROOT, "lab", "gpu", "gpu_session.sh")).read()
+    stages = [int(n) for n in re.findall(r"^\s*timeout (\d+) \$PY", text, re.M)]
+    per_run = [int(n) for n in re.findall(r"\[\w+\]=(\d+)", re.search(r"declare -A limit=\((.*)\)", text).group(1))]
+    scripts = re.search(r"for script in ([\w ]+); do", text).group(1).split()
+    assert len(stages) == 2 and len(per_run) == 3 and scripts == ["o3f_lapo", "o3f_iql"]
+    assert sum(stages) + len(scripts) * sum(per_run) <= 510
