@@ -38,6 +38,38 @@ def test_the_recorder_replays_every_matmul_of_an_update_forward_and_backward():
     assert sum(matmul_flops(func, a) for func, a, _ in recorder.calls) == counter.get_total_flops()
 
 
+def test_on_a_gpu_the_matmul_part_is_timed_as_one_recorded_graph(monkeypatch):
+    """On CUDA the recorded matmuls are replayed as one CUDA graph (kernel time, not a Python launch per matmul);
+    torch.cuda's graph API stands in here: one warm-up call, one recording, then every timed call a replay."""
+    import speed
+
+    events = []
+
+    class StandInGraph:
+        def replay(self):
+            events.append("replay")
+
+    class Recording:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            events.append("record")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", StandInGraph)
+    monkeypatch.setattr(torch.cuda, "graph", Recording)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    bench = speed.Bench(SimpleNamespace(), torch.device("cuda"), gflops=1.0)
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    fn = lambda: (a @ b).sum()  # noqa: E731
+    result = speed.floor(bench, "toy", fn, ms=1.0)
+    assert events == ["record"] + ["replay"] * 55  # 5 warm-up replays and 50 timed, nothing run eagerly after
+    assert result["toy_matmul_ms"] > 0 and result["toy_gflop"] == 2 * 8 * 8 * 8 / 1e9
+
+
 def test_maybe_compile_traces_one_whole_graph_under_compile_and_is_the_function_itself_otherwise(monkeypatch):
     """The scripts' maybe_compile() (which speed.py times too): eager code as written, also under --cudagraphs alone
     (PyTorch's whole-network capture records the eager update; tests/test_iql.py); --compile, with or without
