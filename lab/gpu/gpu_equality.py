@@ -78,8 +78,8 @@ def pace(root: str) -> list:
             summary = json.load(f)
         events = EventAccumulator(os.path.dirname(summary_path), size_guidance={"scalars": 0})
         events.Reload()
-        tag = next(t for t in events.Tags()["scalars"] if t.startswith("losses/"))
-        points = [(e.step, e.wall_time) for e in events.Scalars(tag)]
+        tag = next((t for t in events.Tags()["scalars"] if t.startswith("losses/")), None)  # none: too short to log
+        points = [(e.step, e.wall_time) for e in events.Scalars(tag)] if tag else []
         offline_steps = summary["args"]["offline_steps"]
         row = {"run": summary["run_name"], "complete": summary["complete"], "wall_s": summary.get("wall_s")}
         for phase, part in (("offline", [p for p in points if p[0] <= offline_steps]),

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -1100,3 +1101,39 @@ def test_the_gpu_kits_time_limits_fit_one_device_call():
     scripts = re.search(r"for script in ([\w ]+); do", text).group(1).split()
     assert len(stages) == 2 and len(per_run) == 3 and scripts == ["o3f_lapo", "o3f_iql"]
     assert sum(stages) + len(scripts) * sum(per_run) <= 510
+
+
+def test_the_gpu_kit_runs_end_to_end_on_a_cpu_in_its_dry_mode(small_dataset, tmp_path):
+    """`gpu_session.sh run --dry` on a CPU: every stage runs under its limit and writes its own output; the graphed
+    runs stop at once (no CUDA device: exit 2) and cost only their own lines; the eager runs finish and are paced."""
+    data, out, runs = tmp_path / "data", tmp_path / "out", tmp_path / "runs"
+    (data / "embedded").mkdir(parents=True)
+    out.mkdir()
+    shutil.copy(small_dataset, data / "embedded" / "embedded-halfcheetah-medium.hdf5")  # stands in for the task's data
+    env = {**os.environ, "OUT": str(out), "GPU_RUNS": str(runs), "O3F_DATA_DIR": str(data), "CUDA_VISIBLE_DEVICES": ""}
+    start = time.time()
+    command = ["bash", os.path.join(ROOT, "lab", "gpu", "gpu_session.sh"), "run", "--dry"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=500, env={**env, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.time() - start < 500  # within the device call, with room
+    exits = (out / "exits.txt").read_text().splitlines()
+    assert exits == [
+        "graph_checks exit 0",
+        "block_profile exit 0",
+        "o3f_lapo eager exit 0",
+        "o3f_lapo graphs exit 2",
+        "o3f_lapo compiled_graphs exit 2",
+        "o3f_iql eager exit 0",
+        "o3f_iql graphs exit 2",
+        "o3f_iql compiled_graphs exit 2",
+    ]
+    assert (out / "gpu.txt").read_text().startswith("no GPU\ntorch ")
+    assert json.loads((out / "graph_checks.jsonl").read_text().splitlines()[-1])["failed"] == []
+    assert [json.loads(line)["stage"] for line in (out / "block_profile.jsonl").read_text().splitlines()] == [
+        "pace",
+        "profile",
+    ]
+    paced = [json.loads(line) for line in (out / "pace.jsonl").read_text().splitlines()]
+    assert [("o3f_lapo" in row["run"], row["complete"]) for row in paced] == [(True, True), (False, True)]
+    assert all(row["offline_steps_per_s"] > 0 for row in paced)  # read from the runs' logs
+    assert "--cudagraphs needs a CUDA device" in (out / "o3f_iql-graphs.log").read_text()
