@@ -804,9 +804,9 @@ def maybe_compile(fn, args):
 
 
 def block_runner(train_step, args):
-    """`train_step` (one step's updates, on batches it draws) as `updates(n, *inputs)`: n steps in one call, returning
-    the last one's outputs: a loop, or with --cudagraphs CUDA graphs of --block steps and of one step (replayed n times
-    for another n), per bool and int inputs, recorded after a warm-up (PyTorch's whole-network capture)."""
+    """`train_step` (one step's updates, on batches it draws) as `updates(n, *inputs)`: n steps per call, the last's
+    outputs returned: a loop, or with --cudagraphs CUDA graphs of --block steps and of one step (replayed n times for
+    another n), per bool and int inputs, recorded after a warm-up (PyTorch's whole-network capture), never compiling."""
     loop = lambda n, *inputs: [train_step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop
@@ -828,8 +828,8 @@ def block_runner(train_step, args):
         torch.cuda.current_stream().wait_stream(side)
         if calls[key] == 3:  # recorded at its third call, warmed up (a compiled update compiles at its first)
             graphs[key] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graphs[key], pool=pool):  # n more steps, recorded, not run (one pool: outputs copied)
-                graphs[key].outputs = loop(n, *inputs)
+            with torch.cuda.graph(graphs[key], pool=pool), torch.compiler.set_stance("fail_on_recompile"):
+                graphs[key].outputs = loop(n, *inputs)  # n more steps, recorded, not run (one pool: outputs copied)
         return outputs
 
     return updates
