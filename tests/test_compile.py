@@ -200,30 +200,34 @@ def test_from_the_third_call_where_cudagraphs_records_it_a_compiled_update_compi
 
 
 def test_a_compile_while_a_cuda_graph_records_is_an_error(monkeypatch):
-    """block_runner records at a compiled update's third call; were dynamo to compile there (a guard that fails at the
-    third call), the capture would break, so the recording raises instead of going on with a broken graph. A stand-in
-    of torch.cuda's graph API (recording runs the step); dynamo's eager backend compiles."""
+    """block_runner records at a compiled update's third call, after that call's own steps; were dynamo to compile
+    while recording (a guard that fails just then), the capture would break, so the recording raises instead of going
+    on with a broken graph. A stand-in of torch.cuda's graph API (recording runs the step, and may change what the
+    update's guard reads as it starts); dynamo's eager backend compiles."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     stream = SimpleNamespace(wait_stream=lambda other: None)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace())
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph, pool: contextlib.nullcontext())
+    mode, at_recording = ["double"], ["double"]
+
+    @contextlib.contextmanager
+    def recording(graph, pool):
+        mode[0] = at_recording[0]  # what the update's guard reads, as the recording starts
+        yield
+
+    monkeypatch.setattr(torch.cuda, "graph", recording)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    x, seen = torch.ones(3), []
 
-    def steady(x):
-        return {"y": 2 * x}
+    def update(x):  # dynamo guards on the string mode[0]: another one, another compile
+        return {"y": 2 * x if mode[0] == "double" else 3 * x}
 
-    def drifting(x):  # dynamo guards on the value of seen's length, which each call changes: it compiles every call
-        seen.append(None)
-        return {"y": x * len(seen)}
-
-    updates = o3f_iql.block_runner(o3f_iql.maybe_compile(steady, COMPILE), SimpleNamespace(cudagraphs=True, block=1))
-    assert [updates(1, x)["y"].tolist() for _ in range(3)] == [[2.0] * 3] * 3  # recorded at the third call
-    updates = o3f_iql.block_runner(o3f_iql.maybe_compile(drifting, COMPILE), SimpleNamespace(cudagraphs=True, block=1))
+    x = torch.ones(3)
+    updates = o3f_iql.block_runner(o3f_iql.maybe_compile(update, COMPILE), SimpleNamespace(cudagraphs=True, block=1))
+    assert [updates(1, x)["y"].tolist() for _ in range(3)] == [[2.0] * 3] * 3  # recorded at the third call: no compile
+    mode[0], at_recording[0] = "double", "triple"
+    updates = o3f_iql.block_runner(o3f_iql.maybe_compile(update, COMPILE), SimpleNamespace(cudagraphs=True, block=1))
     updates(1, x), updates(1, x)  # the warm-up compiles as it likes
     with pytest.raises(RuntimeError, match="recompile"):
-        updates(1, x)  # runs its step (a compile), then records it: a compile while recording
-    assert len(seen) == 3  # the warm-up calls and the third call's own step; the recording stopped at its compile
+        updates(1, x)  # its own step, then the recording: mode[0] is "triple" there, a compile while recording
