@@ -63,8 +63,8 @@ case "${1:-}" in
     common=(--env-id embedded-halfcheetah-medium --cuda --seed 1 --eval-freq 1000000 --eval-episodes 1
       --checkpoint-every 0 --log-freq 50 --block 50)
     declare -A budget=([o3f_lapo]="--offline-steps 2000 --online-steps 200" [o3f_iql]="--offline-steps 3000 --online-steps 500")
-    declare -A dry_budget=([o3f_lapo]="--offline-steps 20 --online-steps 3" [o3f_iql]="--offline-steps 50 --online-steps 20")
-    [[ $dry ]] && for script in o3f_lapo o3f_iql; do budget[$script]="${dry_budget[$script]} --log-freq 5 --block 5"; done
+    declare -A dry_budget=([o3f_lapo]="--offline-steps 10 --online-steps 1" [o3f_iql]="--offline-steps 30 --online-steps 10")
+    [[ $dry ]] && for script in o3f_lapo o3f_iql; do budget[$script]="${dry_budget[$script]} --log-freq 2 --block 2"; done
     declare -A mode=([eager]="" [graphs]="--cudagraphs" [compiled_graphs]="--compile --cudagraphs")
     declare -A limit=([eager]=50 [graphs]=50 [compiled_graphs]=90)  # 190 s a script: 500 s with the stages above
     for script in o3f_lapo o3f_iql; do  # LAPO first: the paper's main method
