@@ -378,7 +378,8 @@ def evaluate_q_bias(agent: Agent, envs: list, env_id: str, seed: int, scale_rewa
         q = agent.qf(obs_t, actions).min(0).values  # the smallest of the ensemble
         for i, action, q_i in zip(np.flatnonzero(running), actions.cpu().numpy(), q.cpu().numpy()):
             obs[i], reward, terminated[i], truncated, _ = envs[i].step(action)
-            q_values[i].append(q_i), rewards[i].append(scale_reward(float(reward)))
+            q_values[i].append(q_i)
+            rewards[i].append(scale_reward(float(reward)))
             returns[i], running[i] = returns[i] + float(reward), not (terminated[i] or truncated)
     biases, qs, gs = zip(*(q_bias(*episode, gamma) for episode in zip(q_values, rewards, terminated)))
     mean_return = float(returns.mean())
@@ -806,7 +807,7 @@ def maybe_compile(fn, args):
 def block_runner(train_step, args):
     """`train_step` (one step's updates, on batches it draws) as `updates(n, *inputs)`: n steps per call, the last's
     outputs returned: a loop, or with --cudagraphs CUDA graphs of --block steps and of one step (replayed n times for
-    another n), per bool and int inputs, recorded after a warm-up (PyTorch's whole-network capture), never compiling."""
+    another n), per bool and int inputs, recorded after a warm-up (whole-network capture; a compile there: an error)."""
     loop = lambda n, *inputs: [train_step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop

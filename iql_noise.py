@@ -719,7 +719,7 @@ def maybe_compile(fn, args):
 def block_runner(train_step, args):
     """`train_step` (one step's updates, on batches it draws) as `updates(n, *inputs)`: n steps per call, the last's
     outputs returned: a loop, or with --cudagraphs CUDA graphs of --block steps and of one step (replayed n times for
-    another n), per bool and int inputs, recorded after a warm-up (PyTorch's whole-network capture), never compiling."""
+    another n), per bool and int inputs, recorded after a warm-up (whole-network capture; a compile there: an error)."""
     loop = lambda n, *inputs: [train_step(*inputs) for _ in range(n)][-1]  # noqa: E731
     if not args.cudagraphs:
         return loop

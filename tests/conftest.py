@@ -53,6 +53,18 @@ def assert_one_line(result, code: int, *words):
         assert word in lines[0], lines[0]
 
 
+def stand_in_cuda_graphs(monkeypatch, graph, capture, pool=None):
+    """torch.cuda's stream and graph API as a CPU test sees it: streams that do nothing, `graph` as CUDAGraph, `capture`
+    as the recording context (`torch.cuda.graph(graph, pool=...)`), `pool` as the memory pool's handle."""
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", graph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: pool)
+
+
 def write_d4rl(path, observations, actions, rewards=None, terminals=None, **more):
     """A small dataset in D4RL's HDF5 layout: the arrays given; zero rewards and no terminals unless given."""
     n = len(observations)

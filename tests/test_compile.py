@@ -17,7 +17,7 @@ import awac
 import cql_to_sac
 import o3f_iql
 import o3f_lapo
-from conftest import COMPILE, ROOT, random_batch
+from conftest import COMPILE, ROOT, random_batch, stand_in_cuda_graphs
 
 sys.path.insert(0, os.path.join(ROOT, "lab", "speed"))
 
@@ -205,11 +205,6 @@ def test_a_compile_while_a_cuda_graph_records_is_an_error(monkeypatch):
     on with a broken graph. A stand-in of torch.cuda's graph API (recording runs the step, and may change what the
     update's guard reads as it starts); dynamo's eager backend compiles."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    stream = SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace())
     mode, at_recording = ["double"], ["double"]
 
     @contextlib.contextmanager
@@ -217,8 +212,7 @@ def test_a_compile_while_a_cuda_graph_records_is_an_error(monkeypatch):
         mode[0] = at_recording[0]  # what the update's guard reads, as the recording starts
         yield
 
-    monkeypatch.setattr(torch.cuda, "graph", recording)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    stand_in_cuda_graphs(monkeypatch, lambda: SimpleNamespace(), recording)
 
     def update(x):  # dynamo guards on the string mode[0]: another one, another compile
         return {"y": 2 * x if mode[0] == "double" else 3 * x}

@@ -10,13 +10,18 @@ import torch
 ENV_ID = "hopper-medium-v2"  # Hopper falls: its episodes end at different steps, so the batch shrinks as they do
 
 
+def row_action(obs: torch.Tensor, act_dim: int) -> torch.Tensor:
+    """A deterministic action for each state that does not depend on the batch it comes in (elementwise, so it rounds
+    alike at any batch size, where a network's batched matrix product rounds otherwise, about 1e-7)."""
+    return torch.tanh(0.7 * obs[:, :act_dim] - 0.3 * obs[:, -act_dim:])
+
+
 def row_by_row_policy(act_dim: int, batch_sizes: list):
-    """A deterministic policy whose action for a state does not depend on the batch it comes in (elementwise, so it
-    rounds alike at any batch size, where a network's batched matrix product rounds otherwise, about 1e-7)."""
+    """`row_action` as a script's `policy_action`, noting the size of each batch it is given."""
 
     def policy_action(agent, obs):
         batch_sizes.append(len(obs))
-        return torch.tanh(0.7 * obs[:, :act_dim] - 0.3 * obs[:, -act_dim:])
+        return row_action(obs, act_dim)
 
     return policy_action
 
@@ -71,7 +76,7 @@ def test_cql_evaluation_steps_together_and_keeps_each_episodes_q_bias(monkeypatc
         q_values, rewards, done, terminated = [], [], False, False
         while not done:
             obs_t = torch.as_tensor(obs, dtype=torch.float32)[None]
-            action = torch.tanh(0.7 * obs_t[:, :act_dim] - 0.3 * obs_t[:, -act_dim:])
+            action = row_action(obs_t, act_dim)
             q_values.append(float(q_of(obs_t, action).min(0).values[0]))
             obs, reward, terminated, truncated, _ = env.step(action[0].numpy())
             rewards.append(2 * float(reward))

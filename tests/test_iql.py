@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import o3f_iql
-from conftest import COMPILE, random_batch, smooth_graph_adam, write_d4rl
+from conftest import COMPILE, random_batch, smooth_graph_adam, stand_in_cuda_graphs, write_d4rl
 
 
 def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
@@ -275,13 +275,7 @@ def test_cuda_graph_blocks_warm_up_record_once_per_shape_then_replay(monkeypatch
     --block steps and one step are recorded: another n (a remainder at a boundary) runs as n calls of one step."""
     zeros, allocated = torch.zeros, []
     monkeypatch.setattr(torch, "zeros", lambda *size, device=None, **kw: allocated.append(device) or zeros(*size, **kw))
-    stream = SimpleNamespace(wait_stream=lambda other: None)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", fake_capture)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "the pool")
+    stand_in_cuda_graphs(monkeypatch, FakeGraph, fake_capture, pool="the pool")
     ran, recorded = [], []
 
     def step(scale, double):  # a training step whose effect is to note scale (x2 if double) and return it
